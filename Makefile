@@ -1,0 +1,55 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates or updates
+# .venv (idempotent: a stamp file records the pyproject.toml it was built from).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.r2ps-installed
+TORCH_VERSION ?= 2.13.0
+# CUDA machines get the GPU extra (CUDA faiss, the registry's CUDA torch); others the CPU set.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS := $(if $(HAS_CUDA),gpu,cpu),dev
+DEMO_OUT ?= runs/demo
+COSQA ?= ../shared/data/cosqa
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint format demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> setting up $(VENV) (extras: $(EXTRAS))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@if [ -z "$(HAS_CUDA)" ]; then \
+		echo "==> no CUDA: installing the CPU torch==$(TORCH_VERSION) first"; \
+		$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
+	@echo "==> installing r2ps[$(EXTRAS)] (editable)"
+	@$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+	@echo "==> $(VENV) ready"
+
+lint: $(STAMP)
+	@echo "==> ruff"
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+test: lint
+	@echo "==> pytest (slow tests excluded; 'make test PYTEST_ARGS=\"-m slow\"' runs them)"
+	@$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	@echo "==> building the corpus from this machine's Python sources into $(DEMO_OUT)/corpus"
+	@$(PY) jobs/build_corpus.py --out $(DEMO_OUT)/corpus \
+		$(if $(wildcard $(COSQA)/code_idx_map.txt),--exclude $(COSQA),)
+
+bench: $(STAMP)
+	@$(PY) benchmarks/corpus_extract.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

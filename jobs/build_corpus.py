@@ -1,0 +1,28 @@
+"""Build the default training corpus from the Python sources installed on this machine.
+
+python jobs/build_corpus.py --out runs/corpus [--exclude ../shared/data/cosqa] [key=value ...]
+ray job submit --working-dir . -- python jobs/build_corpus.py --out /shared/corpus
+"""
+
+from __future__ import annotations
+
+import sys
+
+import ray
+
+from r2ps.config import parse_config
+from r2ps.data.corpus import CorpusConfig, build_corpus, format_stats
+from r2ps.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(CorpusConfig, argv, description=__doc__)
+    setup_logging()
+    ray.init(ignore_reinit_error=True)  # joins a running cluster when there is one
+    stats = build_corpus(cfg)
+    print(format_stats(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

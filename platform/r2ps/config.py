@@ -1,0 +1,202 @@
+"""One configuration system for every job: dataclasses, loadable from YAML, overridable.
+
+A job declares its settings as a dataclass. `parse_config` builds one from, in order
+of precedence: command-line flags (`--out x`, generated from the fields), positional
+`key=value` overrides (dotted keys reach nested dataclasses), a YAML file
+(`--config file.yaml`), and the dataclass defaults. Values given as strings are parsed
+as YAML scalars and then checked against the field's type, so `epochs=three` fails
+with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist or has a value of the wrong type."""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Turn `value` into type `tp`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} matches none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=f"{where}.")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(value, str) and tp is not str:
+        value = yaml.safe_load(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (nested) mapping; unknown keys are an error."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(prefix + u for u in unknown)}; "
+            f"known: {', '.join(prefix + k for k in types_)}"
+        )
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p} is not a group of settings")
+    node[parts[-1]] = value
+
+
+def _load_data(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Defaults < YAML file < `key=value` overrides."""
+    return from_dict(cls, _load_data(path, overrides or []))
+
+
+def _flag_fields(cls: type) -> list[dataclasses.Field]:
+    """Top-level scalar or list fields: those get a `--flag`."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        if not dataclasses.is_dataclass(tp):
+            out.append(f)
+    return out
+
+
+def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with `--config`, a `--flag` per top-level setting and overrides."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of settings")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="settings overrides (dotted keys)"
+    )
+    types_ = _field_types(cls)
+    for f in _flag_fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp = types_[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = (f.metadata or {}).get("help", "")
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{helptext} (default: {default})",
+            )
+        elif typing.get_origin(tp) in (list, tuple):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action="append",
+                default=None,
+                help=f"{helptext} (repeatable)",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=f.name, default=None, help=f"{helptext} (default: {default})"
+            )
+    return parser
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+    """Parse a job's command line into its config dataclass."""
+    parser = build_parser(cls, description)
+    ns = parser.parse_args(argv)
+    try:
+        data = _load_data(ns.config, list(ns.overrides))
+        for f in _flag_fields(cls):
+            value = getattr(ns, f.name)
+            if value is not None:
+                data[f.name] = value
+        return from_dict(cls, data)
+    except ConfigError as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,446 @@
+"""The corpus builder: Python source trees -> deduplicated, package-split Parquet corpus.
+
+Stages, each a function so a test can run it alone:
+1. `discover_sources`: list the .py files of the standard library (one package per
+   top-level module), of every installed distribution (one package per distribution),
+   and of any extra source roots (one package per top-level entry).
+2. `extract`: fan the files out over Ray Data tasks; each returns its pairs (with code
+   ids computed in the worker) and one record per file saying what it dropped and why.
+3. `dedupe`: one row per normalised code (exact and whitespace/comment-insensitive
+   duplicates collapse to one code id); the copy kept is the first by package and path,
+   so vendored copies never straddle two splits.
+4. `exclude`: drop every code that also appears in an evaluation pool.
+5. `assign_splits`: whole packages go to train/valid/test, never single rows.
+6. `write_corpus`: one folder per split in the data model of `r2ps.data.schema`, plus
+   `stats.json` and `skipped.jsonl` (every file that could not be parsed).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import sysconfig
+import time
+import tokenize
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from r2ps.data import codetext
+from r2ps.data.pysource import ExtractConfig, extract_pairs
+from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
+
+SPLITS = ("train", "valid", "test")
+QUERY_NAMESPACE = "python-sources"
+TEST_DIRS = {"test", "tests"}
+
+EXTRACTED_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),
+        ("code", pa.string()),
+        ("code_id", pa.string()),
+        ("match_key", pa.string()),
+        ("raw_hash", pa.string()),
+        ("package", pa.string()),
+        ("path", pa.string()),
+        ("line", pa.int64()),
+        ("func_name", pa.string()),
+    ]
+)
+FILE_SCHEMA = pa.schema(
+    [
+        ("package", pa.string()),
+        ("path", pa.string()),
+        ("error", pa.string()),
+        ("dropped", pa.string()),
+    ]
+)
+
+
+@dataclass
+class CorpusConfig:
+    """Settings of `jobs/build_corpus.py`."""
+
+    out: str = field(default="runs/corpus", metadata={"help": "output folder"})
+    stdlib: bool = field(default=True, metadata={"help": "extract from the standard library"})
+    site_packages: bool = field(
+        default=True, metadata={"help": "extract from every installed distribution"}
+    )
+    roots: list[str] = field(
+        default_factory=list, metadata={"help": "extra source roots (one package per entry)"}
+    )
+    exclude: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "evaluation pools whose codes must not be in the corpus (CoSQA dir or split dir)"
+        },
+    )
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_eval_package_fraction: float = field(
+        default=0.02,
+        metadata={"help": "packages larger than this share of all pairs always go to train"},
+    )
+    seed: int = 0
+    workers: int = field(default=0, metadata={"help": "parallel extraction tasks (0: all CPUs)"})
+    files_per_task: int = 64
+    max_files: int = field(default=0, metadata={"help": "use only the first N files (0: all)"})
+    strict: bool = field(
+        default=False,
+        metadata={"help": "fail on a source file that does not parse (default: report it)"},
+    )
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+
+
+# ---------------------------------------------------------------- 1. discovery
+
+
+def _root_files(root: Path, prefix: str = "") -> list[dict]:
+    """.py files under `root`, packaged by their top-level entry (skipping test folders)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if TEST_DIRS & set(rel.parts[:-1]) or "site-packages" in rel.parts:
+            continue
+        top = rel.parts[0].removesuffix(".py")
+        out.append({"path": str(path), "package": prefix + top, "relpath": str(rel)})
+    return out
+
+
+def _distribution_files() -> list[dict]:
+    """.py files of every installed distribution, packaged by distribution name."""
+    out, seen = [], set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if not name or name in seen or not dist.files:
+            continue
+        seen.add(name)
+        for f in dist.files:
+            if f.suffix != ".py" or TEST_DIRS & set(f.parts[:-1]):
+                continue
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                out.append({"path": str(path), "package": name, "relpath": str(f)})
+    return sorted(out, key=lambda r: (r["package"], r["relpath"]))
+
+
+def discover_sources(cfg: CorpusConfig) -> list[dict]:
+    files: list[dict] = []
+    if cfg.stdlib:
+        files += _root_files(Path(sysconfig.get_paths()["stdlib"]), prefix="stdlib/")
+    if cfg.site_packages:
+        files += _distribution_files()
+    for root in cfg.roots:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"source root {root!r} is not a directory")
+        files += _root_files(Path(root))
+    # A file reachable twice (a distribution inside a root) is read once.
+    unique = list({f["path"]: f for f in files}.values())
+    return unique[: cfg.max_files] if cfg.max_files else unique
+
+
+# ---------------------------------------------------------------- 2. extraction
+
+
+def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.Table]:
+    """Pairs of a batch of files, and one row per file: its parse error or drop counts."""
+    pairs, file_rows = [], []
+    for f in files:
+        try:
+            with tokenize.open(f["path"]) as fh:  # honours PEP 263 encoding cookies
+                source = fh.read()
+            result = extract_pairs(source, f["path"], cfg)
+        except (SyntaxError, ValueError, UnicodeDecodeError, OSError) as e:
+            line = getattr(e, "lineno", None)
+            where = f"{f['path']}:{line}" if line else f["path"]
+            file_rows.append(
+                {**_file_key(f), "error": f"{where}: {type(e).__name__}: {e}", "dropped": "{}"}
+            )
+            continue
+        file_rows.append({**_file_key(f), "error": None, "dropped": json.dumps(result.dropped)})
+        for p in result.pairs:
+            code = p["code"]
+            pairs.append(
+                {
+                    "query": p["query"],
+                    "code": code,
+                    "code_id": codetext.code_id(code),
+                    "match_key": codetext.code_match_key(code),
+                    "raw_hash": codetext.content_hash(code),
+                    "package": f["package"],
+                    "path": f["relpath"],
+                    "line": p["line"],
+                    "func_name": p["func_name"],
+                }
+            )
+    return (
+        pa.Table.from_pylist(pairs, EXTRACTED_SCHEMA),
+        pa.Table.from_pylist(file_rows, FILE_SCHEMA),
+    )
+
+
+def _file_key(f: dict) -> dict:
+    return {"package": f["package"], "path": f["relpath"]}
+
+
+def _extract_batch(batch: pa.Table, cfg: ExtractConfig) -> pa.Table:
+    """Ray Data UDF: both outputs in one table, told apart by `kind`."""
+    pairs, file_rows = extract_files(batch.to_pylist(), cfg)
+    n_p, n_f = pairs.num_rows, file_rows.num_rows
+    merged = pa.concat_tables(
+        [
+            pairs.append_column("error", pa.nulls(n_p, pa.string())).append_column(
+                "dropped", pa.nulls(n_p, pa.string())
+            ),
+            _widen(file_rows),
+        ]
+    )
+    kinds = pa.array(["pair"] * n_p + ["file"] * n_f, pa.string())
+    return merged.append_column("kind", kinds)
+
+
+def _widen(file_rows: pa.Table) -> pa.Table:
+    n = file_rows.num_rows
+    cols = {}
+    for f in EXTRACTED_SCHEMA:
+        cols[f.name] = (
+            file_rows[f.name] if f.name in file_rows.column_names else pa.nulls(n, f.type)
+        )
+    cols["error"], cols["dropped"] = file_rows["error"], file_rows["dropped"]
+    return pa.table(cols)
+
+
+def extract(files: list[dict], cfg: CorpusConfig) -> tuple[pa.Table, pa.Table]:
+    """Run extraction over Ray Data tasks; returns (pairs, per-file records)."""
+    import ray
+
+    workers = cfg.workers or int(ray.available_resources().get("CPU", 1)) or 1
+    n_blocks = max(1, -(-len(files) // cfg.files_per_task))
+    ds = ray.data.from_items(files, override_num_blocks=n_blocks)
+    ds = ds.map_batches(
+        _extract_batch,
+        fn_kwargs={"cfg": cfg.extract},
+        batch_size=cfg.files_per_task,
+        batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    is_pair = pc.equal(table["kind"], "pair")
+    pairs = table.filter(is_pair).select(EXTRACTED_SCHEMA.names)
+    file_rows = table.filter(pc.invert(is_pair)).select(FILE_SCHEMA.names)
+    # Ray Data does not promise order across blocks: sort so every run is identical.
+    pairs = pairs.sort_by([("package", "ascending"), ("path", "ascending"), ("line", "ascending")])
+    return pairs, file_rows
+
+
+# ---------------------------------------------------------------- 3-5. dedupe, exclude, split
+
+
+def dedupe(pairs: pa.Table) -> tuple[pa.Table, dict]:
+    """First row per code id; counts exact and normalised-only duplicates removed."""
+    idx = pa.array(np.arange(pairs.num_rows))
+    first = (
+        pairs.select(["code_id"])
+        .append_column("_row", idx)
+        .group_by("code_id")
+        .aggregate([("_row", "min")])
+    )
+    keep = pc.sort_indices(first["_row_min"])
+    kept = pairs.take(pc.take(first["_row_min"], keep))
+    n_raw = len(pc.unique(pairs["raw_hash"]))
+    info = {
+        "before": pairs.num_rows,
+        "after": kept.num_rows,
+        "exact_duplicates": pairs.num_rows - n_raw,
+        "normalised_duplicates": n_raw - kept.num_rows,
+    }
+    return kept, info
+
+
+def pool_match_keys(pool: str | Path) -> set[str]:
+    """Docstring-insensitive keys of every code in an evaluation pool.
+
+    A pool is a CoSQA folder (`code_idx_map.txt`), an r2ps split folder
+    (`codes.parquet`), or a Parquet file with a `code` column.
+    """
+    from r2ps.data import readers
+
+    pool = Path(pool)
+    if (pool / "code_idx_map.txt").exists():
+        codes = readers.cosqa_pool_codes(pool)
+    elif (pool / "codes.parquet").exists():
+        codes = pq.read_table(pool / "codes.parquet", columns=["code"])["code"].to_pylist()
+    elif pool.suffix == ".parquet" and pool.is_file():
+        codes = pq.read_table(pool, columns=["code"])["code"].to_pylist()
+    else:
+        raise FileNotFoundError(
+            f"evaluation pool {pool}: expected a CoSQA folder (code_idx_map.txt), a split "
+            "folder (codes.parquet) or a Parquet file with a 'code' column"
+        )
+    return {codetext.code_match_key(c) for c in codes}
+
+
+def exclude(pairs: pa.Table, pools: list[str]) -> tuple[pa.Table, dict[str, int]]:
+    removed: dict[str, int] = {}
+    for pool in pools:
+        keys = pa.array(sorted(pool_match_keys(pool)), pa.string())
+        hit = pc.is_in(pairs["match_key"], value_set=keys)
+        removed[str(pool)] = pc.sum(hit).as_py() or 0
+        pairs = pairs.filter(pc.invert(hit))
+    return pairs, removed
+
+
+def assign_splits(package_sizes: dict[str, int], cfg: CorpusConfig) -> dict[str, str]:
+    """Package -> split. Whole packages only, in a seeded pseudo-random order.
+
+    Valid and test are filled to their share of pairs with packages small enough that
+    one package cannot dominate an evaluation split; everything else trains.
+    """
+    total = sum(package_sizes.values())
+    cap = cfg.max_eval_package_fraction * total
+    targets = {"valid": cfg.valid_fraction * total, "test": cfg.test_fraction * total}
+    filled = dict.fromkeys(targets, 0)
+    order = sorted(package_sizes, key=lambda p: codetext.content_hash(f"{cfg.seed}:{p}"))
+    split_of = {}
+    for pkg in order:
+        size = package_sizes[pkg]
+        split_of[pkg] = "train"
+        if size > cap:
+            continue
+        for split in ("valid", "test"):
+            if filled[split] + size <= targets[split] * 1.1 and filled[split] < targets[split]:
+                split_of[pkg] = split
+                filled[split] += size
+                break
+    return split_of
+
+
+def to_pairs(extracted: pa.Table) -> pa.Table:
+    """Extracted rows in the shared PAIR schema (query ids are text hashes)."""
+    qids = [codetext.query_id(q, QUERY_NAMESPACE) for q in extracted["query"].to_pylist()]
+    return pa.table(
+        {
+            "query_id": pa.array(qids, pa.string()),
+            "query": extracted["query"],
+            "code_id": extracted["code_id"],
+            "code": extracted["code"],
+            "language": pa.array(["python"] * extracted.num_rows, pa.string()),
+            "source": extracted["package"],
+        },
+        schema=PAIR_SCHEMA,
+    )
+
+
+# ---------------------------------------------------------------- 6. statistics and output
+
+
+def _histogram(values: list[int], edges: list[int]) -> dict[str, int]:
+    counts, _ = np.histogram(values, bins=[*edges, np.inf])
+    labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"]
+    return dict(zip(labels, (int(c) for c in counts), strict=True))
+
+
+def split_stats(table: pa.Table) -> dict:
+    q_tokens = [len(q.split()) for q in table["query"].to_pylist()]
+    c_lines = [c.count("\n") + 1 for c in table["code"].to_pylist()]
+    per_pkg = Counter(table["package"].to_pylist())
+    return {
+        "pairs": table.num_rows,
+        "packages": len(per_pkg),
+        "top_packages": dict(per_pkg.most_common(10)),
+        "query_tokens": _histogram(q_tokens, [0, 5, 10, 20, 40, 80]),
+        "code_lines": _histogram(c_lines, [0, 5, 10, 20, 40, 80, 160]),
+    }
+
+
+def format_stats(stats: dict) -> str:
+    lines = [
+        f"corpus: {stats['out']}  ({stats['seconds']:.1f} s, {stats['pairs_per_s']:.0f} pairs/s)"
+    ]
+    lines.append(
+        f"files: {stats['files']} read, {stats['files_unparsed']} not parsed (see skipped.jsonl); "
+        f"functions dropped: " + ", ".join(f"{k}={v}" for k, v in stats["dropped"].items())
+    )
+    d = stats["dedupe"]
+    lines.append(
+        f"dedupe: {d['before']} -> {d['after']} ({d['exact_duplicates']} exact, "
+        f"{d['normalised_duplicates']} normalised duplicates); excluded: {stats['excluded'] or 'none'}"
+    )
+    lines.append(f"{'split':<6} {'pairs':>7} {'packages':>9}  top packages")
+    for split in SPLITS:
+        s = stats["splits"][split]
+        top = ", ".join(f"{p} {n}" for p, n in list(s["top_packages"].items())[:5])
+        lines.append(f"{split:<6} {s['pairs']:>7} {s['packages']:>9}  {top}")
+    for key, title in (("query_tokens", "query tokens"), ("code_lines", "code lines")):
+        lines.append(f"{title} (train):")
+        hist = stats["splits"]["train"][key]
+        peak = max(hist.values()) or 1
+        for label, n in hist.items():
+            lines.append(f"  {label:>8} {n:>7} {'#' * round(40 * n / peak)}")
+    return "\n".join(lines)
+
+
+def write_corpus(table: pa.Table, split_of: dict[str, str], out: Path) -> dict[str, pa.Table]:
+    splits = pa.array([split_of[p] for p in table["package"].to_pylist()], pa.string())
+    by_split = {s: table.filter(pc.equal(splits, s)) for s in SPLITS}
+    for split, rows in by_split.items():
+        RetrievalSet.write(split_pairs(to_pairs(rows)), out / split)
+        pq.write_table(
+            rows.select(["code_id", "package", "path", "line", "func_name"]),
+            out / split / "provenance.parquet",
+        )
+    return by_split
+
+
+def build_corpus(cfg: CorpusConfig) -> dict:
+    """Run every stage; returns the statistics (also written to `<out>/stats.json`)."""
+    start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = discover_sources(cfg)
+    if not files:
+        raise ValueError("no Python source files found: check --stdlib/--site-packages/--roots")
+    log.info("extracting from %d files over Ray Data", len(files))
+    extracted, file_rows = extract(files, cfg)
+    errors = [e for e in file_rows["error"].to_pylist() if e]
+    with open(out / "skipped.jsonl", "w") as f:
+        for e in errors:
+            f.write(json.dumps({"error": e}) + "\n")
+    if errors and cfg.strict:
+        raise SyntaxError(f"{len(errors)} source file(s) did not parse; first: {errors[0]}")
+    dropped: Counter = Counter()
+    for d in file_rows["dropped"].to_pylist():
+        dropped.update(json.loads(d))
+    kept, dedupe_info = dedupe(extracted)
+    kept, excluded = exclude(kept, cfg.exclude)
+    sizes = Counter(kept["package"].to_pylist())
+    split_of = assign_splits(dict(sizes), cfg)
+    by_split = write_corpus(kept, split_of, out)
+    seconds = time.time() - start
+    stats = {
+        "out": str(out),
+        "config": asdict(cfg),
+        "python": sys.version.split()[0],
+        "files": len(files),
+        "files_unparsed": len(errors),
+        "dropped": dict(dropped.most_common()),
+        "extracted_pairs": extracted.num_rows,
+        "dedupe": dedupe_info,
+        "excluded": excluded,
+        "splits": {s: split_stats(t) for s, t in by_split.items()},
+        "split_of_package": split_of,
+        "seconds": seconds,
+        "pairs_per_s": extracted.num_rows / seconds,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    return stats

@@ -1,0 +1,432 @@
+"""Readers: public data formats -> r2ps pair rows (`schema.PAIR_SCHEMA`).
+
+Every reader is a plain iterator over one file (small data, tests, no Ray needed) and
+`pairs_dataset` runs that same iterator once per file inside Ray Data, so the in-memory
+and the distributed forms can never disagree. A malformed record never disappears: it
+raises `BadRecord` (file, line, field) or, with a `SkipLog`, is recorded and skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from r2ps.data.codetext import code_id, query_id
+from r2ps.data.errors import BadRecord, SkipLog, Skipped, handle
+from r2ps.data.schema import CODE_SCHEMA, PAIR_SCHEMA, QREL_SCHEMA, QUERY_SCHEMA, RetrievalSet
+
+Row = dict[str, str]
+PathLike = str | Path
+PATTERNS = {
+    "csn": ("*.jsonl", "*.jsonl.gz"),
+    "jsonl": ("*.jsonl", "*.jsonl.gz"),
+    "parquet": ("*.parquet",),
+}
+# Pair columns plus `error`, all nullable: Ray concatenates blocks and must not see a
+# non-null constraint on the empty strings of an error row.
+ROW_SCHEMA = pa.schema([pa.field(n, pa.string()) for n in PAIR_SCHEMA.names + ["error"]])
+
+
+def _type_name(value: Any) -> str:
+    """JSON's name for the type of a parsed value, for error messages."""
+    return {dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _opt_str(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
+    """`rec[key]` if present; present-but-not-a-string is an error, never a fallback."""
+    if key not in rec:
+        return None
+    if not isinstance(rec[key], str):
+        raise BadRecord(file, line, key, f"expected a string, got {_type_name(rec[key])}")
+    return rec[key]
+
+
+def _opt_tokens(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
+    """A token list joined by spaces, if present."""
+    if key not in rec:
+        return None
+    value = rec[key]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise BadRecord(file, line, key, f"expected a list of strings, got {_type_name(value)}")
+    return " ".join(value)
+
+
+def _nonempty(text: str, key: str, file: PathLike, line: int | None) -> str:
+    if not text.strip():
+        raise BadRecord(file, line, key, "is empty")
+    return text
+
+
+def _required_str(rec: dict, key: str, file: PathLike, line: int | None) -> str:
+    if key not in rec:
+        raise BadRecord(file, line, key, "missing")
+    if rec[key] is None:
+        raise BadRecord(file, line, key, "is null")
+    return _nonempty(_opt_str(rec, key, file, line) or "", key, file, line)
+
+
+def _pair(query: str, qid: str, code: str, language: str, source: str) -> Row:
+    return {"query_id": qid, "query": query, "code_id": code_id(code), "code": code,
+            "language": language, "source": source}  # fmt: skip
+
+
+# ---------------------------------------------------------------- JSON lines
+
+
+def _json_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of each non-blank line; `.gz` is read transparently.
+
+    Bytes, not text: one undecodable line is then one bad record, not a dead file.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield number, raw
+
+
+def _parse_object(raw: bytes, file: PathLike, line: int) -> dict:
+    try:
+        value = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise BadRecord(file, line, None, f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise BadRecord(file, line, None, f"expected a JSON object, got {_type_name(value)}")
+    return value
+
+
+def _iter_rows(path: PathLike, make_row, skip_log: SkipLog | None) -> Iterator[Row]:
+    """Parse each JSON line and turn it into a row; bad lines go through `errors.handle`."""
+    for line, raw in _json_lines(path):
+        try:
+            yield make_row(_parse_object(raw, path, line), path, line)
+        except BadRecord as err:
+            handle(err, skip_log)
+
+
+# ---------------------------------------------------------------- CodeSearchNet / AdvTest
+
+
+def _csn_query(rec: dict, file: PathLike, line: int) -> str:
+    """Docstring tokens (what GraphCodeBERT trains on), else the docstring's first paragraph."""
+    tokens = _opt_tokens(rec, "docstring_tokens", file, line)
+    if tokens is not None:
+        return _nonempty(tokens, "docstring_tokens", file, line)
+    doc = _opt_str(rec, "docstring", file, line)
+    if doc is None:
+        raise BadRecord(file, line, "docstring_tokens", "missing (and no 'docstring')")
+    first = doc.strip().split("\n\n")[0]
+    return _nonempty(" ".join(first.split()), "docstring", file, line)
+
+
+# AdvTest's `function_tokens` come first: its test split renames identifiers there, and the
+# un-renamed `function`/`original_string` would leak the names the benchmark hides.
+_CODE_SOURCES = (("function_tokens", _opt_tokens), ("code", _opt_str),
+                 ("original_string", _opt_str), ("code_tokens", _opt_tokens))  # fmt: skip
+
+
+def _csn_code(rec: dict, file: PathLike, line: int) -> str:
+    for key, get in _CODE_SOURCES:
+        value = get(rec, key, file, line)
+        if value is not None:
+            return _nonempty(value, key, file, line)
+    raise BadRecord(file, line, "code", "missing (and no original_string/code_tokens)")
+
+
+def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
+    url = _required_str(rec, "url", file, line)
+    query, code = _csn_query(rec, file, line), _csn_code(rec, file, line)
+    language = _opt_str(rec, "language", file, line) or "python"
+    source = _opt_str(rec, "repo", file, line) or url
+    return _pair(query, query_id(query, namespace=url), code, language, source)
+
+
+def iter_csn(path: PathLike, skip_log: SkipLog | None = None) -> Iterator[Row]:
+    """Pair rows of a CodeSearchNet/GraphCodeBERT or AdvTest JSONL(.gz) file.
+
+    AdvTest is recognised by its `function_tokens` field. Query ids are namespaced by
+    `url`, so two records share one only when they have the same url and text.
+    """
+    return _iter_rows(path, _csn_row, skip_log)
+
+
+# ---------------------------------------------------------------- plain tables
+
+
+def iter_table(
+    path: PathLike,
+    query_field: str,
+    code_field: str,
+    language: str = "python",
+    source_field: str | None = None,
+    skip_log: SkipLog | None = None,
+) -> Iterator[Row]:
+    """Pair rows of a JSONL(.gz) or Parquet file whose column names the caller knows.
+
+    `source` is `source_field`'s value, else the file name; query ids are namespaced by
+    that source. Parquet errors use the 1-based row number as the line.
+    """
+    cols = (query_field, code_field, source_field)
+
+    def make_row(rec: dict, file: PathLike, line: int) -> Row:
+        query = _required_str(rec, query_field, file, line)
+        code = _required_str(rec, code_field, file, line)
+        source = _required_str(rec, source_field, file, line) if source_field else Path(file).name
+        return _pair(query, query_id(query, namespace=source), code, language, source)
+
+    if str(path).endswith(".parquet"):
+        return _iter_parquet(path, [c for c in cols if c], make_row, skip_log)
+    return _iter_rows(path, make_row, skip_log)
+
+
+def _iter_parquet(path: PathLike, columns: list[str], make_row, skip_log: SkipLog | None):
+    pfile = pq.ParquetFile(path)
+    missing = [c for c in columns if c not in pfile.schema_arrow.names]
+    if missing:  # one error for the whole file: no row can be read without the column
+        handle(
+            BadRecord(path, None, missing[0], f"no such column; has {pfile.schema_arrow.names}"),
+            skip_log,
+        )
+        return
+    number = 0
+    for batch in pfile.iter_batches(columns=columns):
+        for rec in batch.to_pylist():
+            number += 1
+            try:
+                yield make_row(rec, path, number)
+            except BadRecord as err:
+                handle(err, skip_log)
+
+
+# ---------------------------------------------------------------- CoSQA
+
+
+def _read_pool(path: Path) -> dict[int, str]:
+    """retrieval_idx -> code text. A broken pool makes the whole evaluation wrong: raise."""
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(entries, dict):
+        raise BadRecord(path, 1, None, "expected one JSON object {code text: retrieval_idx}")
+    pool: dict[int, str] = {}
+    for n, (code, idx) in enumerate(entries.items(), 1):
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx in pool or not code.strip():
+            why = f"pool entry {n}: bad or repeated id {idx!r} (or empty code)"
+            raise BadRecord(path, None, "retrieval_idx", why)
+        pool[idx] = code
+    return pool
+
+
+def cosqa_pool_codes(directory: PathLike) -> list[str]:
+    """The CoSQA pool texts in id order: what a training corpus must not contain."""
+    pool = _read_pool(Path(directory) / "code_idx_map.txt")
+    return [pool[i] for i in sorted(pool)]
+
+
+def _json_list(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """(record number, line number, value) of each element of a JSON list file."""
+    text, decoder, ws = path.read_text(encoding="utf-8"), json.JSONDecoder(), re.compile(r"\s*")
+    pos = ws.match(text).end()
+    if not text.startswith("[", pos):
+        raise BadRecord(path, 1, None, "expected a JSON list of records")
+    pos, number, line, counted = ws.match(text, pos + 1).end(), 0, 1, 0
+    while not text.startswith("]", pos):
+        number, line, counted = number + 1, line + text.count("\n", counted, pos), pos
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise BadRecord(path, e.lineno, None, f"record {number}: not valid JSON") from None
+        yield number, line, value
+        pos = ws.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = ws.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            raise BadRecord(path, line, None, f"record {number}: expected ',' or ']' after it")
+
+
+def _cosqa_query(
+    rec: Any, path: Path, number: int, line: int, pool: dict[int, str]
+) -> tuple[str, str, int] | None:
+    """(query id, query, gold retrieval_idx), or None for a non-relevant (label != 1) record."""
+    try:
+        if not isinstance(rec, dict):
+            raise BadRecord(path, line, None, f"expected a JSON object, got {_type_name(rec)}")
+        doc = _required_str(rec, "doc", path, line)
+        name = _required_str(rec, "idx", path, line)
+        gold, label = rec.get("retrieval_idx"), rec.get("label", 1)
+        if not isinstance(gold, int) or isinstance(gold, bool):
+            raise BadRecord(
+                path, line, "retrieval_idx", f"expected an integer, got {_type_name(gold)}"
+            )
+        if gold not in pool:
+            raise BadRecord(
+                path, line, "retrieval_idx", f"{gold} is not in the pool (code_idx_map.txt)"
+            )
+        if label not in (0, 1) or isinstance(label, bool):
+            raise BadRecord(path, line, "label", f"expected 0 or 1, got {label!r}")
+    except BadRecord as err:
+        raise BadRecord(err.file, err.line, err.field, f"record {number}: {err.message}") from None
+    return (query_id(doc, namespace="cosqa:" + name), doc, gold) if label == 1 else None
+
+
+def read_cosqa(
+    directory: PathLike,
+    queries_file: str = "cosqa-retrieval-dev-500.json",
+    skip_log: SkipLog | None = None,
+) -> RetrievalSet:
+    """The CoSQA retrieval task: the whole pool as codes, `doc` as queries, gold qrels.
+
+    Only `label == 1` records are relevance pairs (a 0 marks a query-code pair that does
+    not match), so a query appears only with at least one gold code. Pool codes that
+    normalise to one code_id become one code; every retrieval_idx maps to that id, so
+    qrels stay correct. (The released dev data: 6,267 distinct codes, all labels 1.)
+    """
+    directory = Path(directory)
+    pool = _read_pool(directory / "code_idx_map.txt")
+    ids = {idx: code_id(code) for idx, code in pool.items()}
+    codes: dict[str, Row] = {}
+    for idx in sorted(pool):  # codes sharing an id keep the lowest retrieval_idx as source
+        row = {"code_id": ids[idx], "code": pool[idx], "language": "python"}
+        codes.setdefault(ids[idx], {**row, "source": f"cosqa:{idx}"})
+    queries: dict[str, str] = {}
+    qrels: dict[tuple[str, str], None] = {}
+    path = directory / queries_file
+    for number, line, rec in _json_list(path):
+        try:
+            found = _cosqa_query(rec, path, number, line, pool)
+        except BadRecord as err:
+            handle(err, skip_log)
+            continue
+        if found:
+            queries.setdefault(found[0], found[1])
+            qrels[(found[0], ids[found[2]])] = None
+    return RetrievalSet(
+        codes=pa.Table.from_pylist(list(codes.values()), schema=CODE_SCHEMA),
+        queries=pa.Table.from_pylist(
+            [{"query_id": q, "query": t} for q, t in queries.items()], schema=QUERY_SCHEMA
+        ),
+        qrels=pa.Table.from_pylist(
+            [{"query_id": q, "code_id": c} for q, c in qrels], schema=QREL_SCHEMA
+        ),
+    )
+
+
+# ---------------------------------------------------------------- many files, with or without Ray
+
+
+def expand_paths(paths: PathLike | Iterable[PathLike], fmt: str) -> list[str]:
+    """Files named, with each directory replaced by its files of format `fmt` (sorted)."""
+    if fmt not in PATTERNS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(PATTERNS)}")
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    out: list[str] = []
+    for p in map(Path, items):
+        out += (
+            sorted(str(f) for pat in PATTERNS[fmt] for f in p.glob(pat)) if p.is_dir() else [str(p)]
+        )
+    return out
+
+
+def iter_pairs(
+    path: PathLike, fmt: str, skip_log: SkipLog | None = None, **reader_kwargs
+) -> Iterator[Row]:
+    """One file's pair rows with the reader for `fmt`."""
+    if fmt == "csn":
+        return iter_csn(path, skip_log=skip_log, **reader_kwargs)
+    return iter_table(path, skip_log=skip_log, **reader_kwargs)
+
+
+def load_pairs(
+    paths: PathLike | Iterable[PathLike], fmt: str, skip_log: SkipLog | None = None, **kw
+) -> pa.Table:
+    """All pairs of `paths` in memory, no Ray: for small data and tests."""
+    rows = [r for p in expand_paths(paths, fmt) for r in iter_pairs(p, fmt, skip_log, **kw)]
+    return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+
+
+class _PortableBadRecord(BadRecord):
+    """A BadRecord that survives pickling (Ray ships task errors back to the driver)."""
+
+    def __reduce__(self):
+        return BadRecord, (self.file, self.line, self.field, self.message)
+
+
+def _read_files(
+    batch: pa.Table, fmt: str, skip_bad: bool, kw: dict, chunk: int = 4096
+) -> Iterator[pa.Table]:
+    """Ray UDF: the rows of each file named in `batch`, in blocks of `chunk`, errors as rows."""
+    for path in batch.column("path").to_pylist():
+        log, rows = (SkipLog() if skip_bad else None), []
+        try:
+            for row in iter_pairs(path, fmt, log, **kw):
+                rows.append(row)
+                if len(rows) >= chunk:
+                    yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+                    rows = []
+        except BadRecord as err:
+            raise _PortableBadRecord(err.file, err.line, err.field, err.message) from None
+        empty = dict.fromkeys(PAIR_SCHEMA.names, "")
+        rows += [
+            {**empty, "error": str(BadRecord(s.file, s.line, s.field, s.message))}
+            for s in (log.skipped if log else [])
+        ]
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def pairs_dataset(
+    paths: PathLike | Iterable[PathLike], fmt: str, skip_bad: bool = False, **reader_kwargs
+):
+    """A lazy Ray Dataset of pair rows plus `error`, one read task per file.
+
+    Sharding by file keeps every reader a simple sequential iterator (line numbers stay
+    exact) while the files are read in parallel and streamed in blocks.
+    """
+    import ray.data
+
+    files = expand_paths(paths, fmt)
+    if not files:
+        raise FileNotFoundError(f"no {fmt} files in {paths}")
+    ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
+    fn_kwargs = {"fmt": fmt, "skip_bad": skip_bad, "kw": reader_kwargs}
+    return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs=fn_kwargs)
+
+
+_ERROR_RE = re.compile(
+    r"^(?P<file>.+?)(?::(?P<line>\d+))?: (?:field '(?P<field>[^']*)': )?(?P<message>.*)$", re.S
+)
+
+
+def _skipped(error: str) -> Skipped:
+    """Back from `str(BadRecord)` to its parts."""
+    m = _ERROR_RE.match(error)
+    if not m:
+        return Skipped("?", None, None, error)
+    line = int(m["line"]) if m["line"] else None
+    return Skipped(m["file"], line, m["field"], m["message"])
+
+
+def collect_pairs(ds) -> tuple[pa.Table, SkipLog]:
+    """Materialise `pairs_dataset` output: the good rows as a PAIR_SCHEMA table, and the bad.
+
+    In strict mode the first BadRecord of any read task is raised here, as a BadRecord.
+    """
+    try:
+        blocks = [
+            t.cast(ROW_SCHEMA) for t in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        ]
+    except BadRecord as err:  # Ray's wrapper (a BadRecord subclass): re-raise the plain error
+        raise BadRecord(err.file, err.line, err.field, err.message) from err
+    table = pa.concat_tables(blocks) if blocks else ROW_SCHEMA.empty_table()
+    errors = table.column("error")
+    log = SkipLog([_skipped(e) for e in errors.drop_null().to_pylist()])
+    good = table.filter(errors.is_null()).drop_columns(["error"])
+    return good.cast(PAIR_SCHEMA), log

@@ -1,0 +1,271 @@
+"""Readers: public formats -> pair rows, bad records named by file, line and field."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r2ps.data import codetext
+from r2ps.data.errors import BadRecord, SkipLog
+from r2ps.data.readers import (
+    collect_pairs,
+    cosqa_pool_codes,
+    expand_paths,
+    iter_csn,
+    iter_table,
+    load_pairs,
+    pairs_dataset,
+    read_cosqa,
+)
+from r2ps.data.schema import PAIR_SCHEMA
+
+ADD = "def add(a, b):\n    return a + b"
+SUB = "def sub(a, b):\n    return a - b"
+
+
+def csn(url: str = "https://github.com/o/r/blob/x.py#L1", **fields) -> dict:
+    rec = {
+        "url": url,
+        "repo": "o/r",
+        "code": ADD,
+        "code_tokens": ["def", "add", "(", "a", ",", "b", ")"],
+        "docstring": "Add two numbers.\n\nLonger text.",
+        "docstring_tokens": ["Add", "two", "numbers", "."],
+        "original_string": ADD,
+        "language": "python",
+    }
+    rec.update(fields)
+    return {k: v for k, v in rec.items() if v is not ...}  # `...` removes a field
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    text = "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- CodeSearchNet / AdvTest
+
+
+def test_csn_happy_path_ids_stable(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [csn(), "", csn(url="u2", code=SUB)])
+    rows = list(iter_csn(path))
+    assert len(rows) == 2  # the blank line is not a record
+    first = rows[0]
+    assert first["query"] == "Add two numbers ."
+    assert first["code"] == ADD
+    assert first["code_id"] == codetext.code_id(ADD)
+    assert first["query_id"] == codetext.query_id("Add two numbers .", namespace=csn()["url"])
+    assert (first["language"], first["source"]) == ("python", "o/r")
+    # same text, other url: other query id; rereading gives the same ids
+    assert rows[1]["query_id"] != first["query_id"]
+    assert list(iter_csn(path)) == rows
+    assert set(rows[0]) == set(PAIR_SCHEMA.names)
+
+
+def test_csn_fallbacks(tmp_path):
+    rec = csn(docstring_tokens=..., code=..., repo=..., language=...)
+    rows = list(iter_csn(write_lines(tmp_path / "a.jsonl", [rec])))
+    assert rows[0]["query"] == "Add two numbers."  # first paragraph of docstring
+    assert rows[0]["code"] == ADD  # original_string
+    assert rows[0]["source"] == rec["url"]
+    rec = csn(code=..., original_string=...)
+    assert next(iter_csn(write_lines(tmp_path / "b.jsonl", [rec])))["code"] == "def add ( a , b )"
+
+
+def test_csn_gz(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl.gz", [csn(), csn(url="u2")])
+    assert [r["code"] for r in iter_csn(path)] == [ADD, ADD]
+
+
+def test_advtest_function_tokens(tmp_path):
+    tokens = ["def", "func", "(", "arg_0", ")", ":", "return", "arg_0"]
+    rec = {"url": "u", "function": "def f(x): return x", "function_tokens": tokens,
+           "docstring_tokens": ["Identity", "."], "idx": 3}  # fmt: skip
+    (row,) = iter_csn(write_lines(tmp_path / "test.jsonl", [rec]))
+    assert row["code"] == " ".join(tokens)  # the renamed tokens, not the original names
+    assert row["query"] == "Identity ."
+
+
+MALFORMED = [
+    ("{not json", None, "not valid JSON"),
+    ("[1, 2]", None, "expected a JSON object"),
+    (csn(url=...), "url", "missing"),
+    (csn(docstring_tokens="Add two"), "docstring_tokens", "list of strings"),
+    (csn(docstring_tokens=["ok", 3]), "docstring_tokens", "list of strings"),
+    (csn(code=42), "code", "expected a string"),
+    (csn(docstring_tokens=[" "]), "docstring_tokens", "empty"),
+    (csn(code="   "), "code", "empty"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field", "why"), MALFORMED)
+def test_csn_malformed_raises_naming_file_line_field(tmp_path, bad, field, why):
+    path = write_lines(tmp_path / "bad.jsonl", [csn(), "", bad])
+    with pytest.raises(BadRecord) as info:
+        list(iter_csn(path))
+    err = info.value
+    assert (err.file, err.line, err.field) == (str(path), 3, field)
+    assert f"{path}:3" in str(err) and why in str(err)
+    if field:
+        assert repr(field) in str(err)
+
+
+def test_csn_skip_log_goes_on(tmp_path):
+    lines = [csn(url="u1")] + [bad for bad, _, _ in MALFORMED] + [csn(url="u2")]
+    path = write_lines(tmp_path / "mixed.jsonl", lines)
+    log = SkipLog()
+    rows = list(iter_csn(path, skip_log=log))
+    assert len(rows) == 2
+    assert len(log) == len(MALFORMED)
+    assert [s.line for s in log.skipped] == list(range(2, 2 + len(MALFORMED)))
+    assert [s.field for s in log.skipped] == [f for _, f, _ in MALFORMED]
+    assert f"skipped {len(MALFORMED)} bad record(s)" in log.summary()
+
+
+# ---------------------------------------------------------------- CoSQA
+
+
+def test_cosqa_real_data(cosqa_dir):
+    rs = read_cosqa(cosqa_dir)
+    records = json.loads((cosqa_dir / "cosqa-retrieval-dev-500.json").read_text())
+    assert rs.codes.num_rows == 6267  # no two pool codes normalise to one id
+    assert rs.queries.num_rows == 500 and rs.qrels.num_rows == 500
+    assert set(rs.qrels.column("code_id").to_pylist()) <= set(
+        rs.codes.column("code_id").to_pylist()
+    )
+    assert len(set(rs.qrels.column("code_id").to_pylist())) == 478
+    assert rs.queries.column("query").to_pylist() == [r["doc"] for r in records]
+    pairs = {p["query"]: p["code"] for p in rs.pairs().to_pylist()}
+    assert all(pairs[r["doc"]] == r["code"] for r in records)  # gold text is the record's code
+    assert len(cosqa_pool_codes(cosqa_dir)) == 6267
+
+
+def make_cosqa(directory: Path, records: list, pool: dict | None = None) -> Path:
+    directory.mkdir()
+    pool = pool if pool is not None else {ADD: 0, SUB: 1, "def add(a,b):  return a+b": 2}
+    (directory / "code_idx_map.txt").write_text(json.dumps(pool, indent=1))
+    (directory / "q.json").write_text(json.dumps(records, indent=1))
+    return directory
+
+
+def rec(idx: str, doc: str, gold: int, **more) -> dict:
+    return {"idx": idx, "doc": doc, "code": "", "docstring_tokens": "own docstring",
+            "label": 1, "retrieval_idx": gold, **more}  # fmt: skip
+
+
+def test_cosqa_tiny_dedupes_pool_and_keeps_qrels(tmp_path):
+    d = make_cosqa(tmp_path / "c", [rec("a", "add two", 2), rec("b", "minus", 1, label=0)])
+    rs = read_cosqa(d, "q.json")
+    assert rs.codes.num_rows == 2  # pool 0 and 2 are the same code after normalisation
+    assert rs.queries.to_pylist() == [
+        {"query_id": codetext.query_id("add two", namespace="cosqa:a"), "query": "add two"}
+    ]  # label 0 is not a relevance pair
+    assert rs.qrels.column("code_id").to_pylist() == [codetext.code_id(ADD)]
+    assert cosqa_pool_codes(d)[2] == "def add(a,b):  return a+b"
+
+
+def test_cosqa_missing_pool_id_names_file_record_field(tmp_path):
+    d = make_cosqa(tmp_path / "c", [rec("a", "add", 0), rec("b", "gone", 99), rec("c", 5, 1)])
+    with pytest.raises(BadRecord) as info:
+        read_cosqa(d, "q.json")
+    err = info.value
+    assert err.file == str(d / "q.json") and err.field == "retrieval_idx"
+    assert "record 2" in str(err) and "99" in str(err)
+    lines = (d / "q.json").read_text().splitlines()
+    assert lines[err.line - 1].strip() == "{"  # the real line where record 2 starts
+    log = SkipLog()
+    rs = read_cosqa(d, "q.json", skip_log=log)
+    assert rs.queries.num_rows == 1
+    assert [(s.field, s.message.split(":")[0]) for s in log.skipped] == [
+        ("retrieval_idx", "record 2"),
+        ("doc", "record 3"),
+    ]
+
+
+# ---------------------------------------------------------------- plain tables
+
+
+def test_table_jsonl(tmp_path):
+    path = write_lines(
+        tmp_path / "t.jsonl",
+        [{"q": "add", "c": ADD, "pkg": "m"}, {"q": None, "c": ADD}, {"c": ADD}, {"q": "x", "c": 1}],
+    )
+    log = SkipLog()
+    rows = list(iter_table(path, "q", "c", source_field="pkg", skip_log=log))
+    assert [r["source"] for r in rows] == ["m"]
+    assert [(s.line, s.field, s.message) for s in log.skipped] == [
+        (2, "q", "is null"),
+        (3, "q", "missing"),
+        (4, "c", "expected a string, got int"),
+    ]
+    rows = list(iter_table(path, "q", "c", language="go", skip_log=SkipLog()))
+    assert (rows[0]["source"], rows[0]["language"]) == ("t.jsonl", "go")
+
+
+def test_table_parquet(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"q": ["add", None, "sub"], "c": [ADD, SUB, SUB]}), path)
+    with pytest.raises(BadRecord, match=r"t\.parquet:2: field 'q': is null"):
+        list(iter_table(path, "q", "c"))
+    log = SkipLog()
+    assert [r["query"] for r in iter_table(path, "q", "c", skip_log=log)] == ["add", "sub"]
+    assert (log.skipped[0].line, log.skipped[0].field) == (2, "q")
+    with pytest.raises(BadRecord, match="field 'nope': no such column"):
+        list(iter_table(path, "nope", "c"))
+    table = load_pairs(tmp_path, "parquet", skip_log=SkipLog(), query_field="q", code_field="c")
+    assert table.schema == PAIR_SCHEMA and table.num_rows == 2
+
+
+def test_expand_paths(tmp_path):
+    for name in ["b.jsonl", "a.jsonl.gz", "c.txt"]:
+        (tmp_path / name).write_text("")
+    assert expand_paths(tmp_path, "csn") == [
+        str(tmp_path / "a.jsonl.gz"),
+        str(tmp_path / "b.jsonl"),
+    ]
+    with pytest.raises(ValueError, match="unknown format"):
+        expand_paths(tmp_path, "xml")
+
+
+# ---------------------------------------------------------------- Ray
+
+
+@pytest.fixture
+def two_files(tmp_path) -> Path:
+    write_lines(tmp_path / "a.jsonl", [csn(url="a1"), csn(url="a2", code=SUB)])
+    write_lines(tmp_path / "b.jsonl", [csn(url="b1"), "{broken", csn(url="b3")])
+    return tmp_path
+
+
+@pytest.mark.ray
+def test_pairs_dataset_skip_bad(ray_local, two_files):
+    ds = pairs_dataset(two_files, "csn", skip_bad=True)
+    table, log = collect_pairs(ds)
+    assert table.schema == PAIR_SCHEMA
+    assert table.num_rows == 4
+    assert table.sort_by("query_id").equals(
+        load_pairs(two_files, "csn", SkipLog()).sort_by("query_id")
+    )
+    assert [(s.file, s.line, s.field) for s in log.skipped] == [
+        (str(two_files / "b.jsonl"), 2, None)
+    ]
+    assert "not valid JSON" in log.skipped[0].message
+
+
+@pytest.mark.ray
+def test_pairs_dataset_strict_raises_with_location(ray_local, two_files):
+    with pytest.raises(BadRecord) as info:
+        collect_pairs(pairs_dataset(two_files, "csn"))
+    assert f"{two_files / 'b.jsonl'}:2" in str(info.value)
+    assert info.value.line == 2
+    with pytest.raises(Exception, match=r"b\.jsonl:2: not valid JSON"):  # Ray's own wrapper
+        pairs_dataset(two_files, "csn").materialize()
