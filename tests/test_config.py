@@ -1,0 +1,53 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from r2ps.config import ConfigError, load_config, parse_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+
+
+@dataclass
+class Outer:
+    name: str = "run"
+    flag: bool = False
+    tags: list[str] = field(default_factory=list)
+    limit: int | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_defaults_yaml_and_overrides_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: fromyaml\ninner:\n  lr: 0.5\n  steps: 3\n")
+    cfg = load_config(Outer, path, ["inner.steps=7", "flag=true", "limit=4"])
+    assert cfg == Outer(name="fromyaml", flag=True, limit=4, inner=Inner(lr=0.5, steps=7))
+
+
+def test_flags_beat_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: fromyaml\n")
+    cfg = parse_config(
+        Outer, ["--config", str(path), "--name", "cli", "--tags", "a", "--tags", "b"]
+    )
+    assert cfg.name == "cli" and cfg.tags == ["a", "b"]
+    assert parse_config(Outer, ["--flag"]).flag is True
+    assert parse_config(Outer, ["tags=x,y"]).tags == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("inner.steps=three", "inner.steps"), ("nope=1", "nope"), ("flag=maybe", "flag")],
+)
+def test_bad_settings_name_the_field(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(Outer, None, [override])
+
+
+def test_cli_error_exits_with_message(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, ["inner.lr=fast"])
+    assert "inner.lr" in capsys.readouterr().err
