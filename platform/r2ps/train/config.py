@@ -1,0 +1,58 @@
+"""Settings of `jobs/train.py` (one dataclass for both encoders)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Defaults fit a 2-core CPU machine; a GPU cluster raises workers and batch size."""
+
+    corpus: str = field(
+        default="runs/demo/corpus", metadata={"help": "corpus folder (build_corpus output)"}
+    )
+    out: str = field(
+        default="runs/demo/retriever", metadata={"help": "where the best model is exported"}
+    )
+    model: str = field(
+        default="", metadata={"help": "HF model dir to start from (default: MiniLM)"}
+    )
+    run_name: str = field(
+        default="retriever", metadata={"help": "Ray Train run; same name resumes"}
+    )
+    storage: str = field(
+        default="runs/ray_results", metadata={"help": "checkpoint storage (path or URI)"}
+    )
+    # optimisation (METHOD.md section 1)
+    epochs: int = 1
+    batch_size: int = field(default=32, metadata={"help": "pairs per worker per step"})
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    max_query_len: int = 64
+    max_code_len: int = 256
+    max_train_pairs: int = field(
+        default=0, metadata={"help": "use a seeded sample of N pairs (0: all)"}
+    )
+    max_steps: int = field(default=0, metadata={"help": "stop after N steps (0: epochs decide)"})
+    hard_negatives: str = field(
+        default="", metadata={"help": "column of extra negative code texts in the pairs (optional)"}
+    )
+    seed: int = 0
+    # scale-out
+    num_workers: int = 1
+    threads_per_worker: int = 2
+    zero_stage: int = 0
+    use_gpu: bool | None = field(default=None, metadata={"help": "default: use CUDA when present"})
+    max_failures: int = 2
+    # evaluation and checkpoints
+    eval_every_steps: int = field(default=0, metadata={"help": "also validate every N steps"})
+    max_eval_queries: int = field(
+        default=1000, metadata={"help": "valid queries per evaluation (0: all)"}
+    )
+    eval_cosqa: str = field(default="", metadata={"help": "CoSQA folder: also report CoSQA dev"})
+    eval_batch_size: int = 64
+    log_every_steps: int = 10

@@ -1,0 +1,177 @@
+"""Retriever training: the data, loss, evaluation and export the shared loop calls.
+
+Data: the corpus's train pairs, tokenised in the Ray Data stream (so tokenisation
+overlaps training), each pair carrying a *group key*: pairs that share a code or a
+query text get the same key, and the loss never scores a pair's code as a negative for
+another pair of its group (METHOD.md: a duplicate is a false negative).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from r2ps.data.schema import RetrievalSet
+from r2ps.losses import gathered_info_nce
+from r2ps.metrics import evaluate_dense
+from r2ps.models.dual import DualEncoder, embed_texts
+from r2ps.models.encoder import default_model_path, pad_batch, pad_token_id
+from r2ps.train.config import TrainConfig
+
+TOKENIZED_SCHEMA = pa.schema(
+    [("q_ids", pa.list_(pa.int32())), ("c_ids", pa.list_(pa.int32())), ("group", pa.int64())]
+)
+
+
+def group_keys(query_ids: list[str], code_ids: list[str]) -> np.ndarray:
+    """Connected components of the pair graph (pairs linked by a shared query or code)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for q, c in zip(query_ids, code_ids, strict=True):
+        parent[find("q" + q)] = find("c" + c)
+    roots: dict[str, int] = {}
+    return np.array([roots.setdefault(find("q" + q), len(roots)) for q in query_ids], np.int64)
+
+
+def training_pairs(cfg: TrainConfig) -> pa.Table:
+    """The train split as (query, code, group) rows, seeded-shuffled (and sampled)."""
+    pairs = RetrievalSet.read(Path(cfg.corpus) / "train").pairs()
+    groups = group_keys(pairs["query_id"].to_pylist(), pairs["code_id"].to_pylist())
+    table = pa.table({"query": pairs["query"], "code": pairs["code"], "group": groups})
+    order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
+    if cfg.max_train_pairs:
+        order = order[: cfg.max_train_pairs]
+    return table.take(pa.array(order))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tokenize_pairs(
+    batch: pa.Table, model_path: str, max_query_len: int, max_code_len: int
+) -> pa.Table:
+    """Ray Data UDF: text pairs -> truncated token id lists (padding happens per batch)."""
+    tok = _tokenizer(model_path)
+    q = tok(batch["query"].to_pylist(), truncation=True, max_length=max_query_len)["input_ids"]
+    c = tok(batch["code"].to_pylist(), truncation=True, max_length=max_code_len)["input_ids"]
+    return pa.table({"q_ids": q, "c_ids": c, "group": batch["group"]}, schema=TOKENIZED_SCHEMA)
+
+
+def model_path(cfg: TrainConfig) -> str:
+    return cfg.model or default_model_path()
+
+
+@dataclass
+class RetrieverTask:
+    """What the shared training loop needs to train the dual encoder."""
+
+    def build_model(self, cfg: TrainConfig) -> DualEncoder:
+        return DualEncoder.from_pretrained(
+            model_path(cfg),
+            temperature=cfg.temperature,
+            max_query_len=cfg.max_query_len,
+            max_code_len=cfg.max_code_len,
+        )
+
+    def loss(self, engine: Any, batch: dict[str, np.ndarray], cfg: TrainConfig) -> torch.Tensor:
+        pad = pad_token_id(engine.module.tokenizer)
+        device = engine.device
+        q = {k: v.to(device) for k, v in pad_batch(list(batch["q_ids"]), pad).items()}
+        c = {k: v.to(device) for k, v in pad_batch(list(batch["c_ids"]), pad).items()}
+        q_emb, c_emb = engine(q, c)
+        groups = torch.as_tensor(batch["group"], dtype=torch.long, device=device)
+        return gathered_info_nce(q_emb, c_emb, cfg.temperature, code_keys=groups)
+
+    def evaluate(self, model: DualEncoder, cfg: TrainConfig) -> dict[str, float]:
+        out = {}
+        valid = _load_split(str(Path(cfg.corpus) / "valid"))
+        for k, v in evaluate_retriever(
+            model, valid, cfg.max_eval_queries, cfg.eval_batch_size
+        ).items():
+            out[f"valid_{k}"] = v
+        if cfg.eval_cosqa:
+            cosqa = _load_cosqa(cfg.eval_cosqa)
+            for k, v in evaluate_retriever(model, cosqa, 0, cfg.eval_batch_size).items():
+                out[f"cosqa_{k}"] = v
+        return out
+
+    def export(self, model: DualEncoder, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_split(directory: str) -> RetrievalSet:
+    return RetrievalSet.read(directory)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cosqa(directory: str) -> RetrievalSet:
+    from r2ps.data.readers import read_cosqa
+
+    return read_cosqa(directory)
+
+
+def eval_queries(rset: RetrievalSet, max_queries: int) -> tuple[list[str], list[set[int]]]:
+    """Query texts and, for each, the pool positions of its gold codes.
+
+    With `max_queries`, a fixed subset (lowest query ids): the same queries at every
+    evaluation, so scores of different steps compare. The pool is always whole.
+    """
+    queries = rset.queries.sort_by("query_id")
+    if max_queries:
+        queries = queries.slice(0, max_queries)
+    position = {cid: i for i, cid in enumerate(rset.codes["code_id"].to_pylist())}
+    gold: dict[str, set[int]] = {}
+    for qid, cid in zip(
+        rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
+    ):
+        gold.setdefault(qid, set()).add(position[cid])
+    return queries["query"].to_pylist(), [gold[q] for q in queries["query_id"].to_pylist()]
+
+
+def evaluate_retriever(
+    model: DualEncoder, rset: RetrievalSet, max_queries: int = 0, batch_size: int = 64
+) -> dict[str, float]:
+    """MRR / Recall@1,5,10 / NDCG@10 over the whole pool of `rset`.
+
+    Inside a multi-worker run each rank embeds a slice of the pool and the slices are
+    gathered, so evaluation uses every worker instead of leaving all but one idle.
+    """
+    texts, gold = eval_queries(rset, max_queries)
+    codes = rset.codes["code"].to_pylist()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    tok = model.tokenizer
+    q_part = embed_texts(model, tok, texts[rank::world], model.max_query_len, batch_size)
+    c_part = embed_texts(model, tok, codes[rank::world], model.max_code_len, batch_size)
+    q_emb, c_emb = _unslice(q_part, len(texts), world), _unslice(c_part, len(codes), world)
+    return evaluate_dense(q_emb, c_emb, gold)
+
+
+def _unslice(part: np.ndarray, n: int, world: int) -> np.ndarray:
+    """Reassemble rows split as `rows[rank::world]` across ranks."""
+    if world == 1:
+        return part
+    parts: list[np.ndarray] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(parts, part)
+    out = np.empty((n, part.shape[1]), dtype=np.float32)
+    for r, p in enumerate(parts):
+        out[r::world] = p
+    return out

@@ -1,0 +1,122 @@
+"""The ranker: explicit pair truncation, the MLP head, HF-format checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel, BertTokenizerLegacy
+
+from r2ps.models.cross import CrossEncoder, encode_pairs, tokenize_pairs
+from r2ps.models.dual import DualEncoder
+from r2ps.models.encoder import default_model_path
+
+LONG_QUERY = " ".join(f"word{i}" for i in range(300))
+LONG_CODE = "\n".join(f"x{i} = compute(x{i - 1})" for i in range(1, 400))
+QUERIES = ["sort a list", "read a file", LONG_QUERY]
+CODES = ["def f(xs):\n    return sorted(xs)", "open(p).read()", LONG_CODE]
+
+
+@pytest.fixture
+def cross(tiny_bert_dir) -> CrossEncoder:
+    torch.manual_seed(0)
+    return CrossEncoder.from_pretrained(tiny_bert_dir)
+
+
+def _query_len(type_ids: list[int]) -> int:
+    """Query tokens of a BERT pair: the type-0 segment minus [CLS] and [SEP]."""
+    return type_ids.count(0) - 2
+
+
+def test_short_pairs_match_the_tokenizers_own_pair_encoding(cross):
+    tok = cross.tokenizer
+    (ids, types), _, _ = encode_pairs(tok, QUERIES, CODES)
+    ref = tok(QUERIES[0], CODES[0])
+    assert ids == ref["input_ids"] and types == ref["token_type_ids"]
+    assert ids[0] == tok.cls_token_id and ids.count(tok.sep_token_id) == 2
+
+
+def test_long_query_and_code_are_truncated_separately(cross):
+    tok = cross.tokenizer
+    ids, types = encode_pairs(tok, [LONG_QUERY], [LONG_CODE])[0]
+    assert len(ids) == 384
+    assert _query_len(types) == 128
+    assert ids[-1] == tok.sep_token_id
+    # Short query, long code: the code fills everything that is left.
+    ids, types = encode_pairs(tok, ["sort a list"], [LONG_CODE], max_len=64)[0]
+    assert len(ids) == 64 and _query_len(types) == 3
+    # Long query, short code: the query stops at max_query_len, the code stays whole.
+    ids, types = encode_pairs(tok, [LONG_QUERY], ["x = 1"], max_query_len=20)[0]
+    assert _query_len(types) == 20 and len(ids) == 20 + 3 + 3
+
+
+def test_python_tokenizer_fallback_matches_the_fast_path(cross):
+    slow = BertTokenizerLegacy(vocab_file=str(Path(default_model_path()) / "vocab.txt"))
+    for max_len in (384, 50):
+        fast = encode_pairs(cross.tokenizer, QUERIES, CODES, 16, max_len)
+        assert encode_pairs(slow, QUERIES, CODES, 16, max_len) == fast
+
+
+def test_encode_pairs_checks_its_inputs(cross):
+    assert encode_pairs(cross.tokenizer, [], []) == []
+    with pytest.raises(ValueError):
+        encode_pairs(cross.tokenizer, ["a"], [])
+    with pytest.raises(ValueError):
+        encode_pairs(cross.tokenizer, ["a"], ["b"], max_len=4)
+
+
+def test_head_shape_and_scores(cross):
+    head = cross.head
+    assert [type(m) for m in head] == [nn.Linear, nn.GELU, nn.LayerNorm, nn.Linear]
+    assert head[0].weight.shape == (32, 32) and head[3].weight.shape == (1, 32)
+    batch = tokenize_pairs(cross.tokenizer, QUERIES, CODES, max_len=64)
+    assert batch["input_ids"].shape == (3, 64)
+    scores = cross(**batch)
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    scores.sum().backward()
+    assert cross.head[0].weight.grad is not None
+
+
+def test_score_pairs_keeps_input_order(cross):
+    cross.train()
+    scores = cross.score_pairs(QUERIES, CODES, batch_size=2)
+    assert cross.training
+    cross.eval()
+    with torch.no_grad():
+        for i in range(3):
+            one = cross(**cross.tokenize([QUERIES[i]], [CODES[i]])).item()
+            assert scores[i] == pytest.approx(one, abs=1e-5)
+
+
+def test_save_load_round_trip(cross, tmp_path):
+    with torch.no_grad():
+        cross.head[3].bias.fill_(0.5)  # a head that differs from a fresh one
+    before = cross.score_pairs(QUERIES, CODES)
+    cross.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "r2ps.json").read_text())["kind"] == "cross"
+    assert (tmp_path / "head.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pkl"))
+
+    loaded = CrossEncoder.from_pretrained(tmp_path)
+    assert (loaded.max_query_len, loaded.max_len) == (128, 384)
+    np.testing.assert_array_equal(loaded.score_pairs(QUERIES, CODES), before)
+    assert CrossEncoder.from_pretrained(tmp_path, max_len=256).max_len == 256
+    AutoModel.from_pretrained(tmp_path)
+
+    (tmp_path / "head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        CrossEncoder.from_pretrained(tmp_path)
+
+
+def test_starts_from_a_retriever_checkpoint(tiny_bert_dir, tmp_path):
+    dual = DualEncoder.from_pretrained(tiny_bert_dir)
+    dual.save_pretrained(tmp_path)
+    cross = CrossEncoder.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        cross.encoder.embeddings.word_embeddings.weight,
+        dual.encoder.embeddings.word_embeddings.weight,
+    )

@@ -1,0 +1,85 @@
+"""Encoder loading, mean pooling and the batching helpers the models share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertModel, DistilBertConfig, DistilBertModel
+
+from r2ps.models.encoder import (
+    batches_by_length,
+    default_model_path,
+    load_encoder,
+    mean_pool,
+    pad_batch,
+    read_meta,
+    write_meta,
+)
+
+
+def test_default_model_path_is_a_local_hf_dir():
+    path = Path(default_model_path())
+    assert (path / "config.json").exists()
+    assert (path / "tokenizer.json").exists() or (path / "vocab.txt").exists()
+
+
+def test_load_encoder_drops_the_pooler(tiny_bert_dir):
+    model, tokenizer = load_encoder(tiny_bert_dir)
+    assert isinstance(model, BertModel)
+    assert model.pooler is None
+    assert next(model.parameters()).dtype == torch.float32
+    assert len(tokenizer) == model.config.vocab_size
+
+
+def test_load_encoder_accepts_models_without_a_pooler(tmp_path, tiny_bert_dir):
+    """DistilBERT rejects `add_pooling_layer`: it must not be passed."""
+    config = DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    _, tokenizer = load_encoder(tiny_bert_dir)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_encoder(tmp_path)
+    assert isinstance(model, DistilBertModel)
+
+
+def test_mean_pool_ignores_padding():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pooled = mean_pool(hidden, mask)
+    torch.testing.assert_close(pooled[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1].mean(0))
+    # Changing the padded positions changes nothing.
+    hidden2 = hidden.clone()
+    hidden2[0, 2:] = 100.0
+    torch.testing.assert_close(mean_pool(hidden2, mask), pooled)
+
+
+def test_mean_pool_is_float32_for_half_inputs():
+    hidden = torch.ones(1, 3, 2, dtype=torch.bfloat16)
+    assert mean_pool(hidden, torch.ones(1, 3)).dtype == torch.float32
+
+
+def test_batches_by_length_cover_every_index_longest_first():
+    lengths = [3, 9, 1, 7, 5]
+    batches = batches_by_length(lengths, 2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5))
+    assert [lengths[i] for i in batches[0]] == [9, 7]
+    assert [len(b) for b in batches] == [2, 2, 1]
+    with pytest.raises(ValueError):
+        batches_by_length(lengths, 0)
+
+
+def test_pad_batch():
+    out = pad_batch([[5, 6, 7], [8]], pad_id=0, type_ids=[[0, 0, 1], [0]])
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert out["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
+
+
+def test_meta_round_trip(tmp_path):
+    assert read_meta(tmp_path) is None
+    write_meta(tmp_path, {"kind": "dual", "temperature": 0.05})
+    assert read_meta(tmp_path) == {"kind": "dual", "temperature": 0.05}
