@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import ray
 
@@ -30,16 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, rest, description=__doc__)
     setup_logging()
     ray.init(ignore_reinit_error=True)
-    from r2ps.train.launch import train
+    from r2ps.train.launch import compare_on_test, train
 
     summary = train(cfg)
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("best_checkpoint", "best_metrics", "exported_model")},
-            indent=1,
-            default=str,
-        )
-    )
+    if cfg.final_test:
+        summary["final_test"] = compare_on_test(cfg, summary["exported_model"])
+        path = Path(summary["exported_model"]) / "train_summary.json"
+        path.write_text(json.dumps(summary, indent=1, default=str))
+    keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))
     return 0
 
 

@@ -55,4 +55,7 @@ class TrainConfig:
     )
     eval_cosqa: str = field(default="", metadata={"help": "CoSQA folder: also report CoSQA dev"})
     eval_batch_size: int = 64
+    final_test: bool = field(
+        default=True, metadata={"help": "after training, compare start and trained model on test"}
+    )
     log_every_steps: int = 10

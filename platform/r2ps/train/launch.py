@@ -49,7 +49,7 @@ def retriever_dataset(cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
     return ds, pairs.num_rows
 
 
-def make_trainer(cfg: TrainConfig) -> TorchTrainer:
+def make_trainer(cfg: TrainConfig, task: RetrieverTask | None = None) -> TorchTrainer:
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
     ds, n_pairs = retriever_dataset(cfg)
     steps_per_epoch = n_pairs // (cfg.batch_size * cfg.num_workers)
@@ -60,7 +60,7 @@ def make_trainer(cfg: TrainConfig) -> TorchTrainer:
     resources = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
     return TorchTrainer(
         train_loop,
-        train_loop_config=config_for_workers(cfg, RetrieverTask(), steps_per_epoch),
+        train_loop_config=config_for_workers(cfg, task or RetrieverTask(), steps_per_epoch),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -82,10 +82,13 @@ def _storage(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).resolve())
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Fit, export the best checkpoint's model to `cfg.out`, return the summary."""
+def train(cfg: TrainConfig, task: RetrieverTask | None = None) -> dict:
+    """Fit, export the best checkpoint's model to `cfg.out`, return the summary.
+
+    `task` replaces the default RetrieverTask (tests use it to inject failures).
+    """
     start = time.time()
-    result = make_trainer(cfg).fit()
+    result = make_trainer(cfg, task).fit()
     best = result.get_best_checkpoint(metric=SCORE, mode="max")
     if best is None:
         raise RuntimeError(f"run {cfg.run_name} reported no checkpoint")
@@ -110,3 +113,28 @@ def train(cfg: TrainConfig) -> dict:
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out
     )
     return summary
+
+
+def compare_on_test(cfg: TrainConfig, trained: str) -> dict:
+    """The starting model against the trained one on the corpus test split (and CoSQA).
+
+    Run once after training, on held-out packages no checkpoint was chosen on.
+    """
+    from r2ps.data.readers import read_cosqa
+    from r2ps.data.schema import RetrievalSet
+    from r2ps.models.dual import DualEncoder
+    from r2ps.train.retriever import evaluate_retriever
+
+    sets = {"test": RetrievalSet.read(Path(cfg.corpus) / "test")}
+    if cfg.eval_cosqa:
+        sets["cosqa"] = read_cosqa(cfg.eval_cosqa)
+    torch.set_num_threads(cfg.threads_per_worker)
+    out: dict[str, dict] = {}
+    for name, path in (("start", model_path(cfg)), ("trained", trained)):
+        model = DualEncoder.from_pretrained(
+            path, max_query_len=cfg.max_query_len, max_code_len=cfg.max_code_len
+        )
+        for split, rset in sets.items():
+            out[f"{name}/{split}"] = evaluate_retriever(model, rset, 0, cfg.eval_batch_size)
+            log.info("%s on %s: %s", name, split, out[f"{name}/{split}"])
+    return out

@@ -132,8 +132,10 @@ def train_loop(config: dict) -> None:
             log.info("step %d: %s", state["step"], _fmt(metrics))
         return metrics
 
+    reported_at = -1
     if checkpoint is None:
-        report(validate())  # the starting point, so every run shows what it improved on
+        report(validate())
+        reported_at = 0  # the starting point, so every run shows what it improved on
 
     shard = ray.train.get_dataset_shard("train")
     tick, seen = time.time(), 0
@@ -171,10 +173,12 @@ def train_loop(config: dict) -> None:
                 )
             if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
                 report({**validate(), "train_loss": loss.item()})
+                reported_at = state["step"]
                 tick, seen = time.time(), 0
         state["epoch"] += 1
         state["step_in_epoch"] = 0
-        report(validate())
+        if reported_at != state["step"]:  # not twice for the same weights
+            report(validate())
         tick, seen = time.time(), 0
 
 

@@ -97,7 +97,7 @@ class RetrieverTask:
         q = {k: v.to(device) for k, v in pad_batch(list(batch["q_ids"]), pad).items()}
         c = {k: v.to(device) for k, v in pad_batch(list(batch["c_ids"]), pad).items()}
         q_emb, c_emb = engine(q, c)
-        groups = torch.as_tensor(batch["group"], dtype=torch.long, device=device)
+        groups = torch.tensor(batch["group"], dtype=torch.long, device=device)
         return gathered_info_nce(q_emb, c_emb, cfg.temperature, code_keys=groups)
 
     def evaluate(self, model: DualEncoder, cfg: TrainConfig) -> dict[str, float]:
