@@ -1,0 +1,391 @@
+"""Embed a code corpus with the retriever on a Ray Data actor pool, then index it.
+
+The stream, one stage per Ray Data operator:
+1. read tasks: `codes.parquet` row groups, cut into blocks of `block_rows`, each row
+   tagged with its corpus position `pos` (Ray Data does not keep order across blocks);
+2. tokenise tasks: code text -> truncated token ids, so the model actors only run the
+   model (tokenising is CPU work that would otherwise sit on the actors' critical path);
+3. `CodeEmbedder` actors: the DualEncoder, loaded once per actor, embeds each block in
+   length-grouped batches (little padding computed), autocast to bf16/fp16 on GPU only;
+4. `write_parquet`: `<out>/embeddings/part-*.parquet` (pos, code_id, embedding), then
+   `manifest.json`, written last, so a cut-short run never looks finished.
+
+`ensure_index` is what mining and serving call: it reuses a saved index (or saved
+embeddings) when its manifest matches the model and the corpus, and rebuilds otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from r2ps.index import (
+    MANIFEST,
+    CodeIndex,
+    IndexConfig,
+    StaleIndexError,
+    check_manifest,
+    corpus_fingerprint,
+    model_fingerprint,
+    read_embeddings,
+    read_manifest,
+)
+from r2ps.log import get_logger
+from r2ps.models.encoder import default_model_path, read_meta
+
+log = get_logger(__name__)
+
+DEFAULT_MAX_CODE_LEN = 256  # DualEncoder's default when a model dir has no r2ps.json
+TOKENIZED_SCHEMA = pa.schema(
+    [("pos", pa.int64()), ("code_id", pa.string()), ("input_ids", pa.list_(pa.int32()))]
+)
+
+
+@dataclass
+class EmbedConfig:
+    """Settings of `jobs/embed.py`."""
+
+    model: str = field(default="", metadata={"help": "retriever dir ('' = bundled MiniLM)"})
+    codes: str = field(
+        default="", metadata={"help": "split folder holding codes.parquet, or a .parquet file"}
+    )
+    out: str = field(default="runs/embed", metadata={"help": "output folder"})
+    actors: int = field(
+        default=0, metadata={"help": "embedding actors; 0: one per GPU, else 1 per 2 CPUs"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "codes per forward pass"})
+    block_rows: int = field(
+        default=1024, metadata={"help": "rows per block and per actor call (length grouping)"}
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: CPUs/actors"})
+    max_code_len: int = field(default=0, metadata={"help": "code tokens; 0: the model's own"})
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "block_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("actors", "threads", "max_code_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def model_dir(cfg: EmbedConfig) -> str:
+    return str(Path(cfg.model).resolve()) if cfg.model else default_model_path()
+
+
+def codes_file(codes: str) -> Path:
+    """The codes Parquet file of `codes` (a split folder or a file), checked for its columns."""
+    if not codes:
+        raise ValueError("codes: no split folder or codes .parquet file given")
+    path = Path(codes)
+    if path.is_dir():
+        path = path / "codes.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: codes file not found")
+    names = pq.read_schema(path).names
+    missing = [c for c in ("code_id", "code") if c not in names]
+    if missing:
+        raise ValueError(f"{path}: field(s) {missing} missing; columns are {names}")
+    return path.resolve()
+
+
+def read_code_ids(path: Path) -> list[str]:
+    """The code ids in file order (one column: cheap even for millions of codes)."""
+    col = pq.read_table(path, columns=["code_id"]).column("code_id")
+    if col.null_count:
+        raise ValueError(f"{path}: field 'code_id' has {col.null_count} nulls")
+    ids = col.to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: field 'code_id' has {len(ids) - len(set(ids))} duplicates")
+    return ids
+
+
+def max_code_len(cfg: EmbedConfig, model: str) -> int:
+    """Truncation length: the config's, else the one the retriever was saved with."""
+    meta = read_meta(model) or {}
+    return cfg.max_code_len or int(meta.get("max_code_len", DEFAULT_MAX_CODE_LEN))
+
+
+# ------------------------------------------------------------------ Ray Data stages
+
+
+def _read_row_group(batch: dict, path: str, block_rows: int):
+    """Read task: one Parquet row group -> blocks of (pos, code_id, code)."""
+    pf = pq.ParquetFile(path)
+    for group, offset in zip(batch["row_group"], batch["offset"], strict=True):
+        start = int(offset)
+        for rb in pf.iter_batches(
+            batch_size=block_rows, row_groups=[int(group)], columns=["code_id", "code"]
+        ):
+            pos = pa.array(np.arange(start, start + rb.num_rows, dtype=np.int64))
+            start += rb.num_rows
+            yield pa.table({"pos": pos, "code_id": rb["code_id"], "code": rb["code"]})
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tokenize_codes(batch: pa.Table, model: str, max_len: int) -> pa.Table:
+    """Tokenise task: code text -> truncated token ids, exactly as `embed_texts` does."""
+    texts = batch["code"].to_pylist()
+    ids = (
+        _tokenizer(model)(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
+    )
+    return pa.table(
+        {"pos": batch["pos"], "code_id": batch["code_id"], "input_ids": ids},
+        schema=TOKENIZED_SCHEMA,
+    )
+
+
+class CodeEmbedder:
+    """Actor: holds one DualEncoder and turns token id blocks into unit embeddings.
+
+    Loading the model once per actor (not once per block) is why this is a callable
+    class in an actor pool rather than a task.
+    """
+
+    def __init__(self, model: str, batch_size: int, threads: int) -> None:
+        import torch
+
+        from r2ps.models.dual import DualEncoder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = DualEncoder.from_pretrained(model).to(self.device).eval()
+        self.batch_size = batch_size
+        self.pad_id = _pad_id(self.model.tokenizer)
+        if self.device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.dtype = None  # full precision on CPU: results match the single-process path
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from r2ps.models.encoder import batches_by_length, pad_batch
+
+        seqs = batch["input_ids"].to_pylist()
+        out = np.zeros((len(seqs), self.model.dim), dtype=np.float32)
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+        )
+        with torch.inference_mode(), autocast:
+            for idx in batches_by_length([len(s) for s in seqs], self.batch_size):
+                padded = pad_batch([seqs[i] for i in idx], self.pad_id)
+                emb = self.model.encode(
+                    padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
+                )
+                out[idx] = emb.float().cpu().numpy()
+        return pa.table(
+            {
+                "pos": batch["pos"],
+                "code_id": batch["code_id"],
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(out.reshape(-1), pa.float32()), self.model.dim
+                ),
+            }
+        )
+
+
+def _pad_id(tokenizer) -> int:
+    from r2ps.models.encoder import pad_token_id
+
+    return pad_token_id(tokenizer)
+
+
+def _part_names():
+    """Shard names `part-<write>-<task>.parquet`, as `read_embeddings` expects."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{write_uuid}-{task_index:06d}.parquet"
+
+    return PartNames()
+
+
+@dataclass
+class PoolPlan:
+    """How the actor pool is sized on this cluster (probed, never configured in code)."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+
+def plan_pool(cfg: EmbedConfig) -> PoolPlan:
+    """One actor per GPU where the cluster has GPUs; on CPUs, a pool that leaves room
+    for the read and tokenise tasks (whole-CPU actors would starve them and hang)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    if gpus:
+        actors = cfg.actors or gpus
+        return PoolPlan(actors, 1.0, 1.0, cfg.threads or 2)
+    actors = cfg.actors or max(1, int(cpus) // 2)
+    per_actor = max(0.25, min(1.0, round((cpus - 1) / actors, 2)))
+    threads = cfg.threads or max(1, int(cpus) // actors)
+    return PoolPlan(actors, per_actor, 0.0, threads)
+
+
+def _row_groups(path: Path) -> list[dict]:
+    meta = pq.ParquetFile(path).metadata
+    offsets = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    return [{"row_group": i, "offset": int(offsets[i])} for i in range(meta.num_row_groups)]
+
+
+def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan):
+    """The lazy Ray Dataset of (pos, code_id, embedding) for every code of `codes`."""
+    import ray
+
+    groups = _row_groups(codes)
+    ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
+    ds = ds.map_batches(
+        _read_row_group,
+        fn_kwargs={"path": str(codes), "block_rows": cfg.block_rows},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        tokenize_codes,
+        fn_kwargs={"model": model, "max_len": max_code_len(cfg, model)},
+        batch_size=None,  # one block in, one block out: keeps the block_rows grouping
+        batch_format="pyarrow",
+        num_cpus=0.5,
+    )
+    return ds.map_batches(
+        CodeEmbedder,
+        fn_constructor_kwargs={
+            "model": model,
+            "batch_size": cfg.batch_size,
+            "threads": plan.threads,
+        },
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        batch_size=cfg.block_rows,
+        batch_format="pyarrow",
+    )
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def _embeddings_dir(cfg: EmbedConfig) -> Path:
+    return Path(cfg.out) / "embeddings"
+
+
+def _index_dir(cfg: EmbedConfig) -> Path:
+    return Path(cfg.out) / "index"
+
+
+def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
+    """(model dir, codes file, the manifest keys that say which model and corpus)."""
+    model = model_dir(cfg)
+    codes = codes_file(cfg.codes)
+    ids = read_code_ids(codes)
+    return (
+        model,
+        codes,
+        {
+            "model_fingerprint": model_fingerprint(model),
+            "corpus_fingerprint": corpus_fingerprint(ids),
+            "count": len(ids),
+        },
+    )
+
+
+def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
+    import ray
+
+    plan = plan_pool(cfg)
+    final = _embeddings_dir(cfg)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "embedding %d codes of %s: %d actor(s) x %d thread(s), %.2f CPU, %.0f GPU each",
+        identity["count"], codes, plan.actors, plan.threads, plan.num_cpus, plan.num_gpus,
+    )  # fmt: skip
+    start = time.perf_counter()
+    ds = embedding_dataset(cfg, codes, model, plan)
+    ds.write_parquet(str(tmp), filename_provider=_part_names())
+    seconds = time.perf_counter() - start
+    ids, emb = read_embeddings(str(tmp))  # checks every position arrived exactly once
+    if len(ids) != identity["count"]:
+        raise RuntimeError(f"{tmp}: {len(ids)} embeddings written for {identity['count']} codes")
+    manifest = {
+        **identity,
+        "model_path": model,
+        "codes": str(codes),
+        "dim": int(emb.shape[1]),
+        "max_code_len": max_code_len(cfg, model),
+        "shards": len(list(tmp.glob("part-*.parquet"))),
+        "actors": plan.actors,
+        "threads_per_actor": plan.threads,
+        "device": "gpu" if plan.num_gpus else "cpu",
+        "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+        "seconds": round(seconds, 3),
+        "codes_per_s": round(len(ids) / seconds, 1) if seconds else None,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    log.info("embedded %d codes in %.1f s (%.0f codes/s) -> %s", len(ids), seconds,
+             manifest["codes_per_s"] or 0, final)  # fmt: skip
+    return manifest
+
+
+def embed_corpus(cfg: EmbedConfig) -> dict:
+    """Embed every code of `cfg.codes` into `<out>/embeddings/`; returns the manifest."""
+    model, codes, identity = _identity(cfg)
+    return _embed(cfg, model, codes, identity)
+
+
+def ensure_index(cfg: EmbedConfig) -> CodeIndex:
+    """The index of `cfg.codes` under `cfg.model`: loaded when up to date, else rebuilt.
+
+    Up to date means the saved manifest has the same model fingerprint, corpus
+    fingerprint (ids in order) and index kind and build settings. Embeddings are reused
+    the same way, so changing only the index kind re-indexes without re-embedding.
+    """
+    model, codes, identity = _identity(cfg)
+    expect = {**identity, "kind": cfg.index.kind, "settings": cfg.index.build_settings()}
+    try:
+        index = CodeIndex.load(_index_dir(cfg), expect=expect, cfg=cfg.index)
+        log.info("reusing index %s (%d codes)", _index_dir(cfg), len(index))
+        return index
+    except (FileNotFoundError, StaleIndexError) as e:
+        log.info("building the index: %s", e)
+    try:
+        manifest = read_manifest(_embeddings_dir(cfg))
+        check_manifest(manifest, identity, _embeddings_dir(cfg))
+        log.info("reusing embeddings %s", _embeddings_dir(cfg))
+    except (FileNotFoundError, StaleIndexError) as e:
+        log.info("embedding: %s", e)
+        manifest = _embed(cfg, model, codes, identity)
+    ids, emb = read_embeddings(str(_embeddings_dir(cfg)))
+    keep = ("model_fingerprint", "model_path", "corpus_fingerprint", "codes", "max_code_len")
+    index = CodeIndex.build(emb, ids, cfg.index, {k: manifest[k] for k in keep})
+    index.save(_index_dir(cfg))
+    return index

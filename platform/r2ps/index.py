@@ -1,0 +1,354 @@
+"""The faiss index over code embeddings, saved beside a manifest that says what it indexes.
+
+Scores are inner products of unit vectors (cosine, as the retriever is trained).
+`flat` is exact and the default; `ivf` (inverted lists, trained on the embeddings) and
+`hnsw` (a graph) trade a little recall for speed on large corpora. Where CUDA and a
+faiss build with GPU support are both present, the index is copied to every GPU
+(sharded), otherwise the CPU index serves: same results either way.
+
+The manifest (model fingerprint, corpus fingerprint, dimension, count, kind) travels
+with the index, so a caller who passes what it expects (`CodeIndex.load(dir, expect)`)
+gets a `StaleIndexError` instead of silently searching embeddings of another model or
+another corpus: positions into `code_ids` would then point at the wrong code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
+
+KINDS = ("flat", "ivf", "hnsw")
+INDEX_FILE = "index.faiss"
+IDS_FILE = "code_ids.parquet"
+MANIFEST = "manifest.json"
+GPU_MAX_K = 2048  # faiss GPU search returns at most this many neighbours per query
+
+
+class StaleIndexError(RuntimeError):
+    """A saved index (or embedding set) was made for another model or corpus."""
+
+
+# ------------------------------------------------------------------ fingerprints
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """Content hash of a model directory: weights, `config.json` and `r2ps.json` if any.
+
+    Hashing contents (not the path or mtimes) means a retrained model saved to the
+    same folder is a different model, and a copied folder is the same one.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model directory not found")
+    weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors (or *.bin) weights in it")
+    files = weights + [root / n for n in ("config.json", "r2ps.json") if (root / n).exists()]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def corpus_fingerprint(code_ids: Sequence[str]) -> str:
+    """Hash of the code ids in order: the index answers positions, so order matters."""
+    h = hashlib.sha256()
+    for cid in code_ids:
+        h.update(str(cid).encode() + b"\n")
+    return h.hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass
+class IndexConfig:
+    """Which faiss index to build and how to search it."""
+
+    kind: str = field(default="flat", metadata={"help": "flat (exact inner product) | ivf | hnsw"})
+    nlist: int = field(default=0, metadata={"help": "IVF lists; 0: about 4*sqrt(N)"})
+    nprobe: int = field(default=16, metadata={"help": "IVF lists visited per query"})
+    hnsw_m: int = field(default=32, metadata={"help": "HNSW neighbours per node"})
+    ef_search: int = field(default=128, metadata={"help": "HNSW search breadth"})
+    use_gpu: bool | None = field(
+        default=None, metadata={"help": "None: GPU faiss when CUDA and faiss GPU exist"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"index.kind: expected one of {KINDS}, got {self.kind!r}")
+        for name in ("nprobe", "hnsw_m", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"index.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.nlist < 0:
+            raise ValueError(f"index.nlist: must be >= 0, got {self.nlist}")
+
+    def build_settings(self) -> dict:
+        """The settings that shape the built index (search-time ones can change freely)."""
+        if self.kind == "ivf":
+            return {"kind": "ivf", "nlist": self.nlist}
+        if self.kind == "hnsw":
+            return {"kind": "hnsw", "hnsw_m": self.hnsw_m}
+        return {"kind": "flat"}
+
+
+def gpu_available() -> bool:
+    """CUDA visible to torch and a faiss build with GPU support, probed at run time."""
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    return cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _resolve_gpu(use_gpu: bool | None) -> bool:
+    if use_gpu is None:
+        return gpu_available()
+    if use_gpu and not gpu_available():
+        raise RuntimeError(
+            "index.use_gpu=true but no GPU faiss here (needs CUDA and the faiss-gpu build); "
+            "use index.use_gpu=null to pick automatically"
+        )
+    return use_gpu
+
+
+# ------------------------------------------------------------------ the index
+
+
+def _check_matrix(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-d array [n, d], got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{what}: dimension {x.shape[1]} differs from the index's {dim}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _new_index(embeddings: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dict]:
+    """An empty-or-trained CPU index for `cfg`, and what was actually used (e.g. nlist)."""
+    n, d = embeddings.shape
+    if cfg.kind == "flat":
+        return faiss.IndexFlatIP(d), {}
+    if cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        return index, {}
+    nlist = cfg.nlist or max(1, int(round(4 * math.sqrt(n))))
+    nlist = min(nlist, n)  # k-means needs at least one point per list
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(embeddings)
+    return index, {"nlist_used": nlist}
+
+
+def _set_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
+    if cfg.kind == "ivf":
+        faiss.extract_index_ivf(index).nprobe = cfg.nprobe
+    elif cfg.kind == "hnsw":
+        index.hnsw.efSearch = cfg.ef_search
+
+
+class CodeIndex:
+    """A faiss index whose row i is `code_ids[i]`, with the manifest it was built for."""
+
+    def __init__(
+        self, index: faiss.Index, code_ids: list[str], manifest: dict, cfg: IndexConfig
+    ) -> None:
+        if index.ntotal != len(code_ids):
+            raise ValueError(f"index holds {index.ntotal} vectors but {len(code_ids)} code ids")
+        self.code_ids = list(code_ids)
+        self.manifest = manifest
+        self.cfg = cfg
+        self._cpu = index  # what gets saved
+        _set_search_params(self._cpu, cfg)
+        self._gpu = self._to_gpu(index) if _resolve_gpu(cfg.use_gpu) else None
+        self.device = "gpu" if self._gpu is not None else "cpu"
+
+    def _to_gpu(self, index: faiss.Index) -> faiss.Index | None:
+        if self.cfg.kind == "hnsw":  # faiss has no GPU HNSW: the CPU graph serves
+            log.info("HNSW has no faiss GPU form; searching on the CPU")
+            return None
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # each GPU holds a slice of the corpus, not a copy
+        gpu = faiss.index_cpu_to_all_gpus(index, co=options)
+        if self.cfg.kind == "ivf":
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self.cfg.nprobe)
+        return gpu
+
+    @property
+    def dim(self) -> int:
+        return int(self._cpu.d)
+
+    def __len__(self) -> int:
+        return len(self.code_ids)
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        code_ids: list[str],
+        cfg: IndexConfig,
+        manifest: dict,
+    ) -> CodeIndex:
+        """Index `embeddings` (float32 [N, d], unit rows); `manifest` says what they came from.
+
+        The manifest is completed with `dim`, `count`, `kind`, the build settings and
+        the corpus fingerprint of `code_ids` (a caller's own value must agree).
+        """
+        emb = _check_matrix(embeddings, "embeddings")
+        if emb.shape[0] != len(code_ids):
+            raise ValueError(f"{emb.shape[0]} embeddings but {len(code_ids)} code ids")
+        if emb.shape[0] == 0:
+            raise ValueError("cannot index an empty corpus (0 embeddings)")
+        fp = corpus_fingerprint(code_ids)
+        if manifest.get("corpus_fingerprint", fp) != fp:
+            raise ValueError("manifest corpus_fingerprint does not match the code ids given")
+        index, used = _new_index(emb, cfg)
+        index.add(emb)
+        full = {
+            **manifest,
+            "corpus_fingerprint": fp,
+            "dim": int(emb.shape[1]),
+            "count": int(emb.shape[0]),
+            "kind": cfg.kind,
+            "settings": cfg.build_settings(),
+            **used,
+        }
+        log.info("built %s index: %d x %d", cfg.kind, emb.shape[0], emb.shape[1])
+        return cls(index, code_ids, full, cfg)
+
+    def search(
+        self, queries: np.ndarray, k: int, chunk: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores float32 [Q, k], positions int64 [Q, k]) per query row, best first.
+
+        Queries go through in chunks of `chunk` rows, so faiss's working memory does not
+        grow with Q. A position of -1 (score -inf) means fewer than k codes were found.
+        """
+        q = _check_matrix(queries, "queries", self.dim)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
+        scores = np.empty((len(q), k), dtype=np.float32)
+        pos = np.empty((len(q), k), dtype=np.int64)
+        for start in range(0, len(q), chunk):
+            s, p = index.search(q[start : start + chunk], k)
+            scores[start : start + chunk], pos[start : start + chunk] = s, p
+        scores[pos < 0] = -np.inf
+        return scores, pos
+
+    def save(self, directory: str | Path) -> None:
+        """`index.faiss` + `code_ids.parquet`, then `manifest.json` last (a crash mid-save
+        leaves no manifest, so the half-written index is never loaded)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST).unlink(missing_ok=True)
+        faiss.write_index(self._cpu, str(directory / INDEX_FILE))
+        pq.write_table(
+            pa.table({"code_id": pa.array(self.code_ids, pa.string())}), directory / IDS_FILE
+        )
+        (directory / MANIFEST).write_text(
+            json.dumps(self.manifest, indent=1, sort_keys=True) + "\n"
+        )
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        expect: dict | None = None,
+        cfg: IndexConfig | None = None,
+    ) -> CodeIndex:
+        """Load a saved index; `StaleIndexError` naming the key when `expect` disagrees.
+
+        `cfg` gives search-time settings (nprobe, ef_search, use_gpu); its kind must
+        match the saved one.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if expect:
+            check_manifest(manifest, expect, directory)
+        if not (directory / INDEX_FILE).exists() or not (directory / IDS_FILE).exists():
+            raise FileNotFoundError(f"{directory}: manifest without {INDEX_FILE} / {IDS_FILE}")
+        cfg = cfg or IndexConfig(kind=manifest.get("kind", "flat"))
+        if cfg.kind != manifest.get("kind"):
+            raise StaleIndexError(
+                f"{directory}: key 'kind' differs: saved {manifest.get('kind')!r}, "
+                f"expected {cfg.kind!r}"
+            )
+        index = faiss.read_index(str(directory / INDEX_FILE))
+        code_ids = pq.read_table(directory / IDS_FILE).column("code_id").to_pylist()
+        if corpus_fingerprint(code_ids) != manifest.get("corpus_fingerprint"):
+            raise StaleIndexError(f"{directory}: {IDS_FILE} does not match the manifest")
+        return cls(index, code_ids, manifest, cfg)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """`<directory>/manifest.json`, or FileNotFoundError naming it."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest (never built, or a write was cut short)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def check_manifest(manifest: dict, expect: dict, where: str | Path) -> None:
+    """Raise StaleIndexError naming the first key of `expect` whose saved value differs."""
+    for key, want in expect.items():
+        have = manifest.get(key, "<missing>")
+        if have != want:
+            raise StaleIndexError(
+                f"{where}: key {key!r} differs: saved {have!r}, expected {want!r}"
+            )
+
+
+# ------------------------------------------------------------------ embedding shards
+
+
+def read_embeddings(directory: str) -> tuple[list[str], np.ndarray]:
+    """(code ids, float32 [N, d]) from `<directory>/part-*.parquet`, in corpus order.
+
+    Ray Data writes shards in whatever order its blocks finish; each row carries its
+    corpus position `pos`, so the order is restored here and checked to be complete.
+    """
+    directory = Path(directory)
+    parts = sorted(directory.glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{directory}: no embedding shards (part-*.parquet)")
+    table = pa.concat_tables(pq.read_table(p) for p in parts)
+    for col in ("pos", "code_id", "embedding"):
+        if col not in table.column_names:
+            raise ValueError(f"{directory}: shards lack column {col!r}; have {table.column_names}")
+    table = table.take(pc.sort_indices(table["pos"]))
+    pos = table["pos"].to_numpy()
+    if not np.array_equal(pos, np.arange(len(pos))):
+        raise ValueError(f"{directory}: shards hold positions that are missing or repeated")
+    emb_col = table["embedding"].combine_chunks()
+    if not pa.types.is_fixed_size_list(emb_col.type):
+        raise ValueError(
+            f"{directory}: column 'embedding' is {emb_col.type}, not a fixed-size list"
+        )
+    dim = emb_col.type.list_size
+    emb = emb_col.flatten().to_numpy().astype(np.float32, copy=False).reshape(-1, dim)
+    return table["code_id"].to_pylist(), emb
