@@ -1,0 +1,620 @@
+"""PS hard-negative mining (METHOD.md section 4), with the false-negative guard.
+
+For every (query, positive) pair of a training split, the trained retriever ranks the
+split's codes; a filter keeps a window of that ranking; the ranker then samples `m`
+negatives from the window every epoch (`sample_negatives`). Storing the whole window,
+not one draw, is what lets the ranker resample each epoch, reproducibly, from a seed.
+
+Where r2ps does better than the authors' code:
+- never a negative: the positive itself, an exact or normalised duplicate of a gold code
+  (same `code_match_key`: comments, layout and docstrings ignored), another gold code of
+  the same query, or a code of an evaluation pool (`exclude`);
+- ranks count eligible codes only, so a window [0, 64) holds 64 real candidates however
+  many guarded codes sit at the top of the ranking;
+- the paper's full filter: rank window [start, end) (absolute, or a fraction of N),
+  score thresholds rho1/rho2 and a relative margin to the positive's score;
+- memory does not grow with the number of queries: queries are embedded, searched and
+  filtered one shard at a time, each shard written atomically, so a crashed run resumes
+  where it stopped and gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from r2ps.config import to_dict
+from r2ps.data.codetext import code_match_key
+from r2ps.data.schema import RetrievalSet
+from r2ps.index import IndexConfig
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
+
+NEGATIVES_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("code_id", pa.string(), nullable=False),
+        pa.field("cand_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("cand_ranks", pa.list_(pa.int32()), nullable=False),
+        pa.field("cand_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("pos_score", pa.float32(), nullable=False),
+    ]
+)
+# Why a candidate of the ranking was not kept, in the order the filter asks.
+GUARDS = ("positive", "gold", "duplicate", "pool")
+FILTERS = ("window_start", "rho2", "margin", "rho1")
+STATS_KEY = b"r2ps_mine_stats"
+
+
+@dataclass
+class MineConfig:
+    """Settings of `jobs/mine.py`; PS defaults follow the paper (window from rank 0, uniform)."""
+
+    model: str = field(default="", metadata={"help": "retriever (HF dir; default: MiniLM)"})
+    pairs: str = field(
+        default="runs/demo/corpus/train", metadata={"help": "training split folder to mine"}
+    )
+    out: str = field(default="runs/demo/mined", metadata={"help": "output folder"})
+    index_dir: str = field(
+        default="", metadata={"help": "reuse embeddings/index from here (default: --out)"}
+    )
+    window_start: int | float = field(
+        default=0, metadata={"help": "first rank kept (0 = top); a float < 1 is a fraction of N"}
+    )
+    window_end: int | float = field(
+        default=64, metadata={"help": "rank window end (exclusive); a float < 1 is a fraction"}
+    )
+    rho1: float | None = field(default=None, metadata={"help": "drop scores below (None: off)"})
+    rho2: float | None = field(default=None, metadata={"help": "drop scores above (None: off)"})
+    margin: float | None = field(
+        default=None,
+        metadata={"help": "drop scores above pos - margin*|pos| (None: off)"},
+    )
+    m: int = field(default=31, metadata={"help": "negatives per query the ranker draws"})
+    inv_tau: float = field(default=0.0, metadata={"help": "1/tau' of the draw (0: uniform)"})
+    seed: int = 0
+    query_chunk: int = field(default=512, metadata={"help": "queries per index search"})
+    shard_queries: int = field(default=4096, metadata={"help": "queries per output shard"})
+    exclude: list[str] = field(
+        default_factory=list,
+        metadata={"help": "evaluation pools whose codes are never negatives"},
+    )
+    actors: int = field(default=2, metadata={"help": "embedding actors (when embedding)"})
+    batch_size: int = field(default=64, metadata={"help": "texts per embedding batch"})
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def sample_negatives(
+    scores: np.ndarray, m: int, inv_tau: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions of `m` candidates, drawn without replacement with p ∝ exp(inv_tau * score).
+
+    Uses the Gumbel-top-k trick (top m of `inv_tau*s + Gumbel noise`), which is exactly
+    successive sampling without replacement and cannot fail when exp() underflows for a
+    large `inv_tau`. With fewer than `m` candidates every one is returned first and the
+    rest is drawn again with replacement, so a group always has exactly `m` negatives.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"sample_negatives: scores must be 1-D, got shape {s.shape}")
+    if s.size == 0:
+        raise ValueError("sample_negatives: no candidates to draw from")
+    if m < 1:
+        raise ValueError(f"sample_negatives: m must be >= 1, got {m}")
+    if not math.isfinite(inv_tau) or not np.isfinite(s).all():
+        raise ValueError("sample_negatives: inv_tau and every score must be finite")
+    logits = inv_tau * s
+    if s.size >= m:
+        keys = logits + rng.gumbel(size=s.size)
+        return np.argsort(-keys, kind="stable")[:m].astype(np.int64)
+    p = np.exp(logits - logits.max())
+    extra = rng.choice(s.size, size=m - s.size, replace=True, p=p / p.sum())
+    return np.concatenate([np.arange(s.size), extra]).astype(np.int64)
+
+
+# ---------------------------------------------------------------- the filter
+
+
+def resolve_window(start: int | float, end: int | float, n: int) -> tuple[int, int]:
+    """Absolute ranks [start, end) over `n` candidate codes; floats < 1 are fractions of n.
+
+    A fractional start rounds down (the authors' ⌊λN⌋), a fractional end rounds up, so a
+    small fraction still keeps at least one rank.
+    """
+
+    def one(value: int | float, name: str, rounding) -> int:
+        if isinstance(value, float):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"{name}={value}: a float is a fraction of the N={n} candidate codes "
+                    "and must be in [0, 1); give an integer for an absolute rank"
+                )
+            return int(rounding(value * n))
+        if value < 0:
+            raise ValueError(f"{name}={value}: ranks start at 0")
+        return int(value)
+
+    lo = one(start, "window_start", math.floor)
+    hi = min(one(end, "window_end", math.ceil), n)
+    if hi <= lo:
+        raise ValueError(
+            f"empty rank window [{lo}, {hi}) over N={n} candidate codes "
+            f"(window_start={start}, window_end={end})"
+        )
+    return lo, hi
+
+
+@dataclass
+class Kept:
+    """What the filter keeps of one ranking: index positions, eligible ranks, scores."""
+
+    positions: np.ndarray  # int64
+    ranks: np.ndarray  # int32, 0 = the best eligible code
+    scores: np.ndarray  # float32
+    removed: dict[str, int]
+
+
+@dataclass
+class CandidateFilter:
+    """The false-negative guard and the paper's filter, applied to one ranking at a time.
+
+    `groups[i]` is the duplicate group of index position i (codes with one
+    `code_match_key` share a group); `pool[i]` marks evaluation-pool codes. Guarded codes
+    (GUARDS) take no rank; the window, then rho2, the margin and rho1 (FILTERS) apply to
+    the eligible ranking. Each removed candidate is counted once, under the first reason.
+    """
+
+    groups: np.ndarray
+    pool: np.ndarray
+    start: int
+    end: int
+    rho1: float | None = None
+    rho2: float | None = None
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        self.groups = np.asarray(self.groups, dtype=np.int64)
+        self.pool = np.asarray(self.pool, dtype=bool)
+        if self.groups.shape != self.pool.shape:
+            raise ValueError(f"groups {self.groups.shape} and pool {self.pool.shape} differ")
+        if self.rho1 is not None and self.rho2 is not None and self.rho1 >= self.rho2:
+            raise ValueError(f"rho1={self.rho1} must be below rho2={self.rho2}")
+        self._group_sizes = np.bincount(self.groups, minlength=1)
+        self._pool_count = int(self.pool.sum())
+
+    def guard_size(self, gold: np.ndarray) -> int:
+        """How many codes the guard can remove for a query with these gold positions.
+
+        Searching `end + guard_size` results is enough for the window to be complete.
+        """
+        return int(self._group_sizes[np.unique(self.groups[gold])].sum()) + self._pool_count
+
+    def apply(
+        self,
+        positions: np.ndarray,
+        scores: np.ndarray,
+        positive: int,
+        gold: np.ndarray,
+        pos_score: float,
+    ) -> Kept:
+        """Filter one ranking (positions best first, -1 = no result) of one (query, positive)."""
+        p = np.asarray(positions, dtype=np.int64)
+        s = np.asarray(scores, dtype=np.float32)
+        found = p >= 0
+        p, s = p[found], s[found]
+        gold = np.union1d(np.asarray(gold, dtype=np.int64), [positive])
+        is_pos = p == positive
+        is_gold = np.isin(p, gold) & ~is_pos
+        is_dup = np.isin(self.groups[p], self.groups[gold]) & ~is_pos & ~is_gold
+        is_pool = self.pool[p] & ~(is_pos | is_gold | is_dup)
+        removed = {
+            "positive": int(is_pos.sum()),
+            "gold": int(is_gold.sum()),
+            "duplicate": int(is_dup.sum()),
+            "pool": int(is_pool.sum()),
+        }
+        eligible = ~(is_pos | is_gold | is_dup | is_pool)
+        p, s = p[eligible], s[eligible]
+        ranks = np.arange(p.size, dtype=np.int32)
+        keep = ranks < self.end
+        removed["window_start"] = int((keep & (ranks < self.start)).sum())
+        keep &= ranks >= self.start
+        drops = {"rho2": None, "margin": None, "rho1": None}
+        if self.rho2 is not None:
+            drops["rho2"] = s > self.rho2
+        if self.margin is not None:
+            drops["margin"] = s > pos_score - self.margin * abs(pos_score)
+        if self.rho1 is not None:
+            drops["rho1"] = s < self.rho1
+        for name, drop in drops.items():
+            removed[name] = 0 if drop is None else int((keep & drop).sum())
+            if drop is not None:
+                keep &= ~drop
+        return Kept(p[keep], ranks[keep], s[keep], removed)
+
+
+# ---------------------------------------------------------------- the job
+
+
+class MiningSettingsError(RuntimeError):
+    """The output folder holds shards mined with other settings: they must not be mixed."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def match_groups(keys: np.ndarray) -> np.ndarray:
+    """Duplicate group per code: codes with one match key (`code_match_key`) share one."""
+    _, groups = np.unique(keys, return_inverse=True)
+    return groups.astype(np.int64).reshape(-1)
+
+
+def pool_mask(keys: np.ndarray, pools: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """Which codes (by match key) are in an evaluation pool, and how many each pool hit."""
+    from r2ps.data.corpus import pool_match_keys
+
+    mask = np.zeros(len(keys), dtype=bool)
+    hits: dict[str, int] = {}
+    for pool in pools:
+        hit = np.isin(keys, np.asarray(sorted(pool_match_keys(pool)), dtype=object))
+        hits[str(pool)] = int(hit.sum())
+        mask |= hit
+    return mask, hits
+
+
+def _settings(cfg: MineConfig, manifest: dict, pool_hits: dict, n: int) -> dict:
+    """Everything that decides the shards' content: a re-run must match it to reuse them."""
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "index_dir", "actors")}
+    keep["pairs"] = str(Path(cfg.pairs).resolve())
+    keep["exclude"] = {str(Path(p).resolve()): hits for p, hits in sorted(pool_hits.items())}
+    keep["model_fingerprint"] = manifest.get("model_fingerprint")
+    keep["corpus_fingerprint"] = manifest.get("corpus_fingerprint")
+    keep["candidates"] = n
+    return keep
+
+
+def _check_settings(neg_dir: Path, settings: dict) -> None:
+    path = neg_dir / "settings.json"
+    shards = sorted(neg_dir.glob("part-*.parquet"))
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise MiningSettingsError(
+                f"{neg_dir} holds {len(shards)} shard(s) mined with other settings "
+                f"(differing: {', '.join(diff)}); use a new --out or delete that folder"
+            )
+    elif shards:
+        raise MiningSettingsError(
+            f"{neg_dir} holds shards but no settings.json: cannot tell how they were mined"
+        )
+    neg_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True, default=str))
+    for stale in neg_dir.glob("*.tmp-*"):  # a crash between write and rename
+        stale.unlink()
+
+
+def _query_order(split: RetrievalSet, pairs_dir: str) -> tuple[pa.Table, pa.Table]:
+    """(queries sorted by id, qrels sorted by query and code); a qrel's query must exist."""
+    qrels = split.qrels.sort_by([("query_id", "ascending"), ("code_id", "ascending")])
+    queries = split.queries.filter(pc.is_in(split.queries["query_id"], qrels["query_id"]))
+    queries = queries.sort_by([("query_id", "ascending")])
+    unknown = pc.sum(pc.invert(pc.is_in(qrels["query_id"], split.queries["query_id"]))).as_py()
+    if unknown:
+        raise ValueError(
+            f"{pairs_dir}/qrels.parquet: {unknown} row(s) name a query_id not in queries.parquet"
+        )
+    return queries, qrels
+
+
+def _read_shard_stats(path: Path) -> dict | None:
+    """A finished shard's stats (kept in its Parquet metadata), or None if it is unreadable."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[STATS_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+class _Miner:
+    """The state one run shares across shards: index, embeddings, filter, model."""
+
+    def __init__(self, cfg: MineConfig, index, code_emb: np.ndarray, filt: CandidateFilter):
+        self.cfg = cfg
+        self.index = index
+        self.code_emb = code_emb
+        self.filt = filt
+        self.code_ids = pa.array(index.code_ids, pa.string())
+        self.position = {cid: i for i, cid in enumerate(index.code_ids)}
+        self._model = None
+        self.seconds = dict.fromkeys(("embed_queries", "search", "filter", "write"), 0.0)
+
+    def model(self):
+        if self._model is None:
+            from r2ps.models.dual import DualEncoder
+            from r2ps.models.encoder import default_model_path
+
+            self._model = DualEncoder.from_pretrained(self.cfg.model or default_model_path())
+        return self._model
+
+    def shard(self, queries: pa.Table, qrels: pa.Table, number: int) -> tuple[pa.Table, dict]:
+        """Mine one shard of queries: embed, search in chunks, filter every pair."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        q_emb = self.model().embed_queries(queries["query"].to_pylist(), cfg.batch_size)
+        self.seconds["embed_queries"] += time.perf_counter() - t0
+        row_of = {qid: i for i, qid in enumerate(queries["query_id"].to_pylist())}
+        gold_of: dict[str, list[int]] = {}
+        pairs = list(zip(qrels["query_id"].to_pylist(), qrels["code_id"].to_pylist(), strict=True))
+        for qid, cid in pairs:
+            if cid not in self.position:
+                raise ValueError(
+                    f"{cfg.pairs}/qrels.parquet: code_id {cid} is not in codes.parquet"
+                )
+            gold_of.setdefault(qid, []).append(self.position[cid])
+        rng = np.random.default_rng([cfg.seed, number])
+        stats = _empty_stats()
+        out = {"query_id": [], "code_id": [], "flat": [], "ranks": [], "scores": [], "pos": []}
+        lengths: list[int] = []
+        by_query: dict[str, list[tuple[str, str]]] = {}
+        for qid, cid in pairs:
+            by_query.setdefault(qid, []).append((qid, cid))
+        order = queries["query_id"].to_pylist()
+        for lo in range(0, len(order), cfg.query_chunk):
+            chunk = order[lo : lo + cfg.query_chunk]
+            guard = max(self.filt.guard_size(np.asarray(gold_of[q])) for q in chunk)
+            k = min(len(self.code_ids), self.filt.end + guard)
+            t0 = time.perf_counter()
+            scores, positions = self.index.search(q_emb[lo : lo + len(chunk)], k)
+            self.seconds["search"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for j, qid in enumerate(chunk):
+                gold = np.asarray(gold_of[qid], dtype=np.int64)
+                for _, cid in by_query[qid]:
+                    pos = self.position[cid]
+                    pos_score = float(q_emb[row_of[qid]] @ self.code_emb[pos])
+                    kept = self.filt.apply(positions[j], scores[j], pos, gold, pos_score)
+                    _count(stats, kept, cfg, rng)
+                    if kept.positions.size == 0:
+                        continue
+                    out["query_id"].append(qid)
+                    out["code_id"].append(cid)
+                    out["flat"].append(kept.positions)
+                    out["ranks"].append(kept.ranks)
+                    out["scores"].append(kept.scores)
+                    out["pos"].append(pos_score)
+                    lengths.append(kept.positions.size)
+            self.seconds["filter"] += time.perf_counter() - t0
+        stats["queries"] = len(order)
+        return self._table(out, lengths), stats
+
+    def _table(self, out: dict, lengths: list[int]) -> pa.Table:
+        offsets = pa.array(
+            np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32)
+        )
+        flat = np.concatenate(out["flat"]) if out["flat"] else np.zeros(0, np.int64)
+
+        def lists(values: pa.Array) -> pa.Array:
+            return pa.ListArray.from_arrays(offsets, values)
+
+        ranks = np.concatenate(out["ranks"]) if out["ranks"] else np.zeros(0, np.int32)
+        scores = np.concatenate(out["scores"]) if out["scores"] else np.zeros(0, np.float32)
+        columns = [
+            pa.array(out["query_id"], pa.string()),
+            pa.array(out["code_id"], pa.string()),
+            lists(self.code_ids.take(pa.array(flat))),
+            lists(pa.array(ranks, pa.int32())),
+            lists(pa.array(scores, pa.float32())),
+            pa.array(out["pos"], pa.float32()),
+        ]
+        return pa.Table.from_arrays(columns, schema=NEGATIVES_SCHEMA)
+
+
+def _empty_stats() -> dict:
+    return {
+        "pairs": 0,
+        "rows": 0,
+        "empty": 0,
+        "below_m": 0,
+        "kept_sum": 0,
+        "kept_min": None,
+        "kept_max": 0,
+        "removed": dict.fromkeys(GUARDS + FILTERS, 0),
+        "draw_rank_sum": 0.0,
+        "draw_score_sum": 0.0,
+        "draws": 0,
+    }
+
+
+def _count(stats: dict, kept: Kept, cfg: MineConfig, rng: np.random.Generator) -> None:
+    """Add one pair's filter result to the shard stats, with one seeded preview draw."""
+    n = int(kept.positions.size)
+    stats["pairs"] += 1
+    for reason, count in kept.removed.items():
+        stats["removed"][reason] += count
+    if n == 0:
+        stats["empty"] += 1
+        stats["below_m"] += 1
+        return
+    stats["rows"] += 1
+    stats["below_m"] += int(n < cfg.m)
+    stats["kept_sum"] += n
+    stats["kept_min"] = n if stats["kept_min"] is None else min(stats["kept_min"], n)
+    stats["kept_max"] = max(stats["kept_max"], n)
+    drawn = sample_negatives(kept.scores, cfg.m, cfg.inv_tau, rng)
+    stats["draw_rank_sum"] += float(kept.ranks[drawn].sum())
+    stats["draw_score_sum"] += float(kept.scores[drawn].sum())
+    stats["draws"] += int(drawn.size)
+
+
+def _merge(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        if key == "removed":
+            for reason, count in value.items():
+                total["removed"][reason] = total["removed"].get(reason, 0) + count
+        elif key == "kept_min":
+            if value is not None:
+                cur = total.get("kept_min")
+                total["kept_min"] = value if cur is None else min(cur, value)
+        elif key == "kept_max":
+            total["kept_max"] = max(total.get("kept_max", 0), value)
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def _write_shard(path: Path, table: pa.Table, stats: dict) -> None:
+    """Write a shard to a temporary name, then rename: a shard on disk is always whole."""
+    meta = {STATS_KEY: json.dumps(stats).encode()}
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table.replace_schema_metadata(meta), tmp)
+    os.replace(tmp, path)
+
+
+def mine(cfg: MineConfig) -> dict:
+    """Mine PS candidate windows for every pair of `cfg.pairs`; returns the summary."""
+    from r2ps.embed import EmbedConfig, ensure_index
+    from r2ps.index import read_embeddings
+
+    if cfg.m < 1 or cfg.query_chunk < 1 or cfg.shard_queries < 1:
+        raise ValueError("m, query_chunk and shard_queries must all be >= 1")
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    split = RetrievalSet.read(cfg.pairs)
+    queries, qrels = _query_order(split, cfg.pairs)
+
+    t0 = time.perf_counter()
+    index_dir = cfg.index_dir or cfg.out
+    embed_cfg = EmbedConfig(
+        model=cfg.model,
+        codes=cfg.pairs,
+        out=index_dir,
+        actors=cfg.actors,
+        batch_size=cfg.batch_size,
+        index=cfg.index,
+    )
+    index = ensure_index(embed_cfg)
+    emb_ids, code_emb = read_embeddings(str(Path(index_dir) / "embeddings"))
+    if list(emb_ids) != list(index.code_ids):
+        raise ValueError(f"{index_dir}: embeddings and index list the codes in different orders")
+    seconds = {"embed_index": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    text_of = dict(
+        zip(split.codes["code_id"].to_pylist(), split.codes["code"].to_pylist(), strict=True)
+    )
+    missing = [cid for cid in index.code_ids if cid not in text_of]
+    if missing:
+        raise ValueError(f"{index_dir}: index holds {len(missing)} code(s) not in {cfg.pairs}")
+    texts = [text_of[cid] for cid in index.code_ids]
+    del text_of, split
+    keys = np.asarray([code_match_key(c) for c in texts], dtype=object)
+    del texts
+    groups = match_groups(keys)
+    pool, pool_hits = pool_mask(keys, cfg.exclude)
+    n_candidates = int(len(groups) - pool.sum())
+    start, end = resolve_window(cfg.window_start, cfg.window_end, n_candidates)
+    filt = CandidateFilter(groups, pool, start, end, cfg.rho1, cfg.rho2, cfg.margin)
+    seconds["guard"] = time.perf_counter() - t0
+
+    neg_dir = out / "negatives"
+    settings = _settings(cfg, index.manifest, pool_hits, n_candidates)
+    _check_settings(neg_dir, settings)
+
+    miner = _Miner(cfg, index, code_emb, filt)
+    totals: dict = {"removed": {}}
+    n_shards = math.ceil(queries.num_rows / cfg.shard_queries)
+    reused = 0
+    for number in range(n_shards):
+        path = neg_dir / f"part-{number:05d}.parquet"
+        stats = _read_shard_stats(path) if path.exists() else None
+        if stats is None:
+            shard_q = queries.slice(number * cfg.shard_queries, cfg.shard_queries)
+            shard_r = qrels.filter(pc.is_in(qrels["query_id"], shard_q["query_id"]))
+            table, stats = miner.shard(shard_q, shard_r, number)
+            t0 = time.perf_counter()
+            _write_shard(path, table, stats)
+            miner.seconds["write"] += time.perf_counter() - t0
+            log.info("shard %d/%d: %d rows", number + 1, n_shards, table.num_rows)
+        else:
+            reused += 1
+        _merge(totals, stats)
+    seconds.update(miner.seconds)
+    seconds["total"] = time.perf_counter() - t_start
+
+    summary = _summary(cfg, settings, index.manifest, totals, (start, end), n_candidates)
+    summary["shards"] = {"total": n_shards, "written": n_shards - reused, "reused": reused}
+    summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    _atomic_write_text(out / "mine_summary.json", json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _summary(
+    cfg: MineConfig, settings: dict, manifest: dict, t: dict, window: tuple, n: int
+) -> dict:
+    rows = t.get("rows", 0)
+    draws = t.get("draws", 0)
+    return {
+        "pairs": str(Path(cfg.pairs).resolve()),
+        "model": cfg.model or "(bundled MiniLM)",
+        "settings": settings,
+        "queries": t.get("queries", 0),
+        "pairs_mined": t.get("pairs", 0),
+        "rows": rows,
+        "pairs_without_candidates": t.get("empty", 0),
+        "window": {"start": window[0], "end": window[1], "candidate_codes": n},
+        "candidates_per_row": {
+            "mean": round(t.get("kept_sum", 0) / rows, 3) if rows else 0.0,
+            "min": t.get("kept_min"),
+            "max": t.get("kept_max", 0),
+        },
+        "pairs_below_m": t.get("below_m", 0),
+        "removed": t.get("removed", {}),
+        "preview_draw": {
+            "m": cfg.m,
+            "inv_tau": cfg.inv_tau,
+            "mean_rank": round(t.get("draw_rank_sum", 0.0) / draws, 3) if draws else None,
+            "mean_score": round(t.get("draw_score_sum", 0.0) / draws, 4) if draws else None,
+        },
+        "index": {k: manifest.get(k) for k in ("kind", "count", "dim", "model_path")},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a few readable lines (the job prints this)."""
+    c, w, s = summary["candidates_per_row"], summary["window"], summary["seconds"]
+    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items())
+    lines = [
+        f"mined {summary['queries']} queries, {summary['pairs_mined']} pairs -> "
+        f"{summary['rows']} rows ({summary['pairs_without_candidates']} pairs without candidates)",
+        f"window [{w['start']}, {w['end']}) over {w['candidate_codes']} candidate codes; "
+        f"kept per row mean {c['mean']} min {c['min']} max {c['max']}; "
+        f"{summary['pairs_below_m']} pairs below m={summary['preview_draw']['m']}",
+        f"removed: {removed}",
+        "seconds: " + ", ".join(f"{k} {v}" for k, v in s.items()),
+        f"shards: {summary['shards']}",
+    ]
+    return "\n".join(lines)
+
+
+def read_negatives(out: str | Path) -> pa.Table:
+    """All mined rows of `<out>/negatives/`, in shard order (what the ranker reads)."""
+    parts = sorted(Path(out, "negatives").glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{out}/negatives: no part-*.parquet (run jobs/mine.py first)")
+    return pa.concat_tables(pq.read_table(p, schema=NEGATIVES_SCHEMA) for p in parts)
