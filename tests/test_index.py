@@ -1,0 +1,184 @@
+"""The faiss index: exact search against numpy, approximate recall, save/load, staleness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from r2ps.index import (
+    CodeIndex,
+    IndexConfig,
+    StaleIndexError,
+    corpus_fingerprint,
+    gpu_available,
+    model_fingerprint,
+)
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ codes.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, axis=1), top
+
+
+def ids(n: int) -> list[str]:
+    return [f"c{i:05d}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return unit_rows(2000, 32, seed=0), unit_rows(50, 32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings that cluster by topic, as real code embeddings do (uniform random
+    vectors are the worst case for inverted lists and would test nothing useful)."""
+    rng = np.random.default_rng(5)
+    centres = unit_rows(40, 32, seed=6)
+
+    def around(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, 40, n)] + 0.25 * rng.standard_normal((n, 32))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return around(2000), around(50)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def test_flat_equals_numpy_brute_force(data):
+    codes, queries = data
+    index = CodeIndex.build(codes, ids(len(codes)), IndexConfig(), manifest={})
+    scores, pos = index.search(queries, k=10)
+    want_scores, want_pos = brute_force(codes, queries, 10)
+    assert scores.dtype == np.float32 and pos.dtype == np.int64 and pos.shape == (50, 10)
+    np.testing.assert_array_equal(pos, want_pos)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert index.device == ("gpu" if gpu_available() else "cpu")
+
+
+def test_search_in_chunks_gives_the_same_answer(data):
+    codes, queries = data
+    index = CodeIndex.build(codes, ids(len(codes)), IndexConfig(), manifest={})
+    whole = index.search(queries, k=5, chunk=4096)
+    chunked = index.search(queries, k=5, chunk=7)
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    np.testing.assert_array_equal(whole[0], chunked[0])
+
+
+def test_k_beyond_the_corpus_pads_with_minus_one():
+    codes = unit_rows(3, 8, seed=2)
+    index = CodeIndex.build(codes, ids(3), IndexConfig(), manifest={})
+    scores, pos = index.search(codes[:1], k=5)
+    assert sorted(pos[0, :3].tolist()) == [0, 1, 2] and pos[0, 0] == 0
+    assert pos[0, 3:].tolist() == [-1, -1] and np.isneginf(scores[0, 3:]).all()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [IndexConfig(kind="ivf", nlist=16, nprobe=8), IndexConfig(kind="hnsw", ef_search=128)],
+    ids=["ivf", "hnsw"],
+)
+def test_approximate_indexes_have_high_recall(clustered, cfg):
+    codes, queries = clustered
+    index = CodeIndex.build(codes, ids(len(codes)), cfg, manifest={})
+    _, pos = index.search(queries, k=10)
+    _, truth = brute_force(codes, queries, 10)
+    assert recall(pos, truth) >= 0.9
+    assert index.manifest["kind"] == cfg.kind
+
+
+def test_ivf_default_nlist_is_about_four_sqrt_n(data):
+    codes, _ = data
+    index = CodeIndex.build(codes, ids(len(codes)), IndexConfig(kind="ivf"), manifest={})
+    assert index.manifest["nlist_used"] == round(4 * np.sqrt(len(codes)))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_round_trip(tmp_path, data, kind):
+    codes, queries = data
+    manifest = {"model_fingerprint": "m1", "model_path": "/models/m1"}
+    built = CodeIndex.build(codes, ids(len(codes)), IndexConfig(kind=kind, nlist=16), manifest)
+    built.save(tmp_path)
+    loaded = CodeIndex.load(tmp_path)
+    assert loaded.code_ids == built.code_ids
+    assert loaded.manifest == built.manifest
+    for a, b in zip(built.search(queries, 10), loaded.search(queries, 10)):
+        np.testing.assert_array_equal(a, b)
+    m = loaded.manifest
+    assert (m["dim"], m["count"], m["kind"]) == (32, 2000, kind)
+    assert m["corpus_fingerprint"] == corpus_fingerprint(ids(2000))
+
+
+@pytest.mark.parametrize("key", ["model_fingerprint", "corpus_fingerprint", "dim", "count", "kind"])
+def test_a_manifest_mismatch_is_refused_naming_the_key(tmp_path, key):
+    codes = unit_rows(20, 8, seed=3)
+    CodeIndex.build(codes, ids(20), IndexConfig(), {"model_fingerprint": "m1"}).save(tmp_path)
+    expect = {
+        "model_fingerprint": "m1",
+        "corpus_fingerprint": corpus_fingerprint(ids(20)),
+        "dim": 8,
+        "count": 20,
+        "kind": "flat",
+    }
+    assert len(CodeIndex.load(tmp_path, expect=expect)) == 20
+    stale = {**expect, key: "something else"}
+    with pytest.raises(StaleIndexError, match=key):
+        CodeIndex.load(tmp_path, expect=stale)
+
+
+def test_loading_with_another_kind_is_refused(tmp_path):
+    CodeIndex.build(unit_rows(20, 8, seed=3), ids(20), IndexConfig(), {}).save(tmp_path)
+    with pytest.raises(StaleIndexError, match="kind"):
+        CodeIndex.load(tmp_path, cfg=IndexConfig(kind="hnsw"))
+
+
+def test_missing_index_names_the_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        CodeIndex.load(tmp_path)
+
+
+def test_bad_input_is_refused_clearly():
+    codes = unit_rows(10, 8, seed=4)
+    with pytest.raises(ValueError, match="10 embeddings but 9 code ids"):
+        CodeIndex.build(codes, ids(9), IndexConfig(), {})
+    with pytest.raises(ValueError, match="2-d"):
+        CodeIndex.build(codes[0], ids(1), IndexConfig(), {})
+    index = CodeIndex.build(codes, ids(10), IndexConfig(), {})
+    with pytest.raises(ValueError, match="dimension 4 differs"):
+        index.search(codes[:, :4], k=1)
+    with pytest.raises(ValueError, match="index.kind"):
+        IndexConfig(kind="lsh")
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the CPU-only refusal")
+def test_asking_for_a_gpu_index_without_gpu_faiss_fails_clearly():
+    with pytest.raises(RuntimeError, match="use_gpu"):
+        CodeIndex.build(unit_rows(10, 8, seed=4), ids(10), IndexConfig(use_gpu=True), {})
+
+
+def test_fingerprints(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights-1")
+    (tmp_path / "config.json").write_text("{}")
+    first = model_fingerprint(str(tmp_path))
+    (tmp_path / "README.md").write_text("not part of the model")
+    assert model_fingerprint(str(tmp_path)) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights-2")
+    assert model_fingerprint(str(tmp_path)) != first
+    with pytest.raises(FileNotFoundError, match="nowhere: model directory not found"):
+        model_fingerprint(str(tmp_path / "nowhere"))
+    assert corpus_fingerprint(["a", "b"]) != corpus_fingerprint(["b", "a"])
+    assert corpus_fingerprint(["ab", "c"]) != corpus_fingerprint(["a", "bc"])
+
+
+def test_a_model_dir_without_weights_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        model_fingerprint(str(tmp_path))
