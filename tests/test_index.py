@@ -50,7 +50,9 @@ def clustered() -> tuple[np.ndarray, np.ndarray]:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
 
 
 def test_flat_equals_numpy_brute_force(data):
@@ -110,7 +112,7 @@ def test_save_load_round_trip(tmp_path, data, kind):
     loaded = CodeIndex.load(tmp_path)
     assert loaded.code_ids == built.code_ids
     assert loaded.manifest == built.manifest
-    for a, b in zip(built.search(queries, 10), loaded.search(queries, 10)):
+    for a, b in zip(built.search(queries, 10), loaded.search(queries, 10), strict=True):
         np.testing.assert_array_equal(a, b)
     m = loaded.manifest
     assert (m["dim"], m["count"], m["kind"]) == (32, 2000, kind)
