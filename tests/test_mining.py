@@ -24,6 +24,7 @@ from r2ps.mining import (
     read_negatives,
     resolve_window,
     sample_negatives,
+    search_windows,
 )
 
 # ------------------------------------------------------------------ the filter, by hand
@@ -120,6 +121,33 @@ def test_match_groups_join_normalised_and_docstring_duplicates():
     keys = np.asarray([code_match_key(t) for t in (a, b, c, d)], dtype=object)
     groups = match_groups(keys)
     assert groups[0] == groups[1] == groups[2] != groups[3]
+
+
+def test_search_windows_searches_again_when_pool_codes_crowd_the_top():
+    from r2ps.index import CodeIndex, IndexConfig
+
+    # 200 codes on a line of decreasing similarity to the query; the best 40 are pool codes.
+    n, d = 200, 8
+    rng = np.random.default_rng(0)
+    q = np.zeros((1, d), dtype=np.float32)
+    q[0, 0] = 1.0
+    angles = np.linspace(0.0, 1.5, n)
+    emb = np.zeros((n, d), dtype=np.float32)
+    emb[:, 0], emb[:, 1] = np.cos(angles), np.sin(angles)
+    ids = [f"c{i}" for i in range(n)]
+    index = CodeIndex.build(emb[rng.permutation(n)], ids, IndexConfig(), {})
+    ranking = index.search(q, n)[1][0]
+    pool = np.zeros(n, dtype=bool)
+    pool[ranking[:40]] = True
+    positive = int(ranking[50])
+    filt = CandidateFilter(np.arange(n), pool, 0, 10)
+    gold = np.array([positive])
+    assert filt.first_k(gold) == 10 + 1 + 10  # not enough: 40 pool codes come first
+    scores, positions, again = search_windows(index, filt, q, [gold])
+    assert again == 1 and filt.complete(positions[0], gold)
+    kept = filt.apply(positions[0], scores[0], positive, gold, pos_score=float(scores[0][50]))
+    assert kept.positions.tolist() == ranking[40:50].tolist()
+    assert kept.removed["pool"] == 40
 
 
 # ------------------------------------------------------------------ sampling

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ NEGATIVES_SCHEMA = pa.schema(
 GUARDS = ("positive", "gold", "duplicate", "pool")
 FILTERS = ("window_start", "rho2", "margin", "rho1")
 STATS_KEY = b"r2ps_mine_stats"
+QueryEmbedder = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
@@ -195,12 +197,30 @@ class CandidateFilter:
         self._group_sizes = np.bincount(self.groups, minlength=1)
         self._pool_count = int(self.pool.sum())
 
-    def guard_size(self, gold: np.ndarray) -> int:
-        """How many codes the guard can remove for a query with these gold positions.
+    def first_k(self, gold: np.ndarray) -> int:
+        """How many results to ask the index for first: the window plus what the guard
+        removes for sure (the gold codes and their duplicates) plus room for pool codes.
 
-        Searching `end + guard_size` results is enough for the window to be complete.
+        Pool codes can be many (a whole evaluation set); counting all of them would
+        inflate every search, so a ranking still short of the window is searched again
+        with a larger k instead (`complete`).
         """
-        return int(self._group_sizes[np.unique(self.groups[gold])].sum()) + self._pool_count
+        gold_and_dups = int(self._group_sizes[np.unique(self.groups[gold])].sum())
+        return self.end + gold_and_dups + min(self._pool_count, self.end)
+
+    def guard(self, p: np.ndarray, positive: int, gold: np.ndarray) -> dict[str, np.ndarray]:
+        """Masks over found positions `p` of the codes that can never be negatives."""
+        is_pos = p == positive
+        is_gold = np.isin(p, gold) & ~is_pos
+        is_dup = np.isin(self.groups[p], self.groups[gold]) & ~is_pos & ~is_gold
+        is_pool = self.pool[p] & ~(is_pos | is_gold | is_dup)
+        return {"positive": is_pos, "gold": is_gold, "duplicate": is_dup, "pool": is_pool}
+
+    def complete(self, positions: np.ndarray, gold: np.ndarray) -> bool:
+        """Whether a ranking holds the whole window once guarded codes are taken out."""
+        p = positions[positions >= 0]
+        guarded = np.logical_or.reduce(list(self.guard(p, int(gold[0]), gold).values()))
+        return int(p.size - guarded.sum()) >= self.end
 
     def apply(
         self,
@@ -216,17 +236,9 @@ class CandidateFilter:
         found = p >= 0
         p, s = p[found], s[found]
         gold = np.union1d(np.asarray(gold, dtype=np.int64), [positive])
-        is_pos = p == positive
-        is_gold = np.isin(p, gold) & ~is_pos
-        is_dup = np.isin(self.groups[p], self.groups[gold]) & ~is_pos & ~is_gold
-        is_pool = self.pool[p] & ~(is_pos | is_gold | is_dup)
-        removed = {
-            "positive": int(is_pos.sum()),
-            "gold": int(is_gold.sum()),
-            "duplicate": int(is_dup.sum()),
-            "pool": int(is_pool.sum()),
-        }
-        eligible = ~(is_pos | is_gold | is_dup | is_pool)
+        masks = self.guard(p, positive, gold)
+        removed = {reason: int(mask.sum()) for reason, mask in masks.items()}
+        eligible = ~np.logical_or.reduce(list(masks.values()))
         p, s = p[eligible], s[eligible]
         ranks = np.arange(p.size, dtype=np.int32)
         keep = ranks < self.end
@@ -332,32 +344,73 @@ def _read_shard_stats(path: Path) -> dict | None:
         return None
 
 
+def search_windows(
+    index, filt: CandidateFilter, q_emb: np.ndarray, golds: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Per query (scores, positions) long enough to hold the whole window, and how many
+    queries had to be searched again.
+
+    One search with `first_k` for the chunk; the few queries whose ranking is still
+    short (many pool codes near the top) are searched again with 4x the k, until
+    complete, the whole corpus is searched, or the index returns nothing more (an
+    approximate index can find fewer than k).
+    """
+    n = len(index.code_ids)
+    k = min(n, max(filt.first_k(g) for g in golds))
+    s, p = index.search(q_emb, k)
+    scores, positions = list(s), list(p)
+    need = [j for j in range(len(golds)) if not filt.complete(p[j], golds[j])]
+    again = 0
+    while need and k < n:
+        k = min(n, 4 * k)
+        s, p = index.search(q_emb[need], k)
+        more = []
+        for row, j in enumerate(need):
+            grew = (p[row] >= 0).sum() > (positions[j] >= 0).sum()
+            scores[j], positions[j] = s[row], p[row]
+            if grew and not filt.complete(p[row], golds[j]):
+                more.append(j)
+        again += len(need)
+        need = more
+    return scores, positions, again
+
+
 class _Miner:
     """The state one run shares across shards: index, embeddings, filter, model."""
 
-    def __init__(self, cfg: MineConfig, index, code_emb: np.ndarray, filt: CandidateFilter):
+    def __init__(
+        self,
+        cfg: MineConfig,
+        index,
+        code_emb: np.ndarray,
+        filt: CandidateFilter,
+        embed_queries: QueryEmbedder | None = None,
+    ):
         self.cfg = cfg
+        self.embed_queries = embed_queries or self._retriever_queries
         self.index = index
         self.code_emb = code_emb
         self.filt = filt
         self.code_ids = pa.array(index.code_ids, pa.string())
         self.position = {cid: i for i, cid in enumerate(index.code_ids)}
         self._model = None
+        self.researched = 0  # queries searched again for a longer ranking
         self.seconds = dict.fromkeys(("embed_queries", "search", "filter", "write"), 0.0)
 
-    def model(self):
+    def _retriever_queries(self, texts: list[str]) -> np.ndarray:
+        """Query embeddings from the retriever, loaded once and only when a shard needs it."""
         if self._model is None:
             from r2ps.models.dual import DualEncoder
             from r2ps.models.encoder import default_model_path
 
             self._model = DualEncoder.from_pretrained(self.cfg.model or default_model_path())
-        return self._model
+        return self._model.embed_queries(texts, self.cfg.batch_size)
 
     def shard(self, queries: pa.Table, qrels: pa.Table, number: int) -> tuple[pa.Table, dict]:
         """Mine one shard of queries: embed, search in chunks, filter every pair."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        q_emb = self.model().embed_queries(queries["query"].to_pylist(), cfg.batch_size)
+        q_emb = self.embed_queries(queries["query"].to_pylist())
         self.seconds["embed_queries"] += time.perf_counter() - t0
         row_of = {qid: i for i, qid in enumerate(queries["query_id"].to_pylist())}
         gold_of: dict[str, list[int]] = {}
@@ -378,14 +431,16 @@ class _Miner:
         order = queries["query_id"].to_pylist()
         for lo in range(0, len(order), cfg.query_chunk):
             chunk = order[lo : lo + cfg.query_chunk]
-            guard = max(self.filt.guard_size(np.asarray(gold_of[q])) for q in chunk)
-            k = min(len(self.code_ids), self.filt.end + guard)
+            golds = [np.asarray(gold_of[q], dtype=np.int64) for q in chunk]
             t0 = time.perf_counter()
-            scores, positions = self.index.search(q_emb[lo : lo + len(chunk)], k)
+            scores, positions, again = search_windows(
+                self.index, self.filt, q_emb[lo : lo + len(chunk)], golds
+            )
+            self.researched += again
             self.seconds["search"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for j, qid in enumerate(chunk):
-                gold = np.asarray(gold_of[qid], dtype=np.int64)
+                gold = golds[j]
                 for _, cid in by_query[qid]:
                     pos = self.position[cid]
                     pos_score = float(q_emb[row_of[qid]] @ self.code_emb[pos])
@@ -486,8 +541,12 @@ def _write_shard(path: Path, table: pa.Table, stats: dict) -> None:
     os.replace(tmp, path)
 
 
-def mine(cfg: MineConfig) -> dict:
-    """Mine PS candidate windows for every pair of `cfg.pairs`; returns the summary."""
+def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
+    """Mine PS candidate windows for every pair of `cfg.pairs`; returns the summary.
+
+    `embed_queries` replaces the retriever's query encoder (texts -> float32 [n, d] unit
+    rows); benchmarks use it to time mining alone on precomputed vectors.
+    """
     from r2ps.embed import EmbedConfig, ensure_index
     from r2ps.index import read_embeddings
 
@@ -536,7 +595,7 @@ def mine(cfg: MineConfig) -> dict:
     settings = _settings(cfg, index.manifest, pool_hits, n_candidates)
     _check_settings(neg_dir, settings)
 
-    miner = _Miner(cfg, index, code_emb, filt)
+    miner = _Miner(cfg, index, code_emb, filt, embed_queries)
     totals: dict = {"removed": {}}
     n_shards = math.ceil(queries.num_rows / cfg.shard_queries)
     reused = 0
@@ -559,6 +618,7 @@ def mine(cfg: MineConfig) -> dict:
 
     summary = _summary(cfg, settings, index.manifest, totals, (start, end), n_candidates)
     summary["shards"] = {"total": n_shards, "written": n_shards - reused, "reused": reused}
+    summary["queries_searched_again"] = miner.researched
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     _atomic_write_text(out / "mine_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
