@@ -122,17 +122,15 @@ def max_code_len(cfg: EmbedConfig, model: str) -> int:
 # ------------------------------------------------------------------ Ray Data stages
 
 
-def _read_row_group(batch: dict, path: str, block_rows: int):
-    """Read task: one Parquet row group -> blocks of (pos, code_id, code)."""
+def _read_row_groups(batch: dict, path: str) -> pa.Table:
+    """Read task: Parquet row groups -> (pos, code_id, code), `pos` = row in the file."""
     pf = pq.ParquetFile(path)
+    tables = []
     for group, offset in zip(batch["row_group"], batch["offset"], strict=True):
-        start = int(offset)
-        for rb in pf.iter_batches(
-            batch_size=block_rows, row_groups=[int(group)], columns=["code_id", "code"]
-        ):
-            pos = pa.array(np.arange(start, start + rb.num_rows, dtype=np.int64))
-            start += rb.num_rows
-            yield pa.table({"pos": pos, "code_id": rb["code_id"], "code": rb["code"]})
+        t = pf.read_row_group(int(group), columns=["code_id", "code"])
+        pos = pa.array(np.arange(int(offset), int(offset) + t.num_rows, dtype=np.int64))
+        tables.append(pa.table({"pos": pos, "code_id": t["code_id"], "code": t["code"]}))
+    return pa.concat_tables(tables)
 
 
 @functools.lru_cache(maxsize=4)
@@ -227,9 +225,17 @@ class PoolPlan:
     """How the actor pool is sized on this cluster (probed, never configured in code)."""
 
     actors: int
-    num_cpus: float
-    num_gpus: float
-    threads: int
+    num_cpus: float  # per actor
+    num_gpus: float  # per actor
+    threads: int  # torch threads per actor
+    task_cpus: float = field(init=False)  # per read / tokenise task
+
+    def __post_init__(self) -> None:
+        # Half an actor's CPU share: tokenising is lighter than the model, and unequal
+        # resources keep Ray Data from fusing the tokenise tasks into the actors (it
+        # fuses a task stage into the next actor stage when their resources are equal),
+        # which would put tokenisation back on the model's critical path.
+        self.task_cpus = round(self.num_cpus / 2, 3)
 
 
 def plan_pool(cfg: EmbedConfig) -> PoolPlan:
@@ -248,31 +254,40 @@ def plan_pool(cfg: EmbedConfig) -> PoolPlan:
     return PoolPlan(actors, per_actor, 0.0, threads)
 
 
-def _row_groups(path: Path) -> list[dict]:
+def _row_groups(path: Path) -> tuple[list[dict], int]:
     meta = pq.ParquetFile(path).metadata
     offsets = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-    return [{"row_group": i, "offset": int(offsets[i])} for i in range(meta.num_row_groups)]
+    groups = [{"row_group": i, "offset": int(offsets[i])} for i in range(meta.num_row_groups)]
+    return groups, int(offsets[-1])
 
 
 def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan):
-    """The lazy Ray Dataset of (pos, code_id, embedding) for every code of `codes`."""
+    """The lazy Ray Dataset of (pos, code_id, embedding) for every code of `codes`.
+
+    A Parquet row group is read as one block (a typical `codes.parquet` is a single
+    row group), so the rows are repartitioned into blocks of about `block_rows`:
+    blocks, not rows, are what the actor pool shares out.
+    """
     import ray
 
-    groups = _row_groups(codes)
+    groups, n_rows = _row_groups(codes)
+    if n_rows == 0:
+        raise ValueError(f"{codes}: no codes to embed")
     ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
     ds = ds.map_batches(
-        _read_row_group,
-        fn_kwargs={"path": str(codes), "block_rows": cfg.block_rows},
+        _read_row_groups,
+        fn_kwargs={"path": str(codes)},
         batch_size=1,
         batch_format="numpy",
-        num_cpus=0.5,
+        num_cpus=plan.task_cpus,
     )
+    ds = ds.repartition(max(1, -(-n_rows // cfg.block_rows)))
     ds = ds.map_batches(
         tokenize_codes,
         fn_kwargs={"model": model, "max_len": max_code_len(cfg, model)},
-        batch_size=None,  # one block in, one block out: keeps the block_rows grouping
+        batch_size=None,  # one block in, one block out
         batch_format="pyarrow",
-        num_cpus=0.5,
+        num_cpus=plan.task_cpus,
     )
     return ds.map_batches(
         CodeEmbedder,
@@ -343,7 +358,7 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
         "shards": len(list(tmp.glob("part-*.parquet"))),
         "actors": plan.actors,
         "threads_per_actor": plan.threads,
-        "device": "gpu" if plan.num_gpus else "cpu",
+        "embed_device": "gpu" if plan.num_gpus else "cpu",
         "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
         "seconds": round(seconds, 3),
         "codes_per_s": round(len(ids) / seconds, 1) if seconds else None,
@@ -385,7 +400,6 @@ def ensure_index(cfg: EmbedConfig) -> CodeIndex:
         log.info("embedding: %s", e)
         manifest = _embed(cfg, model, codes, identity)
     ids, emb = read_embeddings(str(_embeddings_dir(cfg)))
-    keep = ("model_fingerprint", "model_path", "corpus_fingerprint", "codes", "max_code_len")
-    index = CodeIndex.build(emb, ids, cfg.index, {k: manifest[k] for k in keep})
+    index = CodeIndex.build(emb, ids, cfg.index, manifest)  # the embedding run's record too
     index.save(_index_dir(cfg))
     return index

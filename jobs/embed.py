@@ -1,0 +1,38 @@
+"""Embed a code corpus with a retriever and build its faiss index (reused when up to date).
+
+    python jobs/embed.py --model runs/demo/retriever --codes runs/demo/corpus/train --out runs/demo/embed
+    python jobs/embed.py --codes runs/demo/corpus/test --out runs/demo/embed_test index.kind=hnsw actors=2
+    ray job submit --working-dir . -- python jobs/embed.py --model /shared/retriever --codes /shared/corpus/train --out /shared/embed
+
+Writes <out>/embeddings/part-*.parquet + manifest.json and <out>/index/ (index.faiss,
+code_ids.parquet, manifest.json). A second run with the same model and corpus reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import ray
+
+from r2ps.config import parse_config
+from r2ps.embed import EmbedConfig, ensure_index
+from r2ps.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(EmbedConfig, argv, description=__doc__)
+    setup_logging()
+    ray.init(ignore_reinit_error=True)  # joins a running cluster when there is one
+    index = ensure_index(cfg)
+    print(json.dumps(index.manifest, indent=1, sort_keys=True))
+    print(
+        f"index: {Path(cfg.out) / 'index'} ({index.manifest['kind']}, {len(index)} codes x "
+        f"{index.dim} dims, searching on {index.device})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Embedding on the Ray Data actor pool: same vectors as one process, reuse, staleness."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r2ps.embed import EmbedConfig, codes_file, embed_corpus, ensure_index, plan_pool
+from r2ps.index import StaleIndexError, read_embeddings
+from r2ps.models.dual import DualEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_codes(n: int, seed: int = 0) -> pa.Table:
+    """`n` codes of very different lengths, so length grouping reorders them."""
+    rng = np.random.default_rng(seed)
+    codes = []
+    for i in range(n):
+        body = "\n".join(f"    x{j} = x{j - 1} + {i} * {j}" for j in range(rng.integers(1, 40)))
+        codes.append(f"def f{i}(x0):\n{body}\n    return x0")
+    return pa.table(
+        {
+            "code_id": [f"id{i:03d}" for i in range(n)],
+            "code": codes,
+            "language": ["python"] * n,
+            "source": ["test"] * n,
+        }
+    )
+
+
+def write_split(folder: Path, table: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "codes.parquet", row_group_size=16)  # several row groups
+    return folder
+
+
+def small_cfg(model: Path, codes: Path, out: Path, **kw) -> EmbedConfig:
+    return EmbedConfig(
+        model=str(model), codes=str(codes), out=str(out), block_rows=8, batch_size=4, **kw
+    )
+
+
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def test_embeddings_equal_the_single_process_ones(ray_local, tiny_bert_dir, tmp_path):
+    table = make_codes(40)
+    split = write_split(tmp_path / "split", table)
+    manifest = embed_corpus(small_cfg(tiny_bert_dir, split, tmp_path / "out", actors=2))
+
+    ids, emb = read_embeddings(str(tmp_path / "out" / "embeddings"))
+    want = DualEncoder.from_pretrained(tiny_bert_dir).embed_codes(table["code"].to_pylist())
+    assert ids == table["code_id"].to_pylist()
+    np.testing.assert_allclose(emb, want, atol=1e-5)
+
+    assert manifest["count"] == 40 and manifest["dim"] == 32 and manifest["actors"] == 2
+    shards = sorted((tmp_path / "out" / "embeddings").glob("part-*.parquet"))
+    assert len(shards) == manifest["shards"] > 1
+    schema = pq.read_schema(shards[0])
+    assert schema.field("code_id").type == pa.string()
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    saved = json.loads((tmp_path / "out" / "embeddings" / "manifest.json").read_text())
+    assert saved == manifest
+
+
+def test_ensure_index_reuses_what_matches_and_rebuilds_what_is_stale(
+    ray_local, tiny_bert_dir, tmp_path
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)  # this test edits the model
+    split = write_split(tmp_path / "split", make_codes(24))
+    out = tmp_path / "out"
+    emb_manifest, idx_manifest = (
+        out / "embeddings" / "manifest.json",
+        out / "index" / "manifest.json",
+    )
+
+    # the job's command line, as a user runs it (joins the test's Ray)
+    job = runpy.run_path(str(ROOT / "jobs" / "embed.py"), run_name="embed_job")
+    assert job["main"](["--model", str(model), "--codes", str(split), "--out", str(out)]) == 0
+    first = ensure_index(small_cfg(model, split, out))  # up to date: loads, embeds nothing
+    assert first.manifest["count"] == 24 and first.manifest["kind"] == "flat"
+    stamps = mtime(emb_manifest), mtime(idx_manifest)
+    again = ensure_index(small_cfg(model, split, out))
+    assert (mtime(emb_manifest), mtime(idx_manifest)) == stamps
+    np.testing.assert_array_equal(first.search(np.eye(32, dtype=np.float32), 3)[1],
+                                  again.search(np.eye(32, dtype=np.float32), 3)[1])  # fmt: skip
+
+    # another index kind: re-indexed from the saved embeddings, not re-embedded
+    hnsw = ensure_index(small_cfg(model, split, out, index={"kind": "hnsw"}))
+    assert hnsw.manifest["kind"] == "hnsw"
+    assert mtime(emb_manifest) == stamps[0] and mtime(idx_manifest) != stamps[1]
+
+    # another corpus: re-embedded
+    write_split(split, make_codes(25))
+    grown = ensure_index(small_cfg(model, split, out))
+    assert grown.manifest["count"] == 25 and mtime(emb_manifest) != stamps[0]
+    stamps = mtime(emb_manifest), mtime(idx_manifest)
+
+    # another model (its r2ps.json changed): re-embedded, and the old index is refused
+    (model / "r2ps.json").write_text(json.dumps({"kind": "dual", "max_code_len": 16}))
+    with pytest.raises(StaleIndexError, match="model_fingerprint"):
+        from r2ps.index import CodeIndex, model_fingerprint
+
+        CodeIndex.load(out / "index", expect={"model_fingerprint": model_fingerprint(str(model))})
+    retrained = ensure_index(small_cfg(model, split, out))
+    assert retrained.manifest["max_code_len"] == 16
+    assert mtime(emb_manifest) != stamps[0]
+
+
+def test_the_pool_leaves_cpus_for_the_read_tasks(ray_local):
+    plan = plan_pool(EmbedConfig(actors=2))
+    assert (plan.actors, plan.num_cpus, plan.num_gpus, plan.threads) == (2, 0.5, 0.0, 1)
+    assert plan.task_cpus == 0.25  # unequal to the actors': no fusion into them
+    plan = plan_pool(EmbedConfig())
+    assert (plan.actors, plan.num_cpus, plan.threads) == (1, 1.0, 2)
+
+
+def test_bad_codes_input_names_the_file_and_field(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere/codes.parquet"):
+        codes_file(str(tmp_path / "nowhere"))
+    pq.write_table(pa.table({"code_id": ["a"], "text": ["x"]}), tmp_path / "codes.parquet")
+    with pytest.raises(ValueError, match=r"codes.parquet: field\(s\) \['code'\] missing"):
+        codes_file(str(tmp_path))
+    dup = write_split(tmp_path / "dup", make_codes(3).slice(0, 1).take([0, 0]))
+    with pytest.raises(ValueError, match="'code_id' has 1 duplicates"):
+        embed_corpus(EmbedConfig(codes=str(dup), out=str(tmp_path / "o")))
+
+
+def test_read_embeddings_refuses_an_incomplete_set(tmp_path):
+    def shard(name: str, pos: list[int]) -> None:
+        emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * 2 * len(pos), pa.float32()), 2)
+        table = pa.table({"pos": pos, "code_id": [f"c{p}" for p in pos], "embedding": emb})
+        pq.write_table(table, tmp_path / name)
+
+    shard("part-a.parquet", [1, 0])
+    shard("part-b.parquet", [2])
+    ids, emb = read_embeddings(str(tmp_path))
+    assert ids == ["c0", "c1", "c2"] and emb.shape == (3, 2) and emb.dtype == np.float32
+    shard("part-b.parquet", [3])
+    with pytest.raises(ValueError, match="missing or repeated"):
+        read_embeddings(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no embedding shards"):
+        read_embeddings(str(tmp_path / "empty"))
