@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from r2ps.config import to_dict
 from r2ps.data.codetext import code_match_key
-from r2ps.data.schema import RetrievalSet
+from r2ps.data.schema import TABLE_FILES, conform
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
 
@@ -322,17 +322,59 @@ def _check_settings(neg_dir: Path, settings: dict) -> None:
         stale.unlink()
 
 
-def _query_order(split: RetrievalSet, pairs_dir: str) -> tuple[pa.Table, pa.Table]:
-    """(queries sorted by id, qrels sorted by query and code); a qrel's query must exist."""
-    qrels = split.qrels.sort_by([("query_id", "ascending"), ("code_id", "ascending")])
-    queries = split.queries.filter(pc.is_in(split.queries["query_id"], qrels["query_id"]))
-    queries = queries.sort_by([("query_id", "ascending")])
-    unknown = pc.sum(pc.invert(pc.is_in(qrels["query_id"], split.queries["query_id"]))).as_py()
+def _query_order(pairs_dir: str) -> tuple[pa.Table, pa.Table]:
+    """(queries sorted by id, qrels sorted by query and code); a qrel's query must exist.
+
+    Only these two tables are read whole: the code texts are streamed (`code_keys`).
+    """
+    tables = {}
+    for name in ("queries", "qrels"):
+        path = Path(pairs_dir) / f"{name}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found ({pairs_dir} is not a split folder)")
+        try:
+            tables[name] = conform(pq.read_table(path), TABLE_FILES[name])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+    qrels = tables["qrels"].sort_by([("query_id", "ascending"), ("code_id", "ascending")])
+    queries = tables["queries"]
+    unknown = pc.sum(pc.invert(pc.is_in(qrels["query_id"], queries["query_id"]))).as_py()
     if unknown:
         raise ValueError(
             f"{pairs_dir}/qrels.parquet: {unknown} row(s) name a query_id not in queries.parquet"
         )
-    return queries, qrels
+    queries = queries.filter(pc.is_in(queries["query_id"], qrels["query_id"]))
+    return queries.sort_by([("query_id", "ascending")]), qrels
+
+
+def code_keys(pairs_dir: str, code_ids: list[str], cache: Path, fingerprint: str) -> np.ndarray:
+    """`code_match_key` of every code, in index order, cached beside the output.
+
+    Tokenising every code is the slow part of the guard (about 0.3 ms a code), so the
+    keys are kept in `cache` for a re-run over the same corpus (same fingerprint).
+    """
+    if cache.exists():
+        table = pq.read_table(cache)
+        if (table.schema.metadata or {}).get(b"corpus_fingerprint") == fingerprint.encode():
+            return np.asarray(table["key"].to_pylist(), dtype=object)
+    path = Path(pairs_dir) / "codes.parquet"
+    codes = pq.read_table(path, columns=["code_id", "code"])
+    where = pc.index_in(pa.array(code_ids, pa.string()), value_set=codes["code_id"])
+    if where.null_count:
+        raise ValueError(f"{path}: {where.null_count} code(s) of the index are not in it")
+    texts = codes["code"].take(where)
+    del codes
+    keys = np.empty(len(code_ids), dtype=object)
+    step = 8192
+    for lo in range(0, len(code_ids), step):
+        keys[lo : lo + step] = [code_match_key(c) for c in texts.slice(lo, step).to_pylist()]
+    meta = {b"corpus_fingerprint": fingerprint.encode()}
+    table = pa.table({"key": pa.array(keys.tolist(), pa.string())}).replace_schema_metadata(meta)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, cache)
+    return keys
 
 
 def _read_shard_stats(path: Path) -> dict | None:
@@ -554,8 +596,7 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
         raise ValueError("m, query_chunk and shard_queries must all be >= 1")
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    split = RetrievalSet.read(cfg.pairs)
-    queries, qrels = _query_order(split, cfg.pairs)
+    queries, qrels = _query_order(cfg.pairs)
 
     t0 = time.perf_counter()
     index_dir = cfg.index_dir or cfg.out
@@ -574,16 +615,8 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     seconds = {"embed_index": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    text_of = dict(
-        zip(split.codes["code_id"].to_pylist(), split.codes["code"].to_pylist(), strict=True)
-    )
-    missing = [cid for cid in index.code_ids if cid not in text_of]
-    if missing:
-        raise ValueError(f"{index_dir}: index holds {len(missing)} code(s) not in {cfg.pairs}")
-    texts = [text_of[cid] for cid in index.code_ids]
-    del text_of, split
-    keys = np.asarray([code_match_key(c) for c in texts], dtype=object)
-    del texts
+    fingerprint = index.manifest.get("corpus_fingerprint", "")
+    keys = code_keys(cfg.pairs, index.code_ids, out / "match_keys.parquet", fingerprint)
     groups = match_groups(keys)
     pool, pool_hits = pool_mask(keys, cfg.exclude)
     n_candidates = int(len(groups) - pool.sum())
