@@ -1,0 +1,324 @@
+"""The r2ps search endpoint: Retriever + Ranker deployments behind a Cascade ingress.
+
+    serve run serve.app:cascade                      # from the repository root
+    R2PS_SERVE_CONFIG=my.yaml serve run serve.app:cascade
+    R2PS_RANKER=runs/x/ranker R2PS_ALPHA=0.3 serve run serve.app:cascade
+    serve deploy serve/config.yaml                   # written by `serve build`
+
+The retriever ranks the whole code store with the dual encoder and a faiss index; the
+ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering is
+`r2ps.cascade`'s, the same one evaluation measures. When the ranker is slow or down the
+answer is the retriever's alone, marked `"reranked": false`, and counted.
+"""
+
+import asyncio
+import os
+import time
+from collections import deque
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from r2ps.cascade import cascade_ids, fuse
+from r2ps.log import get_logger, setup_logging
+from r2ps.models.cross import CrossEncoder
+from r2ps.models.dual import DualEncoder
+from r2ps.serving import (
+    CascadeMetrics,
+    Hit,
+    RequestError,
+    SearchRequest,
+    SearchResponse,
+    ServeConfig,
+    count_pairs,
+    load_code_store,
+    load_index,
+    pair_chunks,
+    parse_search_request,
+    read_limited_body,
+    resolve_model,
+)
+
+log = get_logger("r2ps.serve")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+async def _wait(response):
+    """A DeploymentResponse as a coroutine, for asyncio.wait_for.
+
+    Defined before the deployments: Serve serialises an ingress class when it is
+    decorated, so a helper defined below it would be missing in the replica.
+    """
+    return await response
+
+
+def _replica_setup(cfg: ServeConfig) -> None:
+    setup_logging()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+
+
+@serve.deployment
+class Retriever:
+    """Dual encoder + faiss index + code store; query encoding batched across requests."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        _replica_setup(cfg)
+        self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
+        self.model = DualEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        self.store = load_code_store(cfg.codes)
+        self.index = load_index(cfg, self.model_dir)
+        missing = [c for c in self.index.code_ids if c not in self.store.rows]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} indexed code ids (e.g. {missing[0]!r}) are not in the code "
+                f"store {self.store.path}: the index was built from another corpus"
+            )
+        self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
+        self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
+        log.info(
+            "retriever ready: %s (trained: %s), %d codes, index %s",
+            self.model_dir,
+            self.trained,
+            len(self.index.code_ids),
+            self.index.manifest.get("kind"),
+        )
+
+    async def retrieve(self, query: str, k: int) -> dict:
+        """The top `k` codes: ids, code text, language, source and cosine scores."""
+        return await self._search_batch((query, k))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _search_batch(self, items: list[tuple[str, int]]) -> list[dict]:
+        # Off the event loop, so readiness probes answer while a batch encodes.
+        return await asyncio.to_thread(self._search, items)
+
+    def _search(self, items: list[tuple[str, int]]) -> list[dict]:
+        k_max = min(max(k for _, k in items), len(self.index.code_ids))
+        embeddings = self.model.embed_queries([q for q, _ in items])
+        scores, positions = self.index.search(embeddings, k_max)
+        out = []
+        for (_, k), s_row, p_row in zip(items, scores, positions, strict=True):
+            keep = [(float(s), int(p)) for s, p in zip(s_row[:k], p_row[:k], strict=True) if p >= 0]
+            ids = [self.index.code_ids[p] for _, p in keep]
+            rows = [self.store.get(i) for i in ids]
+            out.append(
+                {
+                    "code_ids": ids,
+                    "codes": [r[0] for r in rows],
+                    "languages": [r[1] for r in rows],
+                    "sources": [r[2] for r in rows],
+                    "scores": [s for s, _ in keep],
+                }
+            )
+        return out
+
+    def ready(self) -> dict:
+        return {"model": self.model_dir, "trained": self.trained, "codes": len(self.index.code_ids)}
+
+
+@serve.deployment
+class Ranker:
+    """Cross encoder; requests are batched by their number of (query, code) pairs."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        _replica_setup(cfg)
+        self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
+        self.model = CrossEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        self.budget = cfg.ranker_pair_budget
+        self._score_batch.set_max_batch_size(self.budget)
+        self._score_batch.set_batch_wait_timeout_s(cfg.ranker_batch_wait_s)
+        self.batches: deque[list[int]] = deque(maxlen=256)  # pairs per item, per batch
+        log.info("ranker ready: %s (trained: %s)", self.model_dir, self.trained)
+
+    async def score(self, query: str, codes: list[str]) -> list[float]:
+        """Raw cross-encoder scores of (query, code) for each code, in order."""
+        chunks = pair_chunks(len(codes), self.budget)
+        parts = await asyncio.gather(*(self._score_batch((query, codes[c])) for c in chunks))
+        return [s for part in parts for s in part]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=count_pairs)
+    async def _score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        self.batches.append([len(codes) for _, codes in items])
+        queries = [q for q, codes in items for _ in codes]
+        codes = [c for _, cs in items for c in cs]
+        scores = await asyncio.to_thread(self.model.score_pairs, queries, codes, self.budget)
+        out, start = [], 0
+        for _, cs in items:
+            out.append(scores[start : start + len(cs)].tolist())
+            start += len(cs)
+        return out
+
+    def stats(self) -> dict:
+        """Recent batch compositions and the replica's pid (the fault benchmark kills it)."""
+        return {"batches": list(self.batches), "pid": os.getpid(), "budget": self.budget}
+
+    def ready(self) -> dict:
+        return {"model": self.model_dir, "trained": self.trained}
+
+
+api = FastAPI(
+    title="r2ps code search",
+    description="Natural-language code search: dual-encoder retrieval, cross-encoder reranking.",
+    version="0.1.0",
+)
+
+_SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
+    }
+}
+
+
+@serve.deployment
+@serve.ingress(api)
+class Cascade:
+    """HTTP ingress: validate, retrieve, rerank the top K (or degrade), answer."""
+
+    def __init__(
+        self, retriever: DeploymentHandle, ranker: DeploymentHandle, cfg: ServeConfig
+    ) -> None:
+        _replica_setup(cfg)
+        self.retriever = retriever
+        self.ranker = ranker
+        self.cfg = cfg
+        self.metrics = CascadeMetrics()
+
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        openapi_extra=_SEARCH_BODY,
+        responses={413: {"description": "body too large"}, 422: {"description": "bad input"}},
+    )
+    async def search(self, request: Request):
+        # The body is read by hand so its size is capped before it is parsed.
+        try:
+            body = await read_limited_body(
+                request.stream(), self.cfg.max_body_bytes, request.headers.get("content-length")
+            )
+            req = parse_search_request(body, self.cfg.max_query_chars)
+        except RequestError as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        return await self.answer(req)
+
+    async def answer(self, req: SearchRequest) -> SearchResponse | JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            found = await self.retriever.retrieve.remote(req.query, max(req.top_k, req.rerank_k))
+        except Exception as e:  # the retriever is the one stage the answer cannot do without
+            log.error("retriever failed: %r", e)
+            return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
+        t1 = time.perf_counter()
+        de = np.asarray(found["scores"], dtype=np.float32)
+        k = min(req.rerank_k, len(de))
+        ce, reason = None, None
+        if k:
+            ce, reason = await self._rerank(req.query, found["codes"][:k])
+        t2 = time.perf_counter()
+        if reason is not None:
+            self.metrics.degrade(reason)
+        reranked = ce is not None
+        ce_arr = np.asarray(ce if reranked else [], dtype=np.float32)
+        order = cascade_ids(np.arange(len(de)), de, ce_arr, self.cfg.alpha)[: req.top_k]
+        fused = fuse(de[: len(ce_arr)], ce_arr, self.cfg.alpha)
+        hits = [
+            Hit(
+                rank=rank,
+                code_id=found["code_ids"][p],
+                code=found["codes"][p],
+                language=found["languages"][p],
+                source=found["sources"][p],
+                score=float(fused[p] if p < len(ce_arr) else de[p]),
+                retriever_score=float(de[p]),
+                retriever_rank=int(p) + 1,
+                ranker_score=float(ce_arr[p]) if p < len(ce_arr) else None,
+            )
+            for rank, p in enumerate(order.tolist(), start=1)
+        ]
+        timings = {
+            "retrieve": (t1 - t0) * 1e3,
+            "rerank": (t2 - t1) * 1e3,
+            "total": (time.perf_counter() - t0) * 1e3,
+        }
+        self.metrics.observe(timings, len(ce_arr))
+        return SearchResponse(
+            query=req.query,
+            results=hits,
+            reranked=reranked,
+            reranked_count=len(ce_arr),
+            degraded_reason=reason,
+            timings_ms=timings,
+        )
+
+    async def _rerank(self, query: str, codes: list[str]) -> tuple[list[float] | None, str | None]:
+        """(ranker scores, None), or (None, why) when the ranker timed out or failed."""
+        response = self.ranker.score.remote(query, codes)
+        try:
+            scores = await asyncio.wait_for(_wait(response), self.cfg.ranker_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            log.warning(
+                "ranker timed out after %.1fs: retriever-only answer", self.cfg.ranker_timeout_s
+            )
+            return None, "timeout"
+        except Exception as e:
+            log.warning("ranker failed: %r: retriever-only answer", e)
+            return None, "error"
+        if len(scores) != len(codes):
+            log.error("ranker returned %d scores for %d codes", len(scores), len(codes))
+            return None, "error"
+        return scores, None
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness, plus the counters (requests, pairs reranked, degraded answers)."""
+        return {"status": "ok", **self.metrics.counts}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        """Ready when the retriever answers; the ranker's state is reported beside it."""
+        state = {}
+        for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
+            try:
+                state[name] = await asyncio.wait_for(_wait(handle.ready.remote()), 5.0)
+            except Exception as e:
+                state[name] = {"error": type(e).__name__}
+        ok = "error" not in state["retriever"]
+        return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
+
+
+def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
+    """The bound application: deployment options (replicas, CPUs, GPUs) from `cfg`.
+
+    `ranker` replaces the Ranker deployment (e.g. a different model class); by default
+    the cross encoder above, autoscaled between the configured replica counts.
+    """
+    gpus = cfg.ranker_gpus if cfg.ranker_gpus >= 0 else float(torch.cuda.is_available())
+    retriever = Retriever.options(
+        ray_actor_options={"num_cpus": cfg.retriever_cpus, "num_gpus": 0},
+        max_ongoing_requests=max(8, cfg.retriever_batch_size * 2),
+    )
+    if ranker is None:
+        ranker = Ranker.options(
+            ray_actor_options={"num_cpus": cfg.ranker_cpus, "num_gpus": gpus},
+            max_ongoing_requests=cfg.ranker_max_ongoing,
+            autoscaling_config={
+                "min_replicas": cfg.ranker_min_replicas,
+                "initial_replicas": max(1, cfg.ranker_min_replicas),
+                "max_replicas": cfg.ranker_max_replicas,
+                "target_ongoing_requests": cfg.ranker_target_ongoing,
+            },
+        )
+    ingress = Cascade.options(ray_actor_options={"num_cpus": cfg.ingress_cpus})
+    return ingress.bind(retriever.bind(cfg), ranker.bind(cfg), cfg)
+
+
+cascade = build_app(ServeConfig.from_env())

@@ -1,0 +1,306 @@
+"""The Serve cascade endpoint: settings, input checks, pair batching, and the live app.
+
+The live tests run the real app (serve/app.py) under `serve.run` on the session's local
+Ray, with tiny BERT models and a handmade code store + flat index, and talk to it over
+HTTP on 127.0.0.1. Serve is shut down at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+import torch
+
+from r2ps.cascade import rerank
+from r2ps.config import ConfigError
+from r2ps.index import CodeIndex, IndexConfig, model_fingerprint
+from r2ps.models.cross import CrossEncoder
+from r2ps.models.dual import DualEncoder
+from r2ps.serving import (
+    RequestError,
+    ServeConfig,
+    count_pairs,
+    pair_chunks,
+    parse_search_request,
+    read_limited_body,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
+    sys.path.insert(0, str(REPO))
+
+CODES = [
+    "def read_json(path):\n    with open(path) as f:\n        return json.load(f)",
+    "def write_csv(rows, path):\n    with open(path, 'w') as f:\n        csv.writer(f).writerows(rows)",
+    "def add(a, b):\n    return a + b",
+    "def reverse_string(s):\n    return s[::-1]",
+    "def fetch_url(url):\n    return urllib.request.urlopen(url).read()",
+    "def sort_dict_by_value(d):\n    return dict(sorted(d.items(), key=lambda kv: kv[1]))",
+    "def flatten(nested):\n    return [x for sub in nested for x in sub]",
+    "def is_prime(n):\n    return n > 1 and all(n % i for i in range(2, int(n ** 0.5) + 1))",
+]
+
+
+# --- settings and pure pieces -------------------------------------------------------
+
+
+def test_settings_from_yaml_then_env(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("alpha: 0.25\nranker_timeout_s: 3\nindex:\n  kind: hnsw\n")
+    env = {"R2PS_SERVE_CONFIG": str(path), "R2PS_RANKER_TIMEOUT_S": "1.5", "R2PS_LOG_LEVEL": "X"}
+    cfg = ServeConfig.from_env(env)
+    assert (cfg.alpha, cfg.ranker_timeout_s, cfg.index.kind) == (0.25, 1.5, "hnsw")
+    assert ServeConfig.from_env({"R2PS_INDEX__NPROBE": "4"}).index.nprobe == 4
+    with pytest.raises(ConfigError, match="ranker_pair_budget"):
+        ServeConfig.from_env({"R2PS_RANKER_PAIR_BUDGET": "many"})
+    with pytest.raises(ConfigError, match="alpha"):
+        ServeConfig(alpha=2.0)
+
+
+def test_pair_chunks_cut_a_request_at_the_budget():
+    assert pair_chunks(0, 4) == []
+    assert [(s.start, s.stop) for s in pair_chunks(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(s.start, s.stop) for s in pair_chunks(4, 4)] == [(0, 4)]
+    with pytest.raises(ValueError, match="budget"):
+        pair_chunks(3, 0)
+
+
+def test_batch_size_counts_pairs_not_requests():
+    assert count_pairs([("q1", ["a", "b", "c"]), ("q2", ["d"])]) == 4
+    assert count_pairs([]) == 0
+
+
+def test_request_parsing_names_what_is_wrong():
+    req = parse_search_request(b'{"query": "read a file"}', max_query_chars=50)
+    assert (req.top_k, req.rerank_k) == (10, 10)
+    cases = {
+        b'{"query": "  "}': "empty or only whitespace",
+        b'{"query": "ok", "top_k": "3"}': "top_k",
+        b'{"query": "ok", "top_k": 101}': "top_k",
+        b'{"query": "ok", "bogus": 1}': "bogus",
+        b'{"query": "' + b"x" * 51 + b'"}': "at most 50",
+        b"{not json": "json",
+    }
+    for body, needle in cases.items():
+        with pytest.raises(RequestError) as err:
+            parse_search_request(body, max_query_chars=50)
+        assert err.value.status == 422
+        assert needle.lower() in str(err.value.detail).lower(), (body, err.value.detail)
+
+
+def test_body_limit_checks_header_and_stream():
+    async def stream(parts):
+        for p in parts:
+            yield p
+
+    assert asyncio.run(read_limited_body(stream([b"ab", b"cd"]), 4, None)) == b"abcd"
+    for parts, header in (([b"abcde"], "5"), ([b"abc", b"de"], None)):
+        with pytest.raises(RequestError) as err:
+            asyncio.run(read_limited_body(stream(parts), 4, header))
+        assert err.value.status == 413
+
+
+# --- the live app ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_bert_dir):
+    """A tiny retriever, a tiny ranker with a saved (seeded) head, codes and a flat index."""
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    ranker_dir = root / "ranker"
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(ranker_dir)
+    codes_dir = root / "codes"
+    codes_dir.mkdir()
+    ids = [f"c{i}" for i in range(len(CODES))]
+    pq.write_table(
+        pa.table(
+            {
+                "code_id": ids,
+                "code": CODES,
+                "language": ["python"] * len(CODES),
+                "source": ["handmade"] * len(CODES),
+            }
+        ),
+        codes_dir / "codes.parquet",
+    )
+    dual = DualEncoder.from_pretrained(tiny_bert_dir)
+    index = CodeIndex.build(
+        dual.embed_codes(CODES),
+        ids,
+        IndexConfig(),
+        {"model_fingerprint": model_fingerprint(str(tiny_bert_dir)), "model_path": "tiny"},
+    )
+    index.save(root / "embed" / "index")
+    return {"retriever": tiny_bert_dir, "ranker": ranker_dir, "codes": codes_dir, "root": root}
+
+
+def _settings(models, **over) -> ServeConfig:
+    base = {
+        "retriever": str(models["retriever"]),
+        "ranker": str(models["ranker"]),
+        "codes": str(models["codes"]),
+        "embed_out": str(models["root"] / "embed"),
+        "max_query_chars": 200,
+        "max_body_bytes": 2048,
+        "ranker_pair_budget": 8,
+        "ranker_batch_wait_s": 0.2,
+        "ranker_timeout_s": 30.0,
+        "retriever_cpus": 0.1,
+        "ranker_cpus": 0.1,
+        "ingress_cpus": 0.1,
+        "ranker_gpus": 0.0,
+        "ranker_min_replicas": 1,
+        "ranker_max_replicas": 1,
+    }
+    return ServeConfig(**{**base, **over})
+
+
+@pytest.fixture(scope="module")
+def live(ray_local, models):
+    """Two apps: `main` (the real cascade) and `faulty` (a ranker that fails or stalls)."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    class FaultyRanker:
+        """Raises for most queries; stalls past the timeout for queries containing 'slow'."""
+
+        def __init__(self, cfg: ServeConfig) -> None:
+            pass
+
+        async def score(self, query: str, codes: list[str]) -> list[float]:
+            if "slow" in query:
+                await asyncio.sleep(10)
+            raise RuntimeError("ranker is broken")
+
+        def ready(self) -> dict:
+            return {}
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(_settings(models)), name="main", route_prefix="/")
+    faulty = _settings(models, ranker_timeout_s=1.0)
+    serve.run(build_app(faulty, ranker=FaultyRanker), name="faulty", route_prefix="/faulty")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _search(url, **body):
+    return requests.post(f"{url}/search", json=body, timeout=60)
+
+
+def test_a_real_query_gets_the_cascade_ranking(live, models):
+    code = CODES[3]
+    r = _search(live, query=code, top_k=5, rerank_k=0)
+    assert r.status_code == 200, r.text
+    plain = r.json()
+    assert plain["reranked"] is False and plain["degraded_reason"] is None
+    # The query is the code's own text: the retriever puts it first with cosine ~1.
+    assert plain["results"][0]["code_id"] == "c3"
+    assert plain["results"][0]["retriever_score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["retriever_rank"] for h in plain["results"]] == [1, 2, 3, 4, 5]
+
+    r = _search(live, query=code, top_k=6, rerank_k=4)
+    body = r.json()
+    assert r.status_code == 200 and body["reranked"] is True and body["reranked_count"] == 4
+    assert set(body["timings_ms"]) == {"retrieve", "rerank", "total"}
+    hits = body["results"]
+    assert len(hits) == 6
+    # The first 4 are the retriever's top 4 in ranker order, scored as the model scores them.
+    top4 = sorted(hits[:4], key=lambda h: h["retriever_rank"])
+    assert [h["retriever_rank"] for h in top4] == [1, 2, 3, 4]
+    ranker = CrossEncoder.from_pretrained(models["ranker"])
+    local = ranker.score_pairs([code] * 4, [h["code"] for h in top4])
+    served = np.array([h["ranker_score"] for h in top4])
+    np.testing.assert_allclose(served, local, atol=1e-4)
+    order, fused = rerank(np.array([h["retriever_score"] for h in top4]), served)
+    assert [h["code_id"] for h in hits[:4]] == [top4[i]["code_id"] for i in order]
+    assert [h["retriever_rank"] for h in hits[4:]] == [5, 6]
+    assert all(h["ranker_score"] is None for h in hits[4:])
+
+
+def test_every_bad_input_gets_a_4xx_with_a_message(live):
+    bad = {
+        "empty query": ({"query": ""}, 422, "whitespace"),
+        "blank query": ({"query": " \n\t "}, 422, "whitespace"),
+        "long query": ({"query": "x" * 201}, 422, "at most 200"),
+        "query not a string": ({"query": 5}, 422, "query"),
+        "top_k a string": ({"query": "ok", "top_k": "10"}, 422, "top_k"),
+        "top_k too big": ({"query": "ok", "top_k": 101}, 422, "top_k"),
+        "rerank_k negative": ({"query": "ok", "rerank_k": -1}, 422, "rerank_k"),
+        "unknown field": ({"query": "ok", "k": 3}, 422, "extra"),
+        "no query": ({}, 422, "query"),
+        "not an object": ([], 422, "object"),
+    }
+    for name, (body, status, needle) in bad.items():
+        r = requests.post(f"{live}/search", json=body, timeout=30)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert needle in r.text.lower(), (name, r.text)
+    r = requests.post(f"{live}/search", data=b"{not json", timeout=30)
+    assert r.status_code == 422 and "json" in r.text.lower()
+    big = b'{"query": "' + b"y" * 4000 + b'"}'
+    r = requests.post(f"{live}/search", data=big, timeout=30)
+    assert r.status_code == 413 and "limit" in r.text
+    r = requests.post(f"{live}/search", data=iter([big[:1000], big[1000:]]), timeout=30)
+    assert r.status_code == 413, "a chunked body (no Content-Length) is capped too"
+    assert requests.get(f"{live}/healthz", timeout=30).json()["status"] == "ok"
+
+
+def test_health_readiness_and_openapi(live):
+    ready = requests.get(f"{live}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.json()["retriever"]["codes"] == len(CODES)
+    spec = requests.get(f"{live}/openapi.json", timeout=30).json()
+    schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(schema["schema"]["properties"]) == {"query", "top_k", "rerank_k"}
+    assert requests.get(f"{live}/docs", timeout=30).status_code == 200
+
+
+def test_a_failing_or_stalled_ranker_degrades_to_the_retriever(live):
+    url = f"{live}/faulty"
+    before = requests.get(f"{url}/healthz", timeout=30).json()["degraded"]
+    r = _search(url, query=CODES[2], top_k=3, rerank_k=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reranked"] is False and body["degraded_reason"] == "error"
+    assert body["results"][0]["code_id"] == "c2"
+    assert [h["retriever_rank"] for h in body["results"]] == [1, 2, 3]
+    start = time.perf_counter()
+    r = _search(url, query="slow " + CODES[2], top_k=3, rerank_k=3)
+    assert r.status_code == 200 and r.json()["degraded_reason"] == "timeout"
+    assert time.perf_counter() - start < 8, "the answer must not wait for the stalled ranker"
+    counts = requests.get(f"{url}/healthz", timeout=30).json()
+    assert counts["degraded"] == before + 2
+    assert counts["degraded_by_reason"] == {"error": 1, "timeout": 1}
+
+
+def test_ranker_batches_pairs_from_several_requests(live, models):
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Ranker", app_name="main")
+    codes = [CODES[:3], CODES[3:6], CODES[5:8], CODES]  # 3 + 3 + 3 + 8 pairs, budget 8
+    responses = [handle.score.remote(f"query {i}", c) for i, c in enumerate(codes)]
+    scores = [r.result(timeout_s=60) for r in responses]
+    ranker = CrossEncoder.from_pretrained(models["ranker"])
+    for i, (c, s) in enumerate(zip(codes, scores, strict=True)):
+        np.testing.assert_allclose(s, ranker.score_pairs([f"query {i}"] * len(c), c), atol=1e-4)
+    batches = handle.stats.remote().result(timeout_s=30)["batches"]
+    assert all(sum(b) <= 8 for b in batches), batches
+    assert any(len(b) > 1 for b in batches), f"no batch held pairs of two requests: {batches}"
