@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r2ps.embed import EmbedConfig, codes_file, embed_corpus, ensure_index, plan_pool
-from r2ps.index import StaleIndexError, read_embeddings
+from r2ps.index import IndexConfig, StaleIndexError, read_embeddings
 from r2ps.models.dual import DualEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_ensure_index_reuses_what_matches_and_rebuilds_what_is_stale(
                                   again.search(np.eye(32, dtype=np.float32), 3)[1])  # fmt: skip
 
     # another index kind: re-indexed from the saved embeddings, not re-embedded
-    hnsw = ensure_index(small_cfg(model, split, out, index={"kind": "hnsw"}))
+    hnsw = ensure_index(small_cfg(model, split, out, index=IndexConfig(kind="hnsw")))
     assert hnsw.manifest["kind"] == "hnsw"
     assert mtime(emb_manifest) == stamps[0] and mtime(idx_manifest) != stamps[1]
 
@@ -126,7 +126,7 @@ def test_the_pool_leaves_cpus_for_the_read_tasks(ray_local):
 
 
 def test_bad_codes_input_names_the_file_and_field(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere/codes.parquet"):
+    with pytest.raises(FileNotFoundError, match="nowhere: codes file not found"):
         codes_file(str(tmp_path / "nowhere"))
     pq.write_table(pa.table({"code_id": ["a"], "text": ["x"]}), tmp_path / "codes.parquet")
     with pytest.raises(ValueError, match=r"codes.parquet: field\(s\) \['code'\] missing"):

@@ -316,7 +316,7 @@ def _index_dir(cfg: EmbedConfig) -> Path:
 
 
 def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
-    """(model dir, codes file, the manifest keys that say which model and corpus)."""
+    """(model dir, codes file, the manifest keys that say which vectors of which corpus)."""
     model = model_dir(cfg)
     codes = codes_file(cfg.codes)
     ids = read_code_ids(codes)
@@ -327,6 +327,7 @@ def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
             "model_fingerprint": model_fingerprint(model),
             "corpus_fingerprint": corpus_fingerprint(ids),
             "count": len(ids),
+            "max_code_len": max_code_len(cfg, model),  # truncation changes the vectors too
         },
     )
 
@@ -354,7 +355,6 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
         "model_path": model,
         "codes": str(codes),
         "dim": int(emb.shape[1]),
-        "max_code_len": max_code_len(cfg, model),
         "shards": len(list(tmp.glob("part-*.parquet"))),
         "actors": plan.actors,
         "threads_per_actor": plan.threads,
