@@ -52,7 +52,7 @@ def corpus_codes(corpus: Path, n: int) -> pa.Table:
         extra = codes.set_column(1, "code", pa.array(texts)).set_column(
             0, "code_id", pa.array([code_id(t) for t in texts])
         )
-        parts.append(extra)
+        parts.append(extra.cast(codes.schema))
     return pa.concat_tables(parts).slice(0, n)
 
 

@@ -664,7 +664,7 @@ def _summary(
     draws = t.get("draws", 0)
     return {
         "pairs": str(Path(cfg.pairs).resolve()),
-        "model": cfg.model or "(bundled MiniLM)",
+        "model": manifest.get("model_path") or cfg.model,
         "settings": settings,
         "queries": t.get("queries", 0),
         "pairs_mined": t.get("pairs", 0),
