@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from r2ps.index import (
     MANIFEST,
@@ -40,7 +41,14 @@ from r2ps.index import (
     read_manifest,
 )
 from r2ps.log import get_logger
-from r2ps.models.encoder import default_model_path, read_meta
+from r2ps.models.dual import DualEncoder
+from r2ps.models.encoder import (
+    batches_by_length,
+    default_model_path,
+    pad_batch,
+    pad_token_id,
+    read_meta,
+)
 
 log = get_logger(__name__)
 
@@ -160,26 +168,18 @@ class CodeEmbedder:
     """
 
     def __init__(self, model: str, batch_size: int, threads: int) -> None:
-        import torch
-
-        from r2ps.models.dual import DualEncoder
-
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = DualEncoder.from_pretrained(model).to(self.device).eval()
         self.batch_size = batch_size
-        self.pad_id = _pad_id(self.model.tokenizer)
+        self.pad_id = pad_token_id(self.model.tokenizer)
         if self.device.type == "cuda":
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.dtype = None  # full precision on CPU: results match the single-process path
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import torch
-
-        from r2ps.models.encoder import batches_by_length, pad_batch
-
         seqs = batch["input_ids"].to_pylist()
         out = np.zeros((len(seqs), self.model.dim), dtype=np.float32)
         autocast = torch.autocast(
@@ -203,14 +203,8 @@ class CodeEmbedder:
         )
 
 
-def _pad_id(tokenizer) -> int:
-    from r2ps.models.encoder import pad_token_id
-
-    return pad_token_id(tokenizer)
-
-
 def _part_names():
-    """Shard names `part-<write>-<task>.parquet`, as `read_embeddings` expects."""
+    """Shard names starting `part-` (Ray may add a block suffix), as `read_embeddings` expects."""
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
