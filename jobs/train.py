@@ -1,7 +1,9 @@
-"""Train the retriever (dual encoder) on Ray Train + DeepSpeed.
+"""Train the retriever (dual encoder) or the ranker (cross encoder) on Ray Train + DeepSpeed.
 
     python jobs/train.py retriever --corpus runs/demo/corpus --out runs/demo/retriever [key=value ...]
     ray job submit --working-dir . -- python jobs/train.py retriever --config configs/retriever.yaml
+    python jobs/train.py ranker --negatives runs/demo/mined [key=value ...]
+    python jobs/train.py ranker negatives_source=in_batch     # the paper's RR baseline
 
 Without a running cluster this starts a local Ray. Running again with the same
 --run-name resumes that run from its latest checkpoint.
@@ -17,28 +19,50 @@ import ray
 
 from r2ps.config import parse_config
 from r2ps.log import setup_logging
-from r2ps.train.config import TrainConfig
+from r2ps.train.config import RankerConfig, TrainConfig
 
-KINDS = ("retriever",)
+KINDS = ("retriever", "ranker")
+CONFIGS = {"retriever": TrainConfig, "ranker": RankerConfig}  # the ranker: its own defaults
+
+
+def parse(argv: list[str]) -> tuple[str, TrainConfig] | None:
+    """(kind, settings) from the command line; None (after printing why) when unusable."""
+    if not argv or argv[0] not in KINDS:
+        print(f"usage: train.py {{{','.join(KINDS)}}} [--help] [options] [key=value ...]")
+        return None
+    kind = argv[0]
+    cfg = parse_config(CONFIGS[kind], argv[1:], description=__doc__)
+    if kind == "ranker":
+        from r2ps.train.ranker import check_config
+
+        try:
+            check_config(cfg)
+        except ValueError as e:
+            print(f"usage: train.py ranker [--help] [options] [key=value ...]\nerror: {e}")
+            return None
+    return kind, cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in KINDS:
-        print(f"usage: train.py {{{','.join(KINDS)}}} [--help] [options] [key=value ...]")
+    parsed = parse(list(sys.argv[1:] if argv is None else argv))
+    if parsed is None:
         return 2
-    rest = argv[1:]  # the kind: only the retriever so far
-    cfg = parse_config(TrainConfig, rest, description=__doc__)
+    kind, cfg = parsed
     setup_logging()
     ray.init(ignore_reinit_error=True)
     from r2ps.train.launch import compare_on_test, train
 
-    summary = train(cfg)
-    if cfg.final_test:
+    if kind == "ranker":
+        from r2ps.train.ranker import RankerTask
+
+        summary = train(cfg, task=RankerTask())
+    else:
+        summary = train(cfg)
+    if kind == "retriever" and cfg.final_test:
         summary["final_test"] = compare_on_test(cfg, summary["exported_model"])
         path = Path(summary["exported_model"]) / "train_summary.json"
         path.write_text(json.dumps(summary, indent=1, default=str))
-    keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test")
+    keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test", "data")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))
     return 0
 

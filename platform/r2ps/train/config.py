@@ -35,7 +35,8 @@ class TrainConfig:
     max_query_len: int = 64
     max_code_len: int = 256
     max_train_pairs: int = field(
-        default=0, metadata={"help": "use a seeded sample of N pairs (0: all)"}
+        default=16000,
+        metadata={"help": "use a seeded sample of N pairs (0: all); sized for ~1 h on 2 cores"},
     )
     max_steps: int = field(default=0, metadata={"help": "stop after N steps (0: epochs decide)"})
     hard_negatives: str = field(
@@ -45,13 +46,16 @@ class TrainConfig:
     # scale-out
     num_workers: int = 1
     threads_per_worker: int = 2
+    cpus_per_worker: float = field(
+        default=0.0, metadata={"help": "CPUs each worker reserves (0: share all but 0.5)"}
+    )
     zero_stage: int = 0
     use_gpu: bool | None = field(default=None, metadata={"help": "default: use CUDA when present"})
     max_failures: int = 2
     # evaluation and checkpoints
-    eval_every_steps: int = field(default=0, metadata={"help": "also validate every N steps"})
+    eval_every_steps: int = field(default=250, metadata={"help": "also validate every N steps"})
     max_eval_queries: int = field(
-        default=1000, metadata={"help": "valid queries per evaluation (0: all)"}
+        default=500, metadata={"help": "valid queries per evaluation (0: all)"}
     )
     eval_cosqa: str = field(default="", metadata={"help": "CoSQA folder: also report CoSQA dev"})
     eval_batch_size: int = 64
@@ -59,3 +63,53 @@ class TrainConfig:
         default=True, metadata={"help": "after training, compare start and trained model on test"}
     )
     log_every_steps: int = 10
+    # ranker (cross encoder, METHOD.md section 2); unused by the retriever
+    negatives: str = field(
+        default="", metadata={"help": "ranker: mining output folder (negatives_source=ps)"}
+    )
+    negatives_source: str = field(
+        default="ps",
+        metadata={"help": "ranker: ps (mined window, resampled each epoch) or in_batch (RR)"},
+    )
+    num_negatives: int = field(
+        default=7, metadata={"help": "ranker: m negatives per query with ps (paper: 31)"}
+    )
+    ps_inv_tau: float = field(
+        default=0.0, metadata={"help": "ranker: 1/tau' of PS sampling (0: uniform)"}
+    )
+    ranker_scale: float = field(
+        default=20.0, metadata={"help": "ranker: listwise loss on scale * tanh(score)"}
+    )
+    max_pair_len: int = field(
+        default=384, metadata={"help": "ranker: tokens of query + code (paper: 384)"}
+    )
+    retriever: str = field(
+        default="", metadata={"help": "ranker validation: DualEncoder dir (default: MiniLM)"}
+    )
+    rerank_k: int = field(default=10, metadata={"help": "ranker validation: top K reranked"})
+
+
+@dataclass
+class RankerConfig(TrainConfig):
+    """The same settings with the ranker's defaults (a run of its own, CPU-sized groups).
+
+    Only defaults differ, so a RankerConfig round-trips through TrainConfig unchanged
+    (the shared loop rebuilds a TrainConfig from the dict it receives).
+    """
+
+    out: str = field(
+        default="runs/demo/ranker", metadata={"help": "where the best model is exported"}
+    )
+    run_name: str = field(default="ranker", metadata={"help": "Ray Train run; same name resumes"})
+    batch_size: int = field(
+        default=8, metadata={"help": "queries per worker per step (each a group of pairs)"}
+    )
+    max_pair_len: int = field(
+        default=256, metadata={"help": "ranker: tokens of query + code (paper: 384; CPU: 256)"}
+    )
+    max_eval_queries: int = field(
+        default=200, metadata={"help": "valid queries per evaluation (each costs K pairs)"}
+    )
+    final_test: bool = field(
+        default=False, metadata={"help": "unused by the ranker (see jobs/evaluate.py)"}
+    )

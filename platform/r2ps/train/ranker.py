@@ -1,0 +1,464 @@
+"""Ranker training: the cross encoder's rows, groups, loss, cascade validation and export.
+
+The shared loop (loop.py) calls this `RankerTask` as it calls the retriever's. Each
+training query becomes a *group*: its positive code first, then negatives, all scored
+as (query, code) pairs by the cross encoder and trained with the listwise softmax
+cross-entropy of METHOD.md section 2. Where the negatives come from is one setting:
+
+- `ps`: the window of candidates the mining job stored for the query (ranking-based
+  hard negatives, METHOD.md section 4), resampled every epoch with a seed made of
+  (seed, epoch, query), so a run is reproducible and resuming mid-epoch redraws exactly
+  what the lost attempt drew;
+- `in_batch`: the paper's "RR" baseline, the other codes of the batch (B queries x B
+  codes), minus codes of the query's own duplicate group (a duplicate is a false
+  negative, as in the retriever's loss).
+
+Both go through `build_groups`, which returns (queries, codes, group size); the loss
+does not know which source made the groups.
+
+Validation is the cascade itself: the retriever (`cfg.retriever`) ranks the whole valid
+pool once per run (cached; it does not change while the ranker trains), the ranker
+rescores its top K, and MRR is reported for the cascade (`valid_mrr`, which picks the
+best checkpoint) and for the retriever alone (`valid_de_mrr`) on the same queries, so
+the log shows whether the ranker helps.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+import torch.distributed as dist
+
+from r2ps.cascade import cascade_ids, choose_alpha
+from r2ps.data.schema import RetrievalSet
+from r2ps.log import get_logger
+from r2ps.losses import listwise_ce
+from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.models.cross import CrossEncoder, tokenize_pairs
+from r2ps.models.dual import DualEncoder, embed_texts
+from r2ps.models.encoder import default_model_path
+from r2ps.train.config import TrainConfig
+from r2ps.train.retriever import _load_cosqa, _load_split, _unslice, eval_queries, training_pairs
+
+log = get_logger(__name__)
+
+SOURCES = ("ps", "in_batch")
+SUMMARY_FILE = "mine_summary.json"
+NEGATIVES_GLOB = "negatives/part-*.parquet"
+# The mining output columns the ranker reads (cand_ranks and pos_score are not needed).
+NEGATIVE_COLUMNS = ("query_id", "code_id", "cand_ids", "cand_scores")
+PS_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("code", pa.string()),
+        ("cand_ids", pa.list_(pa.string())),
+        ("cand_scores", pa.list_(pa.float32())),
+    ]
+)
+MRR_CUTOFF = 1000  # METHOD.md section 5: a rank past 1000 counts 0
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Fail before any Ray work on ranker settings that cannot run."""
+    if cfg.negatives_source not in SOURCES:
+        raise ValueError(f"negatives_source must be one of {SOURCES}, got {cfg.negatives_source!r}")
+    if cfg.negatives_source == "ps" and not cfg.negatives:
+        raise ValueError("negatives_source=ps needs --negatives <mining output folder>")
+    if cfg.num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {cfg.num_negatives}")
+    if cfg.rerank_k < 1:
+        raise ValueError(f"rerank_k must be >= 1, got {cfg.rerank_k}")
+    if cfg.negatives_source == "in_batch" and cfg.batch_size < 2:
+        raise ValueError("negatives_source=in_batch needs batch_size >= 2 (no other codes)")
+
+
+def model_path(cfg: TrainConfig) -> str:
+    return cfg.model or default_model_path()
+
+
+def retriever_path(cfg: TrainConfig) -> str:
+    return cfg.retriever or default_model_path()
+
+
+# --- the rows -----------------------------------------------------------------------
+
+
+def pairs_folder(negatives: str | Path) -> Path:
+    """The split folder the mined ids refer to: `pairs` in `<negatives>/mine_summary.json`.
+
+    A relative path is taken from the working directory, or else from the negatives folder.
+    """
+    summary_path = Path(negatives) / SUMMARY_FILE
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
+    summary = json.loads(summary_path.read_text())
+    if not isinstance(summary, dict) or not summary.get("pairs"):
+        raise ValueError(f"{summary_path}: field 'pairs' (the mined split folder) is missing")
+    folder = Path(summary["pairs"])
+    if not folder.is_absolute() and not folder.exists():
+        folder = Path(negatives) / folder
+    if not (folder / "codes.parquet").exists():
+        raise FileNotFoundError(
+            f"{summary_path}: field 'pairs' names {summary['pairs']!r}, which holds no codes.parquet"
+        )
+    return folder
+
+
+def read_negatives(negatives: str | Path) -> pa.Table:
+    """All `<negatives>/negatives/part-*.parquet` files, checked against the mining contract."""
+    files = sorted(Path(negatives).glob(NEGATIVES_GLOB))
+    if not files:
+        raise FileNotFoundError(f"no {NEGATIVES_GLOB} under {negatives}")
+    tables = []
+    for path in files:
+        table = pq.read_table(path)
+        for name in NEGATIVE_COLUMNS:
+            if name not in table.column_names:
+                raise ValueError(f"{path}: missing column {name!r} (have {table.column_names})")
+        for name in ("cand_ids", "cand_scores"):
+            tp = table.schema.field(name).type
+            if not (pa.types.is_list(tp) or pa.types.is_large_list(tp)):
+                raise ValueError(f"{path}: column {name!r} must be a list, got {tp}")
+        tables.append(
+            pa.table(
+                {
+                    "query_id": table["query_id"].cast(pa.string()),
+                    "code_id": table["code_id"].cast(pa.string()),
+                    "cand_ids": table["cand_ids"].cast(pa.list_(pa.string())),
+                    "cand_scores": table["cand_scores"].cast(pa.list_(pa.float32())),
+                }
+            )
+        )
+    return pa.concat_tables(tables)
+
+
+def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
+    """Mined rows joined with their texts; and a report of what could not be used.
+
+    Candidates that are a gold code of the query (the positive included) are removed
+    (the miner should already have done so; a false negative must never reach the loss).
+    Rows left with no candidate cannot make a group: they are counted and named in the
+    report, never silently dropped.
+    """
+    folder = pairs_folder(cfg.negatives)
+    rset = RetrievalSet.read(folder)
+    neg = read_negatives(cfg.negatives)
+    query_text = dict(
+        zip(rset.queries["query_id"].to_pylist(), rset.queries["query"].to_pylist(), strict=True)
+    )
+    code_ids = set(rset.codes["code_id"].to_pylist())
+    code_text = dict(
+        zip(rset.codes["code_id"].to_pylist(), rset.codes["code"].to_pylist(), strict=True)
+    )
+    gold: dict[str, set[str]] = {}
+    for q, c in zip(
+        rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
+    ):
+        gold.setdefault(q, set()).add(c)
+
+    where = Path(cfg.negatives) / "negatives"
+    rows: dict[str, list] = {name: [] for name in PS_SCHEMA.names}
+    empty: list[str] = []
+    removed = 0
+    for qid, cid, cands, scores in zip(
+        neg["query_id"].to_pylist(),
+        neg["code_id"].to_pylist(),
+        neg["cand_ids"].to_pylist(),
+        neg["cand_scores"].to_pylist(),
+        strict=True,
+    ):
+        if qid not in query_text:
+            raise ValueError(f"{where}: query_id {qid!r} is not in {folder}/queries.parquet")
+        if cid not in code_text:
+            raise ValueError(f"{where}: code_id {cid!r} is not in {folder}/codes.parquet")
+        cands, scores = cands or [], scores or []
+        if len(cands) != len(scores):
+            raise ValueError(
+                f"{where}: query_id {qid!r}: {len(cands)} cand_ids but {len(scores)} cand_scores"
+            )
+        golds = gold.get(qid, set()) | {cid}
+        keep = [i for i, c in enumerate(cands) if c not in golds]
+        removed += len(cands) - len(keep)
+        unknown = [cands[i] for i in keep if cands[i] not in code_ids]
+        if unknown:
+            raise ValueError(f"{where}: cand_ids {unknown[:3]} are not in {folder}/codes.parquet")
+        if not keep:
+            empty.append(qid)
+            continue
+        rows["query_id"].append(qid)
+        rows["query"].append(query_text[qid])
+        rows["code"].append(code_text[cid])
+        rows["cand_ids"].append([cands[i] for i in keep])
+        rows["cand_scores"].append([scores[i] for i in keep])
+    table = pa.table(rows, schema=PS_SCHEMA)
+    report = {
+        "source": "ps",
+        "negatives": str(cfg.negatives),
+        "pairs": str(folder),
+        "rows_read": neg.num_rows,
+        "rows_used": table.num_rows,
+        "empty_windows": len(empty),
+        "empty_window_queries": empty[:20],
+        "gold_candidates_removed": removed,
+    }
+    if empty:
+        log.warning(
+            "%d of %d mined rows have an empty candidate window and make no group "
+            "(first query ids: %s)",
+            len(empty),
+            neg.num_rows,
+            ", ".join(empty[:5]),
+        )
+    if removed:
+        log.warning("removed %d candidates that are gold codes of their query", removed)
+    return _shuffled(table, cfg), report
+
+
+def _shuffled(table: pa.Table, cfg: TrainConfig) -> pa.Table:
+    order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
+    if cfg.max_train_pairs:
+        order = order[: cfg.max_train_pairs]
+    return table.take(pa.array(order))
+
+
+def ranker_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
+    """The training rows of `cfg.negatives_source`, and the data report."""
+    check_config(cfg)
+    if cfg.negatives_source == "ps":
+        return ps_rows(cfg)
+    table = training_pairs(cfg)  # (query, code, group): the retriever's rows, same seed
+    return table, {"source": "in_batch", "rows_used": table.num_rows}
+
+
+@functools.lru_cache(maxsize=2)
+def code_texts(negatives: str) -> dict[str, str]:
+    """code_id -> code of the mined split, loaded once per worker process."""
+    codes = pq.read_table(pairs_folder(negatives) / "codes.parquet", columns=["code_id", "code"])
+    return dict(zip(codes["code_id"].to_pylist(), codes["code"].to_pylist(), strict=True))
+
+
+# --- the groups ---------------------------------------------------------------------
+
+
+def query_seed(seed: int, epoch: int, query_id: str) -> np.random.Generator:
+    """A generator seeded by (seed, epoch, query): independent of batch order and worker."""
+    digest = hashlib.blake2b(str(query_id).encode(), digest_size=8).digest()
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, int.from_bytes(digest, "little")])
+
+
+def ps_groups(
+    batch: dict[str, Any],
+    texts: dict[str, str],
+    m: int,
+    inv_tau: float,
+    seed: int,
+    epoch: int,
+) -> tuple[list[str], list[str], int]:
+    """Groups [positive, m negatives drawn from the row's mined window] for each row."""
+    from r2ps.mining import sample_negatives
+
+    queries: list[str] = []
+    codes: list[str] = []
+    for qid, query, positive, cands, scores in zip(
+        batch["query_id"],
+        batch["query"],
+        batch["code"],
+        batch["cand_ids"],
+        batch["cand_scores"],
+        strict=True,
+    ):
+        rng = query_seed(seed, epoch, str(qid))
+        picks = sample_negatives(np.asarray(scores, dtype=np.float32), m, inv_tau, rng)
+        queries.extend([str(query)] * (1 + m))
+        codes.append(str(positive))
+        codes.extend(texts[str(cands[int(p)])] for p in picks)
+    return queries, codes, 1 + m
+
+
+def in_batch_groups(batch: dict[str, Any]) -> tuple[list[str], list[str], int]:
+    """Groups [positive, the other B-1 codes of the batch] for each of the B rows.
+
+    Codes of the row's own duplicate group (same code, or another gold code of the same
+    query) are not negatives; their places are filled by repeating the row's real
+    negatives in batch order, so every group keeps size B.
+    """
+    batch_codes = [str(c) for c in batch["code"]]
+    groups = np.asarray(batch["group"])
+    size = len(batch_codes)
+    queries: list[str] = []
+    codes: list[str] = []
+    for i, query in enumerate(batch["query"]):
+        negatives = [batch_codes[j] for j in range(size) if groups[j] != groups[i]]
+        if not negatives:
+            raise ValueError(
+                f"in_batch: all {size} codes of the batch are duplicates of row {i}'s "
+                "positive; raise batch_size"
+            )
+        queries.extend([str(query)] * size)
+        codes.append(batch_codes[i])
+        codes.extend(negatives[k % len(negatives)] for k in range(size - 1))
+    return queries, codes, size
+
+
+def build_groups(
+    batch: dict[str, Any], cfg: TrainConfig, epoch: int
+) -> tuple[list[str], list[str], int]:
+    """(queries, codes, group size): row-major groups, each starting with its positive."""
+    if cfg.negatives_source == "in_batch":
+        return in_batch_groups(batch)
+    if cfg.negatives_source == "ps":
+        texts = code_texts(str(cfg.negatives))
+        return ps_groups(batch, texts, cfg.num_negatives, cfg.ps_inv_tau, cfg.seed, epoch)
+    raise ValueError(f"negatives_source must be one of {SOURCES}, got {cfg.negatives_source!r}")
+
+
+# --- validation: the cascade --------------------------------------------------------
+
+
+@dataclass
+class Retrieved:
+    """The retriever's ranking of a pool for a fixed set of queries (top `depth`)."""
+
+    queries: list[str]
+    gold: list[set[int]]  # pool positions of each query's gold codes
+    ids: np.ndarray  # [Q, depth] int64 pool positions, best first
+    scores: np.ndarray  # [Q, depth] float32 retriever scores
+
+    def metrics(self) -> dict[str, float]:
+        return retrieval_metrics(rank_of_gold_topk(self.ids, self.gold), mrr_cutoff=MRR_CUTOFF)
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int = 256):
+    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time."""
+    depth = min(depth, c_emb.shape[0])
+    ids = np.empty((q_emb.shape[0], depth), dtype=np.int64)
+    scores = np.empty((q_emb.shape[0], depth), dtype=np.float32)
+    for start in range(0, q_emb.shape[0], chunk):
+        s = q_emb[start : start + chunk] @ c_emb.T
+        part = np.argpartition(-s, depth - 1, axis=1)[:, :depth]
+        part_scores = np.take_along_axis(s, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)  # score desc, then position
+        ids[start : start + chunk] = np.take_along_axis(part, order, axis=1)
+        scores[start : start + chunk] = np.take_along_axis(part_scores, order, axis=1)
+    return ids, scores
+
+
+def retrieve(
+    retriever: DualEncoder, rset: RetrievalSet, max_queries: int, batch_size: int
+) -> Retrieved:
+    """Rank the whole pool with the retriever; each rank embeds a slice of it."""
+    texts, gold = eval_queries(rset, max_queries)
+    codes = rset.codes["code"].to_pylist()
+    rank, world = _rank_world()
+    tok = retriever.tokenizer
+    q_part = embed_texts(retriever, tok, texts[rank::world], retriever.max_query_len, batch_size)
+    c_part = embed_texts(retriever, tok, codes[rank::world], retriever.max_code_len, batch_size)
+    q_emb, c_emb = _unslice(q_part, len(texts), world), _unslice(c_part, len(codes), world)
+    ids, scores = top_candidates(q_emb, c_emb, MRR_CUTOFF)
+    return Retrieved(texts, gold, ids, scores)
+
+
+def cascade_metrics(
+    model: CrossEncoder, retrieved: Retrieved, codes: Sequence[str], k: int, batch_size: int
+) -> dict[str, float]:
+    """The ranker rescoring the retriever's top k: cascade, retriever-only and fused metrics.
+
+    Each rank scores a slice of the queries; scores are gathered so every rank returns
+    the same metrics.
+    """
+    k = min(k, retrieved.ids.shape[1])
+    rank, world = _rank_world()
+    mine = range(rank, len(retrieved.queries), world)
+    pair_q = [retrieved.queries[i] for i in mine for _ in range(k)]
+    pair_c = [codes[p] for i in mine for p in retrieved.ids[i, :k]]
+    part = model.score_pairs(pair_q, pair_c, batch_size).reshape(len(mine), k)
+    ce = _unslice(part, len(retrieved.queries), world)
+
+    def ranked(alpha: float) -> list[np.ndarray]:
+        lists = [
+            cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i], alpha)
+            for i in range(len(retrieved.queries))
+        ]
+        return rank_of_gold_topk(lists, retrieved.gold)
+
+    out = retrieval_metrics(ranked(0.0), mrr_cutoff=MRR_CUTOFF)
+    out.update({f"de_{name}": v for name, v in retrieved.metrics().items() if name != "n_queries"})
+    alpha, _ = choose_alpha(lambda a: retrieval_metrics(ranked(a), mrr_cutoff=MRR_CUTOFF)["mrr"])
+    out["fused_alpha"] = alpha
+    out["fused_mrr"] = retrieval_metrics(ranked(alpha), mrr_cutoff=MRR_CUTOFF)["mrr"]
+    return out
+
+
+# --- the task -----------------------------------------------------------------------
+
+
+@dataclass
+class RankerTask:
+    """What the shared training loop needs to train the cross encoder."""
+
+    epoch: int = 0
+    data_report: dict = field(default_factory=dict)
+    # Retriever rankings per evaluation set, computed once per worker process.
+    retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
+
+    def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+        """The training rows as a Ray Dataset (driver side); the report is kept for the summary."""
+        rows, self.data_report = ranker_rows(cfg)
+        if rows.num_rows == 0:
+            raise ValueError(f"no usable training rows: {self.data_report}")
+        blocks = max(cfg.num_workers * 4, rows.num_rows // 2048, 1)
+        return ray.data.from_arrow(rows).repartition(blocks), rows.num_rows
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def build_model(self, cfg: TrainConfig) -> CrossEncoder:
+        return CrossEncoder.from_pretrained(
+            model_path(cfg), max_query_len=cfg.max_query_len, max_len=cfg.max_pair_len
+        )
+
+    def loss(self, engine: Any, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+        queries, codes, size = build_groups(batch, cfg, self.epoch)
+        tokenizer = engine.module.tokenizer
+        inputs = tokenize_pairs(tokenizer, queries, codes, cfg.max_query_len, cfg.max_pair_len)
+        scores = engine(**{k: v.to(engine.device) for k, v in inputs.items()})
+        return listwise_ce(scores.view(-1, size), cfg.ranker_scale)
+
+    def evaluate(self, model: CrossEncoder, cfg: TrainConfig) -> dict[str, float]:
+        sets = {"valid": (_load_split(str(Path(cfg.corpus) / "valid")), cfg.max_eval_queries)}
+        if cfg.eval_cosqa:
+            sets["cosqa"] = (_load_cosqa(cfg.eval_cosqa), cfg.max_eval_queries)
+        missing = [name for name in sets if name not in self.retrieved]
+        if missing:  # the first evaluation of this worker process
+            retriever = DualEncoder.from_pretrained(retriever_path(cfg))
+            for name in missing:
+                rset, max_queries = sets[name]
+                self.retrieved[name] = retrieve(retriever, rset, max_queries, cfg.eval_batch_size)
+            del retriever
+        out = {}
+        for name, (rset, _) in sets.items():
+            codes = rset.codes["code"].to_pylist()
+            metrics = cascade_metrics(
+                model, self.retrieved[name], codes, cfg.rerank_k, cfg.eval_batch_size
+            )
+            out.update({f"{name}_{k}": v for k, v in metrics.items()})
+        return out
+
+    def export(self, model: CrossEncoder, directory: Path) -> None:
+        model.save_pretrained(directory)

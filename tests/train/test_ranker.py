@@ -1,0 +1,322 @@
+"""Ranker training: groups from both negative sources, and short runs on a real local Ray.
+
+The data is the hand-made corpus of test_training.py (queries and codes share words) and
+a negatives folder written here in the mining contract's schema: for each train pair, a
+window of the codes that use the same variable names with another operator (the hard
+ones). Three rows are special: one with an empty window, one whose window holds its own
+positive, and the query with two gold codes, whose window holds the other gold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray.cloudpickle
+import ray.train
+from test_training import DUPLICATE_QUERY, handmade_pairs, read_records, small_config, train_cli
+
+from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
+from r2ps.train.config import RankerConfig, TrainConfig
+from r2ps.train.ranker import (
+    RankerTask,
+    build_groups,
+    check_config,
+    in_batch_groups,
+    pairs_folder,
+    ps_rows,
+    read_negatives,
+)
+from r2ps.train.retriever import training_pairs
+
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+
+__all__ = ["train_cli"]  # the CLI fixture of test_training, used below
+
+NEGATIVES_SCHEMA = pa.schema(  # the mining contract
+    [
+        ("query_id", pa.string()),
+        ("code_id", pa.string()),
+        ("cand_ids", pa.list_(pa.string())),
+        ("cand_ranks", pa.list_(pa.int32())),
+        ("cand_scores", pa.list_(pa.float32())),
+        ("pos_score", pa.float32()),
+    ]
+)
+M = 3
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ranker_corpus")
+    for split, rows in handmade_pairs().items():
+        split_pairs(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)).write(out / split)
+    return out
+
+
+def _names(code: str) -> str:
+    """The variable names of a hand-made code: `def sum_price_tax(...)` -> 'price_tax'."""
+    return code.split("(")[0].split("_", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def negatives_dir(corpus_dir, tmp_path_factory) -> Path:
+    train = RetrievalSet.read(corpus_dir / "train")
+    pairs = train.pairs().to_pylist()
+    by_names: dict[str, list[str]] = {}
+    for c in train.codes.to_pylist():
+        by_names.setdefault(_names(c["code"]), []).append(c["code_id"])
+    rng = np.random.default_rng(0)
+    dup_golds = {p["code_id"] for p in pairs if p["query"] == DUPLICATE_QUERY}
+    plain = [i for i, p in enumerate(pairs) if p["query"] != DUPLICATE_QUERY]
+    rows = []
+    for i, p in enumerate(pairs):
+        if p["query"] == DUPLICATE_QUERY:  # the other gold code of the same query, and 3 more
+            cands = [*(dup_golds - {p["code_id"]}), *by_names["a_b"][:3]]
+        else:
+            cands = [c for c in by_names[_names(p["code"])] if c != p["code_id"]]
+        if i == plain[0]:
+            cands = []  # an empty window
+        elif i == plain[1]:
+            cands = [p["code_id"], *cands]  # the positive itself
+        rows.append(
+            {
+                "query_id": p["query_id"],
+                "code_id": p["code_id"],
+                "cand_ids": cands,
+                "cand_ranks": list(range(1, len(cands) + 1)),
+                "cand_scores": sorted(rng.random(len(cands)).tolist(), reverse=True),
+                "pos_score": 0.9,
+            }
+        )
+    out = tmp_path_factory.mktemp("mined")
+    (out / "negatives").mkdir()
+    half = len(rows) // 2
+    for n, part in enumerate((rows[:half], rows[half:])):
+        table = pa.Table.from_pylist(part, schema=NEGATIVES_SCHEMA)
+        pq.write_table(table, out / "negatives" / f"part-{n:05d}.parquet")
+    summary = {"pairs": str(corpus_dir / "train"), "model": "handmade", "settings": {}}
+    (out / "mine_summary.json").write_text(json.dumps({**summary, "queries": len(rows)}))
+    return out
+
+
+def ranker_config(corpus, model, root, run_name, negatives="", **kw) -> TrainConfig:
+    settings = dict(
+        negatives=str(negatives),
+        num_negatives=M,
+        max_pair_len=48,
+        retriever=str(model),
+        rerank_k=5,
+        ranker_scale=10.0,
+        lr=5e-4,
+    )
+    settings.update(kw)
+    return small_config(corpus, model, root, run_name, **settings)
+
+
+def numpy_batch(table: pa.Table, n: int) -> dict:
+    """The first `n` rows as the training loop receives them from Ray Data."""
+    return ray.data.from_arrow(table.slice(0, n)).take_batch(n, batch_format="numpy")
+
+
+def train_golds(corpus_dir: Path) -> dict[str, set[str]]:
+    """query text -> its gold code texts in the train split."""
+    gold: dict[str, set[str]] = {}
+    for p in RetrievalSet.read(corpus_dir / "train").pairs().to_pylist():
+        gold.setdefault(p["query"], set()).add(p["code"])
+    return gold
+
+
+# --- rows and groups ------------------------------------------------------------------
+
+
+def test_ps_rows_report_empty_windows_and_remove_golds(corpus_dir, negatives_dir, tiny_bert_dir):
+    cfg = ranker_config(corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir)
+    rows, report = ps_rows(cfg)
+    n_pairs = read_negatives(negatives_dir).num_rows
+    assert report["rows_read"] == n_pairs
+    assert report["empty_windows"] == 1 and len(report["empty_window_queries"]) == 1
+    assert report["rows_used"] == rows.num_rows == n_pairs - 1
+    assert report["gold_candidates_removed"] == 3  # own positive once, the other gold twice
+    assert pairs_folder(negatives_dir) == corpus_dir / "train"
+    assert ps_rows(cfg)[0].equals(rows)  # seeded shuffle
+
+
+def test_ps_groups_resample_each_epoch_reproducibly(
+    ray_local, corpus_dir, negatives_dir, tiny_bert_dir
+):
+    cfg = ranker_config(corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir)
+    rows, _ = ps_rows(cfg)
+    batch = numpy_batch(rows, 8)
+    queries, codes, size = build_groups(batch, cfg, epoch=0)
+    assert size == 1 + M and len(queries) == len(codes) == 8 * size
+    gold = train_golds(corpus_dir)
+    for i in range(8):
+        group_q, group_c = queries[i * size : (i + 1) * size], codes[i * size : (i + 1) * size]
+        assert set(group_q) == {batch["query"][i]}
+        assert group_c[0] == batch["code"][i]  # the positive first
+        assert not set(group_c[1:]) & gold[batch["query"][i]]  # never a gold code
+    assert build_groups(batch, cfg, epoch=0) == (queries, codes, size)  # same seed and epoch
+    assert build_groups(batch, cfg, epoch=1)[1] != codes  # another epoch, another draw
+    other_seed = dataclasses.replace(cfg, seed=1)
+    assert build_groups(batch, other_seed, epoch=0)[1] != codes
+    # seeded by the query, not by the batch: row 3 alone draws what it drew inside the batch
+    alone = {k: v[3:4] for k, v in batch.items()}
+    assert build_groups(alone, cfg, epoch=0)[1] == codes[3 * size : 4 * size]
+
+
+def test_ps_groups_fill_small_windows(ray_local, corpus_dir, negatives_dir, tiny_bert_dir):
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, num_negatives=12
+    )
+    rows, _ = ps_rows(cfg)  # windows of 9 or fewer codes
+    queries, codes, size = build_groups(numpy_batch(rows, 4), cfg, epoch=0)
+    assert size == 13 and len(codes) == 4 * 13
+
+
+def test_in_batch_groups_skip_duplicates_of_the_positive(corpus_dir, tiny_bert_dir):
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives_source="in_batch"
+    )
+    table = training_pairs(cfg)
+    dup = [i for i, q in enumerate(table["query"].to_pylist()) if q == DUPLICATE_QUERY]
+    others = [i for i in range(table.num_rows) if i not in dup][:4]
+    batch = {k: np.asarray(v) for k, v in table.take(dup + others).to_pydict().items()}
+    queries, codes, size = in_batch_groups(batch)
+    assert size == 6 and len(queries) == len(codes) == 36
+    for i in range(6):
+        group = codes[i * size : (i + 1) * size]
+        assert group[0] == batch["code"][i]
+        same = {batch["code"][j] for j in range(6) if batch["group"][j] == batch["group"][i]}
+        assert not set(group[1:]) & same
+    # the two gold codes of the duplicate query are not each other's negatives
+    assert batch["code"][1] not in codes[1:size]
+    # through the same entry point as ps
+    assert build_groups(batch, cfg, epoch=5) == (queries, codes, size)
+
+
+def test_bad_negatives_fail_naming_file_and_field(corpus_dir, tiny_bert_dir, tmp_path):
+    (tmp_path / "negatives").mkdir()
+    bad = pa.table({"query_id": ["q"], "code_id": ["c"], "cand_ids": [["x"]]})
+    pq.write_table(bad, tmp_path / "negatives" / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"part-00000.parquet: missing column 'cand_scores'"):
+        read_negatives(tmp_path)
+    with pytest.raises(FileNotFoundError, match="mine_summary.json"):
+        pairs_folder(tmp_path)
+    (tmp_path / "mine_summary.json").write_text(json.dumps({"model": "x"}))
+    with pytest.raises(ValueError, match="field 'pairs'"):
+        pairs_folder(tmp_path)
+    cfg = ranker_config(corpus_dir, tiny_bert_dir, tmp_path, "unused")
+    with pytest.raises(ValueError, match="needs --negatives"):
+        check_config(cfg)
+    with pytest.raises(ValueError, match="negatives_source"):
+        check_config(dataclasses.replace(cfg, negatives_source="random"))
+
+
+# --- training runs --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RecordingRanker(RankerTask):
+    """RankerTask that appends each loss and evaluation to files under `log_dir`."""
+
+    log_dir: str = ""
+
+    def _append(self, name: str, record: dict) -> None:
+        rank = ray.train.get_context().get_world_rank()
+        with open(Path(self.log_dir) / f"{name}.jsonl", "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "rank": rank, **record}) + "\n")
+
+    def loss(self, engine, batch, cfg):
+        value = super().loss(engine, batch, cfg)
+        record = {"step": int(engine.global_steps), "epoch": self.epoch, "loss": value.item()}
+        self._append("loss", record)
+        return value
+
+    def evaluate(self, model, cfg):
+        metrics = super().evaluate(model, cfg)
+        self._append("eval", {"metrics": metrics})
+        return metrics
+
+
+def run_ranker(root: Path, cfg: TrainConfig) -> tuple[dict, Path]:
+    from r2ps.train.launch import train
+
+    log_dir = root / "records"
+    log_dir.mkdir()
+    return train(cfg, task=RecordingRanker(log_dir=str(log_dir))), log_dir
+
+
+def test_ps_run_learns_and_exports(ray_local, corpus_dir, negatives_dir, tiny_bert_dir, tmp_path):
+    from r2ps.models.cross import CrossEncoder
+
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, tmp_path, "ranker_ps", negatives=negatives_dir, epochs=2
+    )
+    summary, log_dir = run_ranker(tmp_path, cfg)
+
+    losses = [r for r in read_records(log_dir, "loss") if r["rank"] == 0]
+    steps_per_epoch = (read_negatives(negatives_dir).num_rows - 1) // (8 * 2)
+    assert [r["step"] for r in losses] == list(range(2 * steps_per_epoch))
+    assert {r["epoch"] for r in losses} == {0, 1}  # set_epoch reached the workers
+    first = np.mean([r["loss"] for r in losses[:4]])
+    last = np.mean([r["loss"] for r in losses[-4:]])
+    assert last < 0.8 * first, (first, last)
+
+    evals = [r["metrics"] for r in read_records(log_dir, "eval") if r["rank"] == 0]
+    assert len(evals) == 1 + cfg.epochs
+    for m in evals:  # the retriever's part does not change while the ranker trains
+        assert m["valid_de_mrr"] == evals[0]["valid_de_mrr"]
+        assert 0.0 < m["valid_mrr"] <= 1.0 and m["valid_n_queries"] == 20
+    assert summary["best_metrics"]["valid_mrr"] == max(m["valid_mrr"] for m in evals)
+    assert summary["data"]["empty_windows"] == 1
+
+    model = CrossEncoder.from_pretrained(cfg.out)
+    assert (model.max_query_len, model.max_len) == (cfg.max_query_len, cfg.max_pair_len)
+    scores = model.score_pairs(["return the sum of a and b"] * 2, ["def f(a, b): a + b", "x"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_in_batch_run_learns(ray_local, corpus_dir, tiny_bert_dir, tmp_path):
+    cfg = ranker_config(
+        corpus_dir,
+        tiny_bert_dir,
+        tmp_path,
+        "ranker_in_batch",
+        negatives_source="in_batch",
+        num_workers=1,
+        batch_size=4,
+        max_steps=40,
+        warmup_ratio=0.0,
+    )
+    summary, log_dir = run_ranker(tmp_path, cfg)
+    losses = [r["loss"] for r in read_records(log_dir, "loss")]
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    assert summary["data"] == {"source": "in_batch", "rows_used": 2 * 12 * 10 + 2}
+    assert (Path(cfg.out) / "head.safetensors").exists()
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def test_cli_parses_ranker(train_cli, negatives_dir, capsys):
+    kind, cfg = train_cli.parse(["ranker", "--negatives", str(negatives_dir), "num_negatives=31"])
+    assert kind == "ranker" and isinstance(cfg, RankerConfig)
+    assert (cfg.negatives, cfg.num_negatives, cfg.run_name) == (str(negatives_dir), 31, "ranker")
+    kind, cfg = train_cli.parse(["ranker", "negatives_source=in_batch"])
+    assert cfg.negatives_source == "in_batch" and cfg.out == "runs/demo/ranker"
+    assert train_cli.main(["ranker"]) == 2  # ps without a negatives folder
+    assert "needs --negatives" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["ranker", "--help"])
+    assert exc.value.code == 0
+    assert "--negatives-source" in capsys.readouterr().out
