@@ -328,6 +328,17 @@ def load_index(cfg: ServeConfig, model_dir: str):
     """
     from r2ps.embed import EmbedConfig, ensure_index
 
+    if not Path(cfg.embed_out, "index", "manifest.json").exists():
+        log.warning(
+            "no index under %s: embedding %s inside the replica. Ray Data needs free CPUs "
+            "beside the Serve replicas; on a small machine build it first with "
+            "`python jobs/embed.py --model %s --codes %s --out %s`",
+            cfg.embed_out,
+            cfg.codes,
+            model_dir,
+            cfg.codes,
+            cfg.embed_out,
+        )
     embed_cfg = EmbedConfig(
         model=model_dir, codes=cfg.codes, out=cfg.embed_out, index=dataclasses.replace(cfg.index)
     )
