@@ -200,7 +200,8 @@ def main() -> None:
     ray.shutdown()
 
     print(f"\npool {cfg.pool} codes, {cfg.clients} clients x {cfg.seconds:.0f} s per mode, "
-          f"{os.cpu_count()} CPUs; app start {startup:.1f} s")  # fmt: skip
+          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}: other work "
+          f"shares the machine); app start {startup:.1f} s")  # fmt: skip
     print(
         f"{'mode':<10} {'K':>4} {'QPS':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'degraded':>8}"
     )
@@ -217,6 +218,7 @@ def main() -> None:
     report = {
         "settings": asdict(cfg),
         "cpus": os.cpu_count(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
         "startup_s": round(startup, 1),
         "modes": results,
         "fault": fault,

@@ -22,6 +22,7 @@ import torch
 
 from r2ps.cascade import rerank
 from r2ps.config import ConfigError
+from r2ps.embed import EmbedConfig, max_code_len
 from r2ps.index import CodeIndex, IndexConfig, model_fingerprint
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
@@ -139,13 +140,17 @@ def models(tmp_path_factory, tiny_bert_dir):
         ),
         codes_dir / "codes.parquet",
     )
-    dual = DualEncoder.from_pretrained(tiny_bert_dir)
-    index = CodeIndex.build(
-        dual.embed_codes(CODES),
-        ids,
-        IndexConfig(),
-        {"model_fingerprint": model_fingerprint(str(tiny_bert_dir)), "model_path": "tiny"},
-    )
+    # The manifest carries what ensure_index checks (model, corpus, truncation length),
+    # so the Retriever loads this index instead of embedding the codes again.
+    model = str(Path(tiny_bert_dir).resolve())
+    code_len = max_code_len(EmbedConfig(model=model, codes=str(codes_dir)), model)
+    dual = DualEncoder.from_pretrained(model, max_code_len=code_len)
+    manifest = {
+        "model_fingerprint": model_fingerprint(model),
+        "model_path": model,
+        "max_code_len": code_len,
+    }
+    index = CodeIndex.build(dual.embed_codes(CODES), ids, IndexConfig(), manifest)
     index.save(root / "embed" / "index")
     return {"retriever": tiny_bert_dir, "ranker": ranker_dir, "codes": codes_dir, "root": root}
 
@@ -159,7 +164,7 @@ def _settings(models, **over) -> ServeConfig:
         "max_query_chars": 200,
         "max_body_bytes": 2048,
         "ranker_pair_budget": 8,
-        "ranker_batch_wait_s": 0.2,
+        "ranker_batch_wait_s": 0.1,
         "ranker_timeout_s": 30.0,
         "retriever_cpus": 0.1,
         "ranker_cpus": 0.1,
@@ -263,7 +268,9 @@ def test_every_bad_input_gets_a_4xx_with_a_message(live):
     assert requests.get(f"{live}/healthz", timeout=30).json()["status"] == "ok"
 
 
-def test_health_readiness_and_openapi(live):
+def test_health_readiness_and_openapi(live, models):
+    # The handmade index was fresh, so the Retriever loaded it instead of re-embedding.
+    assert not (models["root"] / "embed" / "embeddings").exists()
     ready = requests.get(f"{live}/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert ready.json()["retriever"]["codes"] == len(CODES)
