@@ -9,6 +9,7 @@ in Hugging Face format to `out` and named in `out/train_summary.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -22,19 +23,25 @@ from ray.train.torch import TorchTrainer
 from r2ps.config import to_dict
 from r2ps.log import get_logger
 from r2ps.train.config import TrainConfig
-from r2ps.train.loop import HF_DIR, config_for_workers, train_loop
-from r2ps.train.retriever import RetrieverTask, model_path, tokenize_pairs, training_pairs
+from r2ps.train.loop import HF_DIR, Task, config_for_workers, train_loop
+from r2ps.train.retriever import (
+    RetrieverTask,
+    as_blocks,
+    model_path,
+    tokenize_pairs,
+    training_pairs,
+)
 
 log = get_logger(__name__)
 
 SCORE = "valid_mrr"
+DATA_CPUS = 0.5  # logical CPUs left free for the Ray Data tasks that tokenise the stream
 
 
 def retriever_dataset(cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
     """The train pairs as a Ray Dataset, tokenised in the stream; and its row count."""
     pairs = training_pairs(cfg)
-    blocks = max(cfg.num_workers * 4, pairs.num_rows // 2048, 1)
-    ds = ray.data.from_arrow(pairs).repartition(blocks)  # one Arrow table is one block
+    ds = ray.data.from_arrow(as_blocks(pairs, cfg.num_workers))
     ds = ds.map_batches(
         tokenize_pairs,
         fn_kwargs={
@@ -44,29 +51,71 @@ def retriever_dataset(cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
         },
         batch_size=512,
         batch_format="pyarrow",
-        num_cpus=0.5,  # a fraction, or the training workers starve the tokenisers
+        num_cpus=DATA_CPUS / 2,  # two tokenising tasks fit in what the workers leave free
     )
     return ds, pairs.num_rows
 
 
-def make_trainer(cfg: TrainConfig, task: RetrieverTask | None = None) -> TorchTrainer:
+def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict[str, float]:
+    """What each training worker reserves.
+
+    On a CPU-only cluster, workers that reserve every CPU starve the tokenising tasks
+    (fractional `num_cpus`) and the run hangs waiting for its first batch; so by default
+    workers share what is left after `DATA_CPUS`. The reservation is logical: the
+    threads a worker really runs are `threads_per_worker`.
+    """
+    if use_gpu:
+        return {"GPU": 1, "CPU": 1}
+    if cfg.cpus_per_worker:
+        return {"CPU": cfg.cpus_per_worker}
+    total = ray.cluster_resources().get("CPU", float(cfg.num_workers))
+    return {"CPU": max(0.1, min(1.0, (total - DATA_CPUS) / cfg.num_workers))}
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Absolute local paths: Ray Train workers do not run in the driver's directory."""
+
+    def fix(p: str) -> str:
+        return p if not p or "://" in p else str(Path(p).resolve())
+
+    return dataclasses.replace(
+        cfg,
+        corpus=fix(cfg.corpus),
+        model=fix(cfg.model),
+        eval_cosqa=fix(cfg.eval_cosqa),
+        storage=fix(cfg.storage),
+        negatives=fix(cfg.negatives),
+        retriever=fix(cfg.retriever),
+    )
+
+
+def task_dataset(task: Task, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+    """The task's training rows (its `dataset` hook), or the retriever's pairs."""
+    if hasattr(task, "dataset"):
+        return task.dataset(cfg)
+    return retriever_dataset(cfg)
+
+
+def make_trainer(cfg: TrainConfig, task: Task | None = None) -> TorchTrainer:
+    cfg = resolve_paths(cfg)
+    task = task or RetrieverTask()
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
-    ds, n_pairs = retriever_dataset(cfg)
+    ds, n_pairs = task_dataset(task, cfg)
     steps_per_epoch = n_pairs // (cfg.batch_size * cfg.num_workers)
     if steps_per_epoch == 0:
         raise ValueError(
             f"{n_pairs} training pairs make no full step of {cfg.num_workers} x {cfg.batch_size}"
         )
-    resources = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+    resources = worker_resources(cfg, use_gpu)
     return TorchTrainer(
         train_loop,
-        train_loop_config=config_for_workers(cfg, task or RetrieverTask(), steps_per_epoch),
+        train_loop_config=config_for_workers(cfg, task, steps_per_epoch),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=cfg.run_name,
-            storage_path=_storage(cfg.storage),
+            storage_path=cfg.storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
             ),
@@ -77,17 +126,14 @@ def make_trainer(cfg: TrainConfig, task: RetrieverTask | None = None) -> TorchTr
     )
 
 
-def _storage(storage: str) -> str:
-    """Ray Train wants an absolute path or a URI (s3://, gs://, ...)."""
-    return storage if "://" in storage else str(Path(storage).resolve())
-
-
-def train(cfg: TrainConfig, task: RetrieverTask | None = None) -> dict:
+def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     """Fit, export the best checkpoint's model to `cfg.out`, return the summary.
 
-    `task` replaces the default RetrieverTask (tests use it to inject failures).
+    `task` replaces the default RetrieverTask (the ranker's task; tests use it to inject
+    failures). A task's `data_report` (rows it could not use, and why) joins the summary.
     """
     start = time.time()
+    task = task or RetrieverTask()
     result = make_trainer(cfg, task).fit()
     best = result.get_best_checkpoint(metric=SCORE, mode="max")
     if best is None:
@@ -108,6 +154,8 @@ def train(cfg: TrainConfig, task: RetrieverTask | None = None) -> dict:
         "seconds": time.time() - start,
         "config": to_dict(cfg),
     }
+    if getattr(task, "data_report", None):
+        summary["data"] = task.data_report
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     log.info(
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out

@@ -43,6 +43,12 @@ class Task(Protocol):
 
     def export(self, model: nn.Module, directory: Path) -> None: ...
 
+    # Optional hooks (looked up with getattr, so a task may leave them out):
+    #   dataset(cfg) -> (ray.data.Dataset, rows): the training rows (launch.py; default:
+    #       the retriever's pairs);
+    #   set_epoch(epoch): called on every worker before each epoch, for data that changes
+    #       per epoch (the ranker resamples its PS negatives).
+
 
 def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:
     if cfg.zero_stage not in (0, 1, 2):
@@ -138,8 +144,10 @@ def train_loop(config: dict) -> None:
         reported_at = 0  # the starting point, so every run shows what it improved on
 
     shard = ray.train.get_dataset_shard("train")
-    tick, seen = time.time(), 0
+    tick, seen, last_loss = time.time(), 0, float("nan")
     while state["epoch"] < cfg.epochs and state["step"] < total_steps:
+        if hasattr(task, "set_epoch"):
+            task.set_epoch(state["epoch"])
         batches = shard.iter_batches(
             batch_size=cfg.batch_size,
             batch_format="numpy",
@@ -155,6 +163,7 @@ def train_loop(config: dict) -> None:
             loss = task.loss(engine, batch, cfg)
             engine.backward(loss)
             engine.step()
+            last_loss = loss.item()
             state["step"] += 1
             state["step_in_epoch"] = i + 1
             seen += cfg.batch_size * world
@@ -166,19 +175,21 @@ def train_loop(config: dict) -> None:
                     state["epoch"],
                     state["step"],
                     total_steps,
-                    loss.item(),
+                    last_loss,
                     scheduler.get_last_lr()[0],
                     rate,
                     _hms(eta),
                 )
             if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
-                report({**validate(), "train_loss": loss.item()})
+                rate = seen / (time.time() - tick)  # before validation, which is not training
+                report({**validate(), "train_loss": last_loss, "pairs_per_s": rate})
                 reported_at = state["step"]
                 tick, seen = time.time(), 0
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         if reported_at != state["step"]:  # not twice for the same weights
-            report(validate())
+            rate = seen / max(time.time() - tick, 1e-9)
+            report({**validate(), "train_loss": last_loss, "pairs_per_s": rate})
         tick, seen = time.time(), 0
 
 

@@ -49,7 +49,14 @@ from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import default_model_path
 from r2ps.train.config import TrainConfig
-from r2ps.train.retriever import _load_cosqa, _load_split, _unslice, eval_queries, training_pairs
+from r2ps.train.retriever import (
+    _load_cosqa,
+    _load_split,
+    _unslice,
+    as_blocks,
+    eval_queries,
+    training_pairs,
+)
 
 log = get_logger(__name__)
 
@@ -422,8 +429,7 @@ class RankerTask:
         rows, self.data_report = ranker_rows(cfg)
         if rows.num_rows == 0:
             raise ValueError(f"no usable training rows: {self.data_report}")
-        blocks = max(cfg.num_workers * 4, rows.num_rows // 2048, 1)
-        return ray.data.from_arrow(rows).repartition(blocks), rows.num_rows
+        return ray.data.from_arrow(as_blocks(rows, cfg.num_workers)), rows.num_rows
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

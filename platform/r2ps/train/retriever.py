@@ -58,6 +58,18 @@ def training_pairs(cfg: TrainConfig) -> pa.Table:
     return table.take(pa.array(order))
 
 
+def as_blocks(table: pa.Table, num_workers: int, rows_per_block: int = 2048) -> list[pa.Table]:
+    """Slices of `table`, so the stream has several blocks to spread over workers.
+
+    One Arrow table is one block; `repartition` would split it with shuffle tasks that
+    reserve a whole CPU each, which a CPU cluster busy with training workers never has
+    free (the run then waits forever for its first batch). Slicing is free.
+    """
+    n = max(num_workers * 4, table.num_rows // rows_per_block, 1)
+    size = -(-table.num_rows // n)
+    return [table.slice(i, size) for i in range(0, table.num_rows, size)] or [table]
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: str):
     from transformers import AutoTokenizer

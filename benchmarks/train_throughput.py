@@ -1,0 +1,154 @@
+"""Retriever training throughput: Ray Train + DeepSpeed against a plain PyTorch loop.
+
+Same model, batch, sequence lengths, pairs and thread count, in one process run, so
+noise hits both alike. The Ray figure is the steady training rate the loop reports
+(start-up, the first validation and checkpoints excluded: those are per run, not per
+step). Prints a table with the overhead ratio and writes JSON.
+
+    python benchmarks/train_throughput.py --corpus runs/demo/corpus [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import torch
+
+from r2ps.data.schema import RetrievalSet, split_pairs
+from r2ps.losses import info_nce
+from r2ps.models.dual import DualEncoder
+from r2ps.models.encoder import default_model_path
+from r2ps.train.config import TrainConfig
+from r2ps.train.launch import train
+from r2ps.train.loop import linear_schedule
+
+
+def small_corpus(corpus: str, n_train: int, out: Path) -> None:
+    """The first `n_train` train pairs and a 16-pair valid split (validation is not timed)."""
+    train_pairs = RetrievalSet.read(Path(corpus) / "train").pairs().slice(0, n_train)
+    valid_pairs = RetrievalSet.read(Path(corpus) / "valid").pairs().slice(0, 16)
+    split_pairs(train_pairs).write(out / "train")
+    split_pairs(valid_pairs).write(out / "valid")
+
+
+def plain_loop(pairs: pa.Table, cfg: TrainConfig, steps: int) -> float:
+    """The baseline: a hand-written loop, one process, no Ray, no DeepSpeed. Pairs/s."""
+    torch.set_num_threads(cfg.threads_per_worker)
+    model = DualEncoder.from_pretrained(default_model_path(), temperature=cfg.temperature)
+    tok = model.tokenizer
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = linear_schedule(opt, int(cfg.warmup_ratio * steps), steps)
+    queries, codes = pairs["query"].to_pylist(), pairs["code"].to_pylist()
+    start = time.perf_counter()
+    for step in range(steps):
+        sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        q = tok(
+            queries[sl],
+            padding=True,
+            truncation=True,
+            max_length=cfg.max_query_len,
+            return_tensors="pt",
+        )
+        c = tok(
+            codes[sl],
+            padding=True,
+            truncation=True,
+            max_length=cfg.max_code_len,
+            return_tensors="pt",
+        )
+        q_emb, c_emb = model(dict(q), dict(c))
+        loss = info_nce(q_emb, c_emb, cfg.temperature)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def ray_run(
+    corpus: Path, storage: str, steps: int, workers: int, threads: int, base: TrainConfig
+) -> float:
+    cfg = TrainConfig(
+        **{
+            **base.__dict__,
+            "corpus": str(corpus),
+            "out": str(Path(storage) / f"model-{workers}x{threads}"),
+            "storage": storage,
+            "run_name": f"bench-{workers}x{threads}-{time.time_ns()}",
+            "num_workers": workers,
+            "threads_per_worker": threads,
+            "max_steps": steps,
+            "eval_every_steps": steps,
+            "max_failures": 0,
+        }
+    )
+    summary = train(cfg)
+    row = next(r for r in summary["history"] if r.get("step") == steps and "pairs_per_s" in r)
+    return float(row["pairs_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--corpus", default="runs/demo/corpus")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    base = TrainConfig(batch_size=args.batch_size, max_code_len=256, max_query_len=64, lr=2e-5)
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory() as tmp:
+        small_corpus(args.corpus, args.steps * args.batch_size, Path(tmp))
+        pairs = RetrievalSet.read(Path(tmp) / "train").pairs()
+        rows = [("plain PyTorch loop, 1 process x 2 threads", plain_loop(pairs, base, args.steps))]
+        rows.append(
+            (
+                "Ray Train + DeepSpeed, 1 worker x 2 threads",
+                ray_run(Path(tmp), tmp, args.steps, 1, 2, base),
+            )
+        )
+        rows.append(
+            (
+                "Ray Train + DeepSpeed, 2 workers x 1 thread",
+                ray_run(Path(tmp), tmp, args.steps, 2, 1, base),
+            )
+        )
+
+    plain = rows[0][1]
+    print(
+        f"retriever training, MiniLM, batch {args.batch_size} per step, query<=64 code<=256 tokens, {args.steps} steps"
+    )
+    print(f"{'run':<46} {'pairs/s':>8} {'vs plain':>9}")
+    results = []
+    for name, rate in rows:
+        print(f"{name:<46} {rate:>8.2f} {rate / plain:>8.2f}x")
+        results.append({"run": name, "pairs_per_s": rate, "ratio_vs_plain": rate / plain})
+    overhead = 1 - rows[1][1] / plain
+    print(f"overhead of Ray Train + DeepSpeed with 1 worker: {overhead:.1%} (target: at most 15%)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_throughput.json").write_text(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "results": results,
+                "overhead_1_worker": overhead,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
