@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pytest
 import ray.cloudpickle
 import ray.train
+from ray.train.v2._internal.constants import DEFAULT_HEALTH_CHECK_INTERVAL_S
 
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
@@ -41,6 +43,7 @@ pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parents[2]
+HEALTH_CHECK_INTERVAL_S = DEFAULT_HEALTH_CHECK_INTERVAL_S
 
 OPS = [  # (query word, code operator)
     ("sum", "{a} + {b}"),
@@ -168,7 +171,13 @@ class RecordingTask(RetrieverTask):
 
 @dataclasses.dataclass
 class CrashOnceTask(RecordingTask):
-    """Rank 0 dies (a hard exit, like a lost node) before step `crash_at_step`, once."""
+    """Rank 0 dies (a hard exit, like a lost node) before step `crash_at_step`, once.
+
+    It dies some seconds after its last report, not instantly: Ray Train's controller
+    collects reports when it polls the workers (every 2 s by default), so a worker that
+    dies between a report and the next poll loses that report, and the restart resumes
+    from the checkpoint before it (still a resume, only an older one).
+    """
 
     crash_at_step: int = 0
     marker: str = ""
@@ -180,6 +189,7 @@ class CrashOnceTask(RecordingTask):
             os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # the restarted attempt: carry on
+        time.sleep(3 * HEALTH_CHECK_INTERVAL_S)
         os._exit(1)
 
 
