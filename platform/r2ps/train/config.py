@@ -35,8 +35,8 @@ class TrainConfig:
     max_query_len: int = 64
     max_code_len: int = 256
     max_train_pairs: int = field(
-        default=16000,
-        metadata={"help": "use a seeded sample of N pairs (0: all); sized for ~1 h on 2 cores"},
+        default=8000,
+        metadata={"help": "use a seeded sample of N pairs (0: all); sized for < 1 h on 2 cores"},
     )
     max_steps: int = field(default=0, metadata={"help": "stop after N steps (0: epochs decide)"})
     hard_negatives: str = field(
@@ -53,7 +53,7 @@ class TrainConfig:
     use_gpu: bool | None = field(default=None, metadata={"help": "default: use CUDA when present"})
     max_failures: int = 2
     # evaluation and checkpoints
-    eval_every_steps: int = field(default=250, metadata={"help": "also validate every N steps"})
+    eval_every_steps: int = field(default=125, metadata={"help": "also validate every N steps"})
     max_eval_queries: int = field(
         default=500, metadata={"help": "valid queries per evaluation (0: all)"}
     )
