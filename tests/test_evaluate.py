@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,22 @@ def test_bm25_ranks_exact_word_match_first():
     assert index.scores("nothing matches zebra").max() == 0.0
     # the rarer term weighs more: "json" (1 doc) beats "load" (2 docs)
     assert index.idf("json") > index.idf("load") > 0
+
+
+def test_bm25_matches_the_okapi_formula():
+    docs = ["load json file", "load yaml", "sort list sort"]
+    index = BM25(docs, k1=1.2, b=0.75)
+    avg = (3 + 2 + 3) / 3
+
+    def term(tf, df, length):
+        idf = math.log(1 + (3 - df + 0.5) / (df + 0.5))
+        return idf * tf * 2.2 / (tf + 1.2 * (1 - 0.75 + 0.75 * length / avg))
+
+    expected = [term(1, 2, 3) + term(1, 1, 3), term(1, 2, 2), 0.0]
+    np.testing.assert_allclose(index.scores("load json"), expected, rtol=1e-6)
+    # a repeated query term counts twice; a document's repeated term saturates
+    assert index.scores("sort")[2] == pytest.approx(term(2, 1, 3), rel=1e-6)
+    assert index.scores("sort sort")[2] == pytest.approx(2 * term(2, 1, 3), rel=1e-6)
 
 
 def test_extrapolation_arithmetic():
