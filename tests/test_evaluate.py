@@ -247,6 +247,8 @@ def test_bad_settings_fail_clearly(setup):
         ev.check_config(EvalConfig(**{**vars(setup), "valid": setup.split}))
     with pytest.raises(ValueError, match="ks"):
         ev.check_config(EvalConfig(**{**vars(setup), "ks": [0, 5]}))
+    with pytest.raises(ValueError, match="not a trained ranker"):
+        ev.load_ranker(setup.retriever)  # a plain encoder: its head would be random
     with pytest.raises(FileNotFoundError, match="codes.parquet"):
         ev.pool_codes("/nonexistent/pool", 10)
 

@@ -40,7 +40,7 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.index import CodeIndex, IndexConfig
 from r2ps.log import get_logger
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
-from r2ps.models.cross import CrossEncoder
+from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 from r2ps.train.ranker import MRR_CUTOFF, Retrieved, retrieve
@@ -154,6 +154,13 @@ def present(path: str, what: str, skipped: list[str]) -> str | None:
     log.warning(reason)
     skipped.append(reason)
     return None
+
+
+def load_ranker(path: str) -> CrossEncoder:
+    """A saved ranker; a plain encoder dir would get a random head and is refused."""
+    if not (Path(path) / HEAD_FILE).exists():
+        raise ValueError(f"{path} is not a trained ranker (no {HEAD_FILE}): check rr / rr_ps")
+    return CrossEncoder.from_pretrained(path)
 
 
 # --- quality ------------------------------------------------------------------------
@@ -391,7 +398,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         for name, label in RANKERS.items()
         if (path := present(getattr(cfg, name), f"{label} ({name})", skipped))
     }
-    rankers = {label: CrossEncoder.from_pretrained(p) for label, p in ranker_paths.items()}
+    rankers = {label: load_ranker(p) for label, p in ranker_paths.items()}
 
     alphas: dict[str, dict] = {}
     valid_path = present_split(cfg.valid, skipped) if rankers else None
