@@ -90,7 +90,10 @@ def ray_run(
         }
     )
     summary = train(cfg)
-    row = next(r for r in summary["history"] if r.get("step") == steps and "pairs_per_s" in r)
+    rows = [r for r in summary["history"] if r.get("step") == steps and "pairs_per_s" in r]
+    if not rows:
+        raise RuntimeError(f"no report at step {steps} in {summary['history']}")
+    row = rows[0]
     return float(row["pairs_per_s"])
 
 
@@ -108,7 +111,8 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as tmp:
-        small_corpus(args.corpus, args.steps * args.batch_size, Path(tmp))
+        # enough pairs for `steps` steps of the 2-worker run too (2 x batch per step)
+        small_corpus(args.corpus, 2 * args.steps * args.batch_size, Path(tmp))
         pairs = RetrievalSet.read(Path(tmp) / "train").pairs()
         rows = [("plain PyTorch loop, 1 process x 2 threads", plain_loop(pairs, base, args.steps))]
         rows.append(
