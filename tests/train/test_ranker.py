@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,7 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
 import ray.train
-from test_training import DUPLICATE_QUERY, handmade_pairs, read_records, small_config, train_cli
+from test_training import (
+    DUPLICATE_QUERY,
+    append_record,
+    handmade_pairs,
+    read_records,
+    small_config,
+    train_cli,
+)
 
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.train.config import RankerConfig, TrainConfig
@@ -231,9 +237,7 @@ class RecordingRanker(RankerTask):
     log_dir: str = ""
 
     def _append(self, name: str, record: dict) -> None:
-        rank = ray.train.get_context().get_world_rank()
-        with open(Path(self.log_dir) / f"{name}.jsonl", "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "rank": rank, **record}) + "\n")
+        append_record(self.log_dir, name, record)
 
     def loss(self, engine, batch, cfg):
         value = super().loss(engine, batch, cfg)

@@ -142,6 +142,13 @@ def small_config(corpus: Path, model: Path, root: Path, run_name: str, **kw) -> 
 # --- tasks that record what the workers do -------------------------------------------
 
 
+def append_record(log_dir: str, name: str, record: dict) -> None:
+    """One JSON line (with the worker's pid and rank) in `<log_dir>/<name>.jsonl`."""
+    rank = ray.train.get_context().get_world_rank()
+    with open(Path(log_dir) / f"{name}.jsonl", "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "rank": rank, **record}) + "\n")
+
+
 @dataclasses.dataclass
 class RecordingTask(RetrieverTask):
     """RetrieverTask that appends each loss call and evaluation to files under `log_dir`."""
@@ -149,9 +156,7 @@ class RecordingTask(RetrieverTask):
     log_dir: str = ""
 
     def _append(self, name: str, record: dict) -> None:
-        rank = ray.train.get_context().get_world_rank()
-        with open(Path(self.log_dir) / f"{name}.jsonl", "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "rank": rank, **record}) + "\n")
+        append_record(self.log_dir, name, record)
 
     def loss(self, engine, batch, cfg):
         step = int(engine.global_steps)  # steps done before this one (restored on resume)
