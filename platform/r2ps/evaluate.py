@@ -43,7 +43,7 @@ from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
-from r2ps.train.ranker import MRR_CUTOFF, Retrieved, retrieve
+from r2ps.train.ranker import MRR_CUTOFF, Retrieved, cascade_metrics_at, retrieve
 from r2ps.train.retriever import eval_queries
 
 log = get_logger(__name__)
@@ -184,17 +184,6 @@ def ranker_scores(
     pair_q = [retrieved.queries[i] for i in range(n) for _ in range(depth)]
     pair_c = [codes[p] for i in range(n) for p in retrieved.ids[i, :depth]]
     return model.score_pairs(pair_q, pair_c, batch_size).reshape(n, depth)
-
-
-def cascade_metrics_at(
-    retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float
-) -> dict[str, float]:
-    """Metrics of the cascade reranking the top k (the first k columns of `ce`)."""
-    lists = [
-        cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i, :k], alpha)
-        for i in range(len(retrieved.queries))
-    ]
-    return retrieval_metrics(rank_of_gold_topk(lists, retrieved.gold), mrr_cutoff=MRR_CUTOFF)
 
 
 def choose_fusion(

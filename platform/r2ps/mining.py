@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -705,9 +705,28 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def read_negatives(out: str | Path) -> pa.Table:
-    """All mined rows of `<out>/negatives/`, in shard order (what the ranker reads)."""
+def read_negatives(
+    out: str | Path, columns: Sequence[str] = tuple(NEGATIVES_SCHEMA.names)
+) -> pa.Table:
+    """`columns` of every mined row of `<out>/negatives/`, in shard order (what the ranker reads).
+
+    Each file is checked against the mining schema: a missing column, or a list column
+    that is not a list, fails naming the file and the column.
+    """
     parts = sorted(Path(out, "negatives").glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"{out}/negatives: no part-*.parquet (run jobs/mine.py first)")
-    return pa.concat_tables(pq.read_table(p, schema=NEGATIVES_SCHEMA) for p in parts)
+    schema = pa.schema([NEGATIVES_SCHEMA.field(name) for name in columns])
+    tables = []
+    for path in parts:
+        table = pq.read_table(path)
+        for col in schema:
+            if col.name not in table.column_names:
+                raise ValueError(f"{path}: missing column {col.name!r} (have {table.column_names})")
+            tp = table.schema.field(col.name).type
+            if pa.types.is_list(col.type) and not (
+                pa.types.is_list(tp) or pa.types.is_large_list(tp)
+            ):
+                raise ValueError(f"{path}: column {col.name!r} must be a list, got {tp}")
+        tables.append(table.select(list(columns)).cast(schema))
+    return pa.concat_tables(tables)

@@ -45,6 +45,8 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.mining import read_negatives as read_mined
+from r2ps.mining import sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import default_model_path
@@ -62,7 +64,6 @@ log = get_logger(__name__)
 
 SOURCES = ("ps", "in_batch")
 SUMMARY_FILE = "mine_summary.json"
-NEGATIVES_GLOB = "negatives/part-*.parquet"
 # The mining output columns the ranker reads (cand_ranks and pos_score are not needed).
 NEGATIVE_COLUMNS = ("query_id", "code_id", "cand_ids", "cand_scores")
 PS_SCHEMA = pa.schema(
@@ -124,31 +125,8 @@ def pairs_folder(negatives: str | Path) -> Path:
 
 
 def read_negatives(negatives: str | Path) -> pa.Table:
-    """All `<negatives>/negatives/part-*.parquet` files, checked against the mining contract."""
-    files = sorted(Path(negatives).glob(NEGATIVES_GLOB))
-    if not files:
-        raise FileNotFoundError(f"no {NEGATIVES_GLOB} under {negatives}")
-    tables = []
-    for path in files:
-        table = pq.read_table(path)
-        for name in NEGATIVE_COLUMNS:
-            if name not in table.column_names:
-                raise ValueError(f"{path}: missing column {name!r} (have {table.column_names})")
-        for name in ("cand_ids", "cand_scores"):
-            tp = table.schema.field(name).type
-            if not (pa.types.is_list(tp) or pa.types.is_large_list(tp)):
-                raise ValueError(f"{path}: column {name!r} must be a list, got {tp}")
-        tables.append(
-            pa.table(
-                {
-                    "query_id": table["query_id"].cast(pa.string()),
-                    "code_id": table["code_id"].cast(pa.string()),
-                    "cand_ids": table["cand_ids"].cast(pa.list_(pa.string())),
-                    "cand_scores": table["cand_scores"].cast(pa.list_(pa.float32())),
-                }
-            )
-        )
-    return pa.concat_tables(tables)
+    """The mined rows, with the columns the ranker reads (checked by the mining reader)."""
+    return read_mined(negatives, NEGATIVE_COLUMNS)
 
 
 def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
@@ -274,8 +252,6 @@ def ps_groups(
     epoch: int,
 ) -> tuple[list[str], list[str], int]:
     """Groups [positive, m negatives drawn from the row's mined window] for each row."""
-    from r2ps.mining import sample_negatives
-
     queries: list[str] = []
     codes: list[str] = []
     for qid, query, positive, cands, scores in zip(
@@ -381,6 +357,17 @@ def retrieve(
     return Retrieved(texts, gold, ids, scores)
 
 
+def cascade_metrics_at(
+    retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float
+) -> dict[str, float]:
+    """Metrics of the cascade reranking the top k (the first k columns of `ce`)."""
+    lists = [
+        cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i, :k], alpha)
+        for i in range(len(retrieved.queries))
+    ]
+    return retrieval_metrics(rank_of_gold_topk(lists, retrieved.gold), mrr_cutoff=MRR_CUTOFF)
+
+
 def cascade_metrics(
     model: CrossEncoder, retrieved: Retrieved, codes: Sequence[str], k: int, batch_size: int
 ) -> dict[str, float]:
@@ -397,18 +384,11 @@ def cascade_metrics(
     part = model.score_pairs(pair_q, pair_c, batch_size).reshape(len(mine), k)
     ce = _unslice(part, len(retrieved.queries), world)
 
-    def ranked(alpha: float) -> list[np.ndarray]:
-        lists = [
-            cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i], alpha)
-            for i in range(len(retrieved.queries))
-        ]
-        return rank_of_gold_topk(lists, retrieved.gold)
-
-    out = retrieval_metrics(ranked(0.0), mrr_cutoff=MRR_CUTOFF)
+    out = cascade_metrics_at(retrieved, ce, k, 0.0)
     out.update({f"de_{name}": v for name, v in retrieved.metrics().items() if name != "n_queries"})
-    alpha, _ = choose_alpha(lambda a: retrieval_metrics(ranked(a), mrr_cutoff=MRR_CUTOFF)["mrr"])
+    alpha, _ = choose_alpha(lambda a: cascade_metrics_at(retrieved, ce, k, a)["mrr"])
     out["fused_alpha"] = alpha
-    out["fused_mrr"] = retrieval_metrics(ranked(alpha), mrr_cutoff=MRR_CUTOFF)["mrr"]
+    out["fused_mrr"] = cascade_metrics_at(retrieved, ce, k, alpha)["mrr"]
     return out
 
 
