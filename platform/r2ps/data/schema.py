@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -84,6 +85,20 @@ class RetrievalSet:
             )
         tables = {n: pq.read_table(directory / f"{n}.parquet") for n in TABLE_FILES}
         return cls(**tables)
+
+    def sample(self, n_queries: int, seed: int = 0) -> RetrievalSet:
+        """A seeded sample of `n_queries` queries, their qrels, and only their gold codes.
+
+        The pool shrinks with the queries: a smaller split whose every code still answers
+        a query, e.g. a CoSQA-sized (20k) mining pool cut from a larger training split.
+        """
+        if n_queries <= 0 or n_queries >= self.queries.num_rows:
+            return self
+        order = np.random.default_rng(seed).permutation(self.queries.num_rows)[:n_queries]
+        queries = self.queries.take(pa.array(np.sort(order)))
+        qrels = self.qrels.filter(pc.is_in(self.qrels["query_id"], queries["query_id"]))
+        codes = self.codes.filter(pc.is_in(self.codes["code_id"], qrels["code_id"]))
+        return RetrievalSet(codes=codes, queries=queries, qrels=qrels)
 
     def pairs(self) -> pa.Table:
         """Join back to (query, gold code) pairs: the training form."""
