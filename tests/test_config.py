@@ -51,3 +51,11 @@ def test_cli_error_exits_with_message(capsys):
     with pytest.raises(SystemExit):
         parse_config(Outer, ["inner.lr=fast"])
     assert "inner.lr" in capsys.readouterr().err
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    """YAML 1.1 reads 5e-5 as a string; a float field still takes it, from CLI and YAML."""
+    assert load_config(Outer, None, ["inner.lr=5e-5"]).inner.lr == 5e-5
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  lr: 2e-5\n")
+    assert load_config(Outer, path, []).inner.lr == 2e-5
