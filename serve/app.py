@@ -27,6 +27,7 @@ from r2ps.cascade import cascade_ids, fuse
 from r2ps.log import get_logger, setup_logging
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
+from r2ps.resources import cluster_has_gpus
 from r2ps.serving import (
     CascadeMetrics,
     Hit,
@@ -301,7 +302,7 @@ def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
     `ranker` replaces the Ranker deployment (e.g. a different model class); by default
     the cross encoder above, autoscaled between the configured replica counts.
     """
-    gpus = cfg.ranker_gpus if cfg.ranker_gpus >= 0 else float(torch.cuda.is_available())
+    gpus = cfg.ranker_gpus if cfg.ranker_gpus >= 0 else float(cluster_has_gpus())
     retriever = Retriever.options(
         ray_actor_options={"num_cpus": cfg.retriever_cpus, "num_gpus": 0},
         max_ongoing_requests=max(8, cfg.retriever_batch_size * 2),

@@ -36,7 +36,7 @@ log = get_logger(__name__)
 CONFIG_ENV = "R2PS_SERVE_CONFIG"
 ENV_PREFIX = "R2PS_"
 # R2PS_* variables that belong to other parts of r2ps, not to ServeConfig.
-_OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA"}
+_OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA", "R2PS_STORAGE"}
 
 MAX_TOP_K = 100
 MAX_RERANK_K = 100

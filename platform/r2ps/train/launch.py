@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from r2ps.config import to_dict
 from r2ps.log import get_logger
+from r2ps.resources import cluster_has_gpus
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import HF_DIR, Task, config_for_workers, train_loop
 from r2ps.train.retriever import (
@@ -99,7 +100,7 @@ def task_dataset(task: Task, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
 def make_trainer(cfg: TrainConfig, task: Task | None = None) -> TorchTrainer:
     cfg = resolve_paths(cfg)
     task = task or RetrieverTask()
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+    use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
     ds, n_pairs = task_dataset(task, cfg)
     steps_per_epoch = n_pairs // (cfg.batch_size * cfg.num_workers)
     if steps_per_epoch == 0:
