@@ -13,7 +13,7 @@ DEMO_OUT ?= runs/demo
 COSQA ?= ../shared/data/cosqa
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo bench clean
+.PHONY: venv test lint format demo corpus bench clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,11 @@ test: lint
 	@$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	@echo "==> the whole pipeline (demo preset) into $(DEMO_OUT)/pipeline"
+	@$(PY) jobs/pipeline.py --preset demo --out $(DEMO_OUT)/pipeline \
+		$(if $(wildcard $(COSQA)/code_idx_map.txt),--cosqa $(COSQA),)
+
+corpus: $(STAMP)
 	@echo "==> building the corpus from this machine's Python sources into $(DEMO_OUT)/corpus"
 	@$(PY) jobs/build_corpus.py --out $(DEMO_OUT)/corpus \
 		$(if $(wildcard $(COSQA)/code_idx_map.txt),--exclude $(COSQA),)

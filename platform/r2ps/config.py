@@ -142,11 +142,11 @@ def load_config(
 
 
 def _flag_fields(cls: type) -> list[dataclasses.Field]:
-    """Top-level scalar or list fields: those get a `--flag`."""
+    """Top-level scalar or list fields: those get a `--flag` (groups and mappings do not)."""
     out = []
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
-        if not dataclasses.is_dataclass(tp):
+        if not dataclasses.is_dataclass(tp) and typing.get_origin(tp) is not dict:
             out.append(f)
     return out
 

@@ -1,0 +1,414 @@
+"""The main job: corpus -> retriever -> index + PS negatives -> two rankers -> evaluation.
+
+Each stage is a plain function of one job config (the same dataclasses the single jobs
+take), its output folder is that config's `out`, and it lists the stages it reads from.
+Stages run in order in one Ray job; a stage whose `<out>/stage.json` holds the same
+fingerprint and whose outputs exist is skipped, so a crashed pipeline restarts at the
+stage that failed. The fingerprint is a sha256 of the stage name, its config (paths
+included), its inputs' fingerprints and the r2ps version: a changed setting reruns its
+stage and everything downstream, nothing else. It hashes settings, not file contents:
+an output replaced by hand is not noticed (delete its stage.json to rerun it).
+
+Settings: defaults of each job < the preset (`demo` or `full`) < the wiring (every path
+under `out`, each stage reading its inputs' outputs) < `section.key=value` overrides
+(`retriever.lr=1e-4`, `mine.index.kind=hnsw`, `evaluate.ks=5,10`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from r2ps import __version__
+from r2ps.config import from_dict, to_dict
+from r2ps.data.corpus import CorpusConfig, build_corpus
+from r2ps.data.schema import TABLE_FILES as TABLES
+from r2ps.data.schema import RetrievalSet
+from r2ps.evaluate import EvalConfig, evaluate
+from r2ps.evaluate import check_config as check_eval_config
+from r2ps.log import get_logger
+from r2ps.mining import MineConfig, MiningSettingsError, mine
+from r2ps.models.cross import HEAD_FILE
+from r2ps.serving import CONFIG_ENV, ServeConfig
+from r2ps.train.config import RankerConfig, TrainConfig
+from r2ps.train.ranker import check_config as check_ranker_config
+
+log = get_logger(__name__)
+
+STAGE_FILE = "stage.json"
+
+# demo: every stage does real work, sized for < 30 min on 2 CPU cores (idle machine).
+# Rates measured here: MiniLM embeds ~25 codes/s, retriever trains ~3.5 pairs/s, the
+# cross encoder scores ~23 ms/pair and trains ~70 ms/pair, Ray Train starts in ~20 s.
+# The first 800 source files are the standard library: ~4,300 pairs, split by module
+# into ~3,870 train / ~224 valid / ~230 test.
+#   ray.init                                                                    7 s
+#   corpus   800 files (~5 s) + Ray Data start-up                              ~20 s
+#   sample   2,000 of the train queries                                         ~1 s
+#   retriever 20 s start + 40 steps x 16 pairs / 3.5 pairs/s (183 s)
+#            + 2 validations x (224 codes / 25/s + 224 queries) (~24 s)         ~240 s
+#   mine     2,000 codes / 25/s (80 s) + actors (10 s) + 2,000 queries (20 s)  ~110 s
+#   rankers  2 x [20 s start + 30 steps x 4 groups x 4 pairs x 70 ms (34 s)
+#            + valid retrieval 12 s + 2 validations x 50 queries x K=10 x 23 ms
+#            (23 s) + exports 10 s]                                            ~200 s
+#   evaluate test: 2 encoders x (230 codes + 100 queries) (22 s), fusion on valid
+#            (11 s + 2 x 500 pairs, 23 s), 2 rankers x 100 x 10 pairs (46 s),
+#            timing (200 codes, 16 pairs, 5 queries: 10 s), loading (10 s)     ~125 s
+#   total without CoSQA                                               ~700 s = 12 min
+#   --cosqa: the whole 6,267-code CoSQA dev pool embedded by 2 encoders (500 s)
+#            + 2 x 100 x 10 pairs (46 s)                              +550 s = 21 min
+# (the retriever's CoSQA validation stays off in demo: +250 s per validation).
+# full: each job's own defaults, the runs the README's results come from (hours).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {
+        "corpus": {"max_files": 800},
+        "sample": {"n_queries": 2000},
+        "retriever": {"max_steps": 40, "batch_size": 16, "eval_every_steps": 0},
+        "mine": {"m": 3},
+        "ranker": {
+            "max_steps": 30,
+            "batch_size": 4,
+            "num_negatives": 3,  # groups of 4 with ps; in_batch groups are the batch: 4
+            "eval_every_steps": 0,
+            "max_eval_queries": 50,
+        },
+        "evaluate": {
+            "max_queries": 100,
+            "max_valid_queries": 50,
+            "ks": [5, 10],
+            "pool_sizes": [1000],
+            "max_embed_codes": 200,
+            "timing_queries": 5,
+            "timing_pairs": 16,
+        },
+    },
+    "full": {},
+}
+
+
+@dataclass
+class SampleConfig:
+    """A seeded sample of a split's queries with their gold codes (the mining pool)."""
+
+    split: str = ""
+    out: str = ""
+    n_queries: int = 0  # 0: the whole split
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of `jobs/pipeline.py`; a section holds overrides of that stage's job config."""
+
+    preset: str = field(default="demo", metadata={"help": "demo (< 30 min on 2 CPUs) | full"})
+    out: str = field(default="runs/pipeline", metadata={"help": "every output goes here"})
+    cosqa: str = field(
+        default="",
+        metadata={"help": "CoSQA folder: kept out of corpus and negatives, evaluated on"},
+    )
+    corpus: dict[str, Any] = field(default_factory=dict)  # CorpusConfig
+    sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig
+    retriever: dict[str, Any] = field(default_factory=dict)  # TrainConfig
+    mine: dict[str, Any] = field(default_factory=dict)  # MineConfig
+    ranker: dict[str, Any] = field(default_factory=dict)  # RankerConfig, both rankers
+    evaluate: dict[str, Any] = field(default_factory=dict)  # EvalConfig
+
+
+@dataclass
+class Stage:
+    name: str
+    fn: Callable[[Any], Any]  # does the work: fn(config)
+    config: Any  # a dataclass; `config.out` is the stage's folder
+    inputs: list[str] = field(default_factory=list)  # earlier stages it reads from
+    outputs: list[str] = field(default_factory=list)  # files under `out` that say it is done
+
+
+# ---------------------------------------------------------------- running stages
+
+
+def fingerprint(name: str, config: Any, inputs: dict[str, str]) -> str:
+    blob = {"stage": name, "config": to_dict(config), "inputs": inputs, "version": __version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def up_to_date(stage: Stage, fp: str) -> bool:
+    out = Path(stage.config.out)
+    try:
+        record = json.loads((out / STAGE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("fingerprint") == fp and all((out / f).exists() for f in stage.outputs)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_stages(stages: list[Stage]) -> dict[str, dict]:
+    """Run the stages in order, skipping those up to date; returns what each did.
+
+    A config with a `run_name` (Ray Train resumes a run of the same name) gets the
+    fingerprint appended: a crashed run resumes its own checkpoint, a changed config
+    starts a new run. A stage that raises leaves no stage.json and stops the pipeline.
+    """
+    outs = [str(Path(s.config.out).resolve()) for s in stages]
+    if len(set(outs)) != len(outs):
+        raise ValueError(f"two stages share an output folder: {outs}")
+    fps: dict[str, str] = {}
+    report: dict[str, dict] = {}
+    for stage in stages:
+        unknown = [i for i in stage.inputs if i not in fps]
+        if unknown:
+            raise ValueError(f"stage {stage.name}: inputs {unknown} are not earlier stages")
+        fp = fps[stage.name] = fingerprint(
+            stage.name, stage.config, {i: fps[i] for i in stage.inputs}
+        )
+        if up_to_date(stage, fp):
+            log.info("skip %s: up to date", stage.name)
+            report[stage.name] = {"fingerprint": fp, "ran": False}
+            continue
+        config = stage.config
+        if hasattr(config, "run_name"):
+            config = dataclasses.replace(config, run_name=f"{config.run_name}-{fp[:8]}")
+        out = Path(config.out)
+        (out / STAGE_FILE).unlink(missing_ok=True)
+        log.info("run %s -> %s (fingerprint %s)", stage.name, out, fp[:8])
+        start = time.time()
+        stage.fn(config)
+        missing = [f for f in stage.outputs if not (out / f).exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage.name} finished without writing {missing} in {out}")
+        seconds = round(time.time() - start, 1)
+        record = {
+            "stage": stage.name,
+            "fingerprint": fp,
+            "inputs": {i: fps[i] for i in stage.inputs},
+            "version": __version__,
+            "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": to_dict(config),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / STAGE_FILE, json.dumps(record, indent=1, default=str))
+        log.info("done %s in %.1f s", stage.name, seconds)
+        report[stage.name] = {"fingerprint": fp, "ran": True, "seconds": seconds}
+    return report
+
+
+# ---------------------------------------------------------------- stage bodies
+
+
+def sample_split(cfg: SampleConfig) -> None:
+    RetrievalSet.read(cfg.split).sample(cfg.n_queries, cfg.seed).write(cfg.out)
+
+
+def train_retriever(cfg: TrainConfig) -> None:
+    from r2ps.train.launch import train
+
+    train(cfg)
+
+
+def train_ranker(cfg: RankerConfig) -> None:
+    from r2ps.train.launch import train
+    from r2ps.train.ranker import RankerTask
+
+    train(cfg, task=RankerTask())
+
+
+def mine_negatives(cfg: MineConfig) -> None:
+    """mine(); shards left by other settings (this folder is the pipeline's) are redone."""
+    try:
+        mine(cfg)
+    except MiningSettingsError as e:
+        log.warning("%s: removing them and mining again", e)
+        shutil.rmtree(Path(cfg.out) / "negatives")
+        mine(cfg)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _merge(out[key], value)
+        out[key] = value
+    return out
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages with their job configs: defaults < preset < wiring < overrides."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset must be one of {list(PRESETS)}, got {cfg.preset!r}")
+    preset, out = PRESETS[cfg.preset], Path(cfg.out)
+    cosqa = cfg.cosqa
+    if cosqa and not Path(cosqa, "code_idx_map.txt").exists():
+        log.warning("no CoSQA data at %s: not excluded, not evaluated", cosqa)
+        cosqa = ""
+    pools = [cosqa] if cosqa else []
+
+    def make(cls: type, section: str, wiring: dict) -> Any:
+        data = _merge(_merge(preset.get(section, {}), wiring), getattr(cfg, section))
+        return from_dict(cls, data, prefix=f"{section}.")
+
+    corpus = make(CorpusConfig, "corpus", {"out": str(out / "corpus"), "exclude": pools})
+    splits = {s: str(Path(corpus.out) / s) for s in ("train", "valid", "test")}
+    sample = make(SampleConfig, "sample", {"split": splits["train"], "out": str(out / "sample")})
+    # Ray Train checkpoints: under `out`, or on a cluster R2PS_STORAGE (a URI every node reaches)
+    storage = os.environ.get("R2PS_STORAGE", "").rstrip("/")
+    storage = f"{storage}/ray_results" if storage else str(out / "ray_results")
+    retriever = make(
+        TrainConfig,
+        "retriever",
+        {
+            "corpus": corpus.out,
+            "out": str(out / "retriever"),
+            "run_name": "retriever",
+            "storage": storage,
+            # demo: a CoSQA validation embeds its 6,267 codes (~4 min on 2 cores) each time
+            "eval_cosqa": cosqa if cfg.preset == "full" else "",
+        },
+    )
+    mined = make(
+        MineConfig,
+        "mine",
+        {"model": retriever.out, "pairs": sample.out, "out": str(out / "mined"), "exclude": pools},
+    )
+    rankers = {}
+    for name, source in (("ranker_ps", "ps"), ("ranker_rr", "in_batch")):
+        rankers[name] = make(
+            RankerConfig,
+            "ranker",
+            {
+                "corpus": corpus.out,
+                "out": str(out / name),
+                "run_name": name,
+                "storage": storage,
+                "negatives_source": source,
+                "negatives": mined.out if source == "ps" else "",
+                "retriever": retriever.out,
+            },
+        )
+    evaluation = make(
+        EvalConfig,
+        "evaluate",
+        {
+            "split": splits["test"],
+            "valid": splits["valid"],
+            "cosqa": cosqa,
+            "retriever": retriever.out,
+            "rr": rankers["ranker_rr"].out,
+            "rr_ps": rankers["ranker_ps"].out,
+            "pool_source": corpus.out,
+            "out": str(out / "eval"),
+        },
+    )
+    for ranker in rankers.values():
+        check_ranker_config(ranker)
+    check_eval_config(evaluation)
+
+    split_files = [f"{s}/{t}.parquet" for s in splits for t in TABLES]
+    model = ["config.json", "train_summary.json"]
+    return [
+        Stage("corpus", build_corpus, corpus, [], ["stats.json", *split_files]),
+        Stage("sample", sample_split, sample, ["corpus"], [f"{t}.parquet" for t in TABLES]),
+        Stage("retriever", train_retriever, retriever, ["corpus"], model),
+        Stage(
+            "mine",
+            mine_negatives,
+            mined,
+            ["retriever", "sample"],
+            ["mine_summary.json", "index/manifest.json"],
+        ),
+        Stage(
+            "ranker_ps",
+            train_ranker,
+            rankers["ranker_ps"],
+            ["corpus", "retriever", "mine"],
+            [*model, HEAD_FILE],
+        ),
+        Stage(
+            "ranker_rr",
+            train_ranker,
+            rankers["ranker_rr"],
+            ["corpus", "retriever"],
+            [*model, HEAD_FILE],
+        ),
+        Stage(
+            "evaluate",
+            evaluate,
+            evaluation,
+            ["corpus", "retriever", "ranker_ps", "ranker_rr"],
+            ["results.json", "results.md"],
+        ),
+    ]
+
+
+def serve_config(stages: dict[str, Stage]) -> ServeConfig:
+    """The endpoint over what the pipeline built: its index of the mined split, RR+PS."""
+    mined = stages["mine"].config
+
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve())
+
+    return ServeConfig(
+        retriever=absolute(stages["retriever"].config.out),
+        ranker=absolute(stages["ranker_ps"].config.out),
+        codes=absolute(mined.pairs),
+        embed_out=absolute(mined.index_dir or mined.out),
+        index=dataclasses.replace(mined.index),
+    )
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run (or skip) every stage, write `<out>/serve.yaml`; returns where everything is."""
+    stages = {s.name: s for s in build_stages(cfg)}
+    report = run_stages(list(stages.values()))
+    serve = serve_config(stages)
+    serve_file = Path(cfg.out, "serve.yaml").resolve()
+    _write_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
+    evaluation = Path(stages["evaluate"].config.out)
+    return {
+        "stages": report,
+        "retriever": serve.retriever,
+        "rankers": {
+            "RR+PS": stages["ranker_ps"].config.out,
+            "RR": stages["ranker_rr"].config.out,
+        },
+        "index": str(Path(serve.embed_out) / "index"),
+        "codes": serve.codes,
+        "results": {kind: str(evaluation / f"results.{kind}") for kind in ("md", "json", "png")},
+        "serve_config": str(serve_file),
+        "serve_command": f"{CONFIG_ENV}={serve_file} serve run serve.app:cascade",
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["stages:"]
+    for name, done in summary["stages"].items():
+        did = f"ran in {done['seconds']} s" if done["ran"] else "up to date, skipped"
+        lines.append(f"  {name:<10} {did} (fingerprint {done['fingerprint'][:8]})")
+    lines += [
+        f"retriever: {summary['retriever']}",
+        "rankers:   " + ", ".join(f"{k} {v}" for k, v in summary["rankers"].items()),
+        f"index:     {summary['index']} (codes of {summary['codes']})",
+        f"results:   {summary['results']['md']} (also .json, .png)",
+        "",
+        Path(summary["results"]["md"]).read_text(),
+        "serve them (from the repository root):",
+        f"  {summary['serve_command']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,364 @@
+"""The pipeline's orchestration (fingerprints, skipping, crash and restart) and its presets.
+
+Fast: no Ray, no models. Stage bodies are small functions that write files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r2ps.config import ConfigError, parse_config
+from r2ps.pipeline import (
+    STAGE_FILE,
+    PipelineConfig,
+    Stage,
+    build_stages,
+    fingerprint,
+    format_summary,
+    run_pipeline,
+    run_stages,
+)
+from r2ps.serving import ServeConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Toy:
+    out: str
+    value: int = 0
+
+
+@dataclass
+class ToyRun:
+    out: str
+    run_name: str = "toy"
+
+
+def chain(root: Path, calls: list[str], values=(1, 2, 3), fail: str = "") -> list[Stage]:
+    """a -> b -> c; each writes done.txt (its value); `fail` names a stage that raises."""
+
+    def body(name: str):
+        def fn(cfg: Toy) -> None:
+            calls.append(name)
+            if name == fail:
+                Path(cfg.out).mkdir(parents=True, exist_ok=True)
+                (Path(cfg.out) / "partial.txt").write_text("half done")
+                raise RuntimeError(f"{name} crashed")
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.out) / "done.txt").write_text(str(cfg.value))
+
+        return fn
+
+    a, b, c = values
+    return [
+        Stage("a", body("a"), Toy(str(root / "a"), a), [], ["done.txt"]),
+        Stage("b", body("b"), Toy(str(root / "b"), b), ["a"], ["done.txt"]),
+        Stage("c", body("c"), Toy(str(root / "c"), c), ["b"], ["done.txt"]),
+    ]
+
+
+def ran(report: dict) -> list[str]:
+    return [name for name, r in report.items() if r["ran"]]
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def test_fingerprint_follows_config_and_inputs_only():
+    base = fingerprint("b", Toy("x", 1), {"a": "f1"})
+    assert base == fingerprint("b", Toy("x", 1), {"a": "f1"})
+    assert len(base) == 64
+    assert base != fingerprint("b", Toy("x", 2), {"a": "f1"})  # a setting
+    assert base != fingerprint("b", Toy("y", 1), {"a": "f1"})  # an output path
+    assert base != fingerprint("b", Toy("x", 1), {"a": "f2"})  # the upstream stage
+    assert base != fingerprint("c", Toy("x", 1), {"a": "f1"})  # the stage
+
+
+def test_an_upstream_change_changes_every_fingerprint_downstream(tmp_path):
+    first = run_stages(chain(tmp_path, []))
+    changed = run_stages(chain(tmp_path, [], values=(9, 2, 3)))  # only a's setting
+    assert all(first[s]["fingerprint"] != changed[s]["fingerprint"] for s in "abc")
+    again = run_stages(chain(tmp_path, [], values=(9, 2, 3)))
+    assert all(changed[s]["fingerprint"] == again[s]["fingerprint"] for s in "abc")
+
+
+# ---------------------------------------------------------------- skipping
+
+
+def test_second_run_skips_every_stage(tmp_path, caplog):
+    calls: list[str] = []
+    assert ran(run_stages(chain(tmp_path, calls))) == ["a", "b", "c"]
+    record = json.loads((tmp_path / "b" / STAGE_FILE).read_text())
+    assert record["config"] == {"out": str(tmp_path / "b"), "value": 2}
+    assert set(record["inputs"]) == {"a"}
+    caplog.set_level("INFO", logger="r2ps.pipeline")
+    assert ran(run_stages(chain(tmp_path, calls))) == []
+    assert calls == ["a", "b", "c"]
+    assert "skip b: up to date" in caplog.text
+
+
+def test_changed_setting_reruns_its_stage_and_those_after(tmp_path):
+    calls: list[str] = []
+    run_stages(chain(tmp_path, calls))
+    assert ran(run_stages(chain(tmp_path, calls, values=(1, 5, 3)))) == ["b", "c"]
+    assert (tmp_path / "b" / "done.txt").read_text() == "5"
+
+
+def test_missing_output_reruns_only_that_stage(tmp_path):
+    calls: list[str] = []
+    run_stages(chain(tmp_path, calls))
+    (tmp_path / "b" / "done.txt").unlink()
+    assert ran(run_stages(chain(tmp_path, calls))) == ["b"]  # same fingerprint downstream
+
+
+@pytest.mark.parametrize("record", ['{"fingerprint": "0000"}', "{not json", ""])
+def test_other_or_broken_stage_json_reruns(tmp_path, record):
+    calls: list[str] = []
+    run_stages(chain(tmp_path, calls))
+    (tmp_path / "a" / STAGE_FILE).write_text(record)
+    assert ran(run_stages(chain(tmp_path, calls))) == ["a"]
+    assert json.loads((tmp_path / "a" / STAGE_FILE).read_text())["stage"] == "a"
+
+
+# ---------------------------------------------------------------- crash and restart
+
+
+def test_crash_leaves_no_stage_json_and_stops(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="b crashed"):
+        run_stages(chain(tmp_path, calls, fail="b"))
+    assert calls == ["a", "b"]
+    assert (tmp_path / "a" / STAGE_FILE).exists()
+    assert not (tmp_path / "b" / STAGE_FILE).exists()
+    assert not (tmp_path / "c").exists()
+
+
+def test_restart_after_crash_runs_only_the_rest(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError):
+        run_stages(chain(tmp_path, calls, fail="c"))
+    calls.clear()
+    assert ran(run_stages(chain(tmp_path, calls))) == ["c"]
+    assert calls == ["c"]
+
+
+def test_crash_of_a_changed_stage_drops_its_old_record(tmp_path):
+    calls: list[str] = []
+    run_stages(chain(tmp_path, calls))
+    with pytest.raises(RuntimeError):  # b changed, and its new run crashes
+        run_stages(chain(tmp_path, calls, values=(1, 7, 3), fail="b"))
+    assert not (tmp_path / "b" / STAGE_FILE).exists()
+    calls.clear()
+    # back to the old settings: b's outputs exist, but it has no record, so it reruns
+    assert ran(run_stages(chain(tmp_path, calls))) == ["b"]
+
+
+def test_stage_without_its_outputs_fails(tmp_path):
+    stage = Stage("lazy", lambda cfg: None, Toy(str(tmp_path / "lazy")), [], ["model.bin"])
+    with pytest.raises(RuntimeError, match="model.bin"):
+        run_stages([stage])
+    assert not (tmp_path / "lazy" / STAGE_FILE).exists()
+
+
+def test_bad_wiring_is_refused(tmp_path):
+    def noop(cfg):
+        return None
+
+    later = Stage("b", noop, Toy(str(tmp_path / "b")), ["a"])
+    with pytest.raises(ValueError, match="not earlier stages"):
+        run_stages([later, Stage("a", noop, Toy(str(tmp_path / "a")))])
+    with pytest.raises(ValueError, match="share an output folder"):
+        run_stages([Stage("a", noop, Toy(str(tmp_path))), Stage("b", noop, Toy(str(tmp_path)))])
+
+
+def test_run_name_comes_from_the_fingerprint(tmp_path):
+    seen: list[str] = []
+
+    def fn(cfg: ToyRun) -> None:
+        seen.append(cfg.run_name)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+
+    def stage(out: str) -> Stage:
+        return Stage("train", fn, ToyRun(out), [], [])
+
+    fp = run_stages([stage(str(tmp_path / "t"))])["train"]["fingerprint"]
+    assert seen == [f"toy-{fp[:8]}"]
+    assert json.loads((tmp_path / "t" / STAGE_FILE).read_text())["config"]["run_name"] == seen[0]
+    (tmp_path / "t" / STAGE_FILE).unlink()  # a crash: the rerun resumes the same run
+    run_stages([stage(str(tmp_path / "t"))])
+    run_stages([stage(str(tmp_path / "t2"))])  # another config: another run
+    assert seen[1] == seen[0] != seen[2]
+
+
+# ---------------------------------------------------------------- the real stages
+
+PATH_FIELDS = {
+    "out", "corpus", "storage", "negatives", "retriever", "model", "pairs", "split",
+    "valid", "rr", "rr_ps", "pool_source", "index_dir", "eval_cosqa", "cosqa",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", ["demo", "full"])
+def test_presets_build_valid_job_configs_under_out(preset, tmp_path, monkeypatch):
+    monkeypatch.delenv("R2PS_STORAGE", raising=False)
+    out = tmp_path / "p"
+    stages = {s.name: s for s in build_stages(PipelineConfig(preset=preset, out=str(out)))}
+    assert list(stages) == [
+        "corpus", "sample", "retriever", "mine", "ranker_ps", "ranker_rr", "evaluate",
+    ]  # fmt: skip
+    for stage in stages.values():
+        for name, value in dataclasses.asdict(stage.config).items():
+            if name in PATH_FIELDS and value:
+                assert Path(value).resolve().is_relative_to(out.resolve()), (stage.name, name)
+    cfg = {name: s.config for name, s in stages.items()}
+    assert cfg["sample"].split == str(Path(cfg["corpus"].out) / "train")
+    assert cfg["mine"].model == cfg["retriever"].out
+    assert cfg["mine"].pairs == cfg["sample"].out
+    assert cfg["ranker_ps"].negatives == cfg["mine"].out
+    assert cfg["ranker_ps"].negatives_source == "ps"
+    assert cfg["ranker_rr"].negatives_source == "in_batch"
+    assert cfg["ranker_rr"].out != cfg["ranker_ps"].out
+    assert len({cfg[n].run_name for n in ("retriever", "ranker_ps", "ranker_rr")}) == 3
+    ev = cfg["evaluate"]
+    assert (ev.retriever, ev.rr, ev.rr_ps) == (
+        cfg["retriever"].out,
+        cfg["ranker_rr"].out,
+        cfg["ranker_ps"].out,
+    )
+    assert ev.split.endswith("test") and ev.valid.endswith("valid") and not ev.cosqa
+    assert cfg["corpus"].exclude == [] == cfg["mine"].exclude
+
+
+def test_demo_is_small_and_full_is_the_jobs_defaults(tmp_path):
+    from r2ps.evaluate import EvalConfig
+    from r2ps.train.config import RankerConfig, TrainConfig
+
+    demo = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
+    assert demo["corpus"].max_files and demo["sample"].n_queries
+    assert 0 < demo["retriever"].max_steps <= 50 and 0 < demo["ranker_ps"].max_steps <= 50
+    assert demo["evaluate"].max_queries <= 100 and max(demo["evaluate"].pool_sizes) <= 1000
+    full = {
+        s.name: s.config for s in build_stages(PipelineConfig(preset="full", out=str(tmp_path)))
+    }
+    assert full["corpus"].max_files == 0 and full["sample"].n_queries == 0
+    assert full["retriever"].max_steps == TrainConfig().max_steps
+    assert full["retriever"].max_train_pairs == TrainConfig().max_train_pairs
+    assert full["ranker_ps"].batch_size == RankerConfig().batch_size
+    assert full["evaluate"].ks == EvalConfig().ks
+
+
+def test_overrides_beat_the_preset(tmp_path):
+    cfg = parse_config(
+        PipelineConfig,
+        [
+            "--out", str(tmp_path), "retriever.max_steps=5", "evaluate.ks=5,20",
+            "mine.index.kind=hnsw", "ranker.lr=1e-4", "mine.out=" + str(tmp_path / "neg"),
+        ],
+    )  # fmt: skip
+    stages = {s.name: s.config for s in build_stages(cfg)}
+    assert stages["retriever"].max_steps == 5
+    assert stages["retriever"].batch_size == 16  # the rest of the preset stays
+    assert stages["evaluate"].ks == [5, 20]
+    assert stages["mine"].index.kind == "hnsw"
+    assert stages["ranker_ps"].lr == stages["ranker_rr"].lr == 1e-4
+    assert stages["ranker_ps"].negatives == str(tmp_path / "neg")  # wired to the new folder
+
+
+def test_bad_settings_name_their_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"retriever\.lrr"):
+        build_stages(PipelineConfig(out=str(tmp_path), retriever={"lrr": 1}))
+    with pytest.raises(ConfigError, match=r"evaluate\.max_queries"):
+        build_stages(PipelineConfig(out=str(tmp_path), evaluate={"max_queries": "many"}))
+    with pytest.raises(ValueError, match="preset"):
+        build_stages(PipelineConfig(preset="huge", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="needs batch_size >= 2"):
+        build_stages(PipelineConfig(out=str(tmp_path), ranker={"batch_size": 1}))
+
+
+def test_cosqa_is_excluded_and_evaluated_when_present(tmp_path, cosqa_dir):
+    stages = {
+        s.name: s.config
+        for s in build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(cosqa_dir)))
+    }
+    assert stages["corpus"].exclude == [str(cosqa_dir)] == stages["mine"].exclude
+    assert stages["evaluate"].cosqa == str(cosqa_dir)
+    assert stages["retriever"].eval_cosqa == ""  # demo: no CoSQA validation while training
+    missing = {
+        s.name: s.config
+        for s in build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(tmp_path / "none")))
+    }
+    assert missing["corpus"].exclude == [] and missing["evaluate"].cosqa == ""
+
+
+def test_cluster_storage_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("R2PS_STORAGE", "s3://bucket/r2ps/")
+    stages = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
+    assert stages["retriever"].storage == "s3://bucket/r2ps/ray_results"
+    assert stages["ranker_rr"].storage == stages["retriever"].storage
+
+
+def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
+    """Every real stage, each body replaced by one that writes its expected outputs."""
+    import r2ps.pipeline as pipeline
+
+    real = pipeline.build_stages
+    calls: list[str] = []
+
+    def fake(cfg):
+        stages = real(cfg)
+        for stage in stages:
+
+            def write(config, stage=stage):
+                calls.append(stage.name)
+                for name in stage.outputs:
+                    path = Path(config.out) / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("| method | MRR |\n" if name == "results.md" else "{}")
+
+            stage.fn = write
+        return stages
+
+    monkeypatch.setattr(pipeline, "build_stages", fake)
+    monkeypatch.delenv("R2PS_STORAGE", raising=False)
+    out = tmp_path / "p"
+    summary = run_pipeline(PipelineConfig(out=str(out)))
+    assert calls == list(summary["stages"])
+    assert run_pipeline(PipelineConfig(out=str(out)))["stages"]["evaluate"]["ran"] is False
+    assert calls == list(summary["stages"])  # the second run did nothing
+
+    serve_file = Path(summary["serve_config"])
+    assert serve_file == (out / "serve.yaml").resolve()
+    served = ServeConfig.from_env({"R2PS_SERVE_CONFIG": str(serve_file)})
+    assert served.retriever == str((out / "retriever").resolve())
+    assert served.ranker == str((out / "ranker_ps").resolve())
+    assert served.codes == str((out / "sample").resolve())
+    assert served.embed_out == str((out / "mined").resolve())  # <embed_out>/index
+    assert yaml.safe_load(serve_file.read_text())["index"]["kind"] == "flat"
+    assert summary["serve_command"] == (
+        f"R2PS_SERVE_CONFIG={serve_file} serve run serve.app:cascade"
+    )
+    text = format_summary(summary)
+    assert "| method | MRR |" in text and summary["serve_command"] in text
+    assert str(out / "mined" / "index") in text or summary["index"] in text
+
+
+def test_job_help_and_usage_errors(capsys):
+    spec = importlib.util.spec_from_file_location("pipeline_job", REPO / "jobs" / "pipeline.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    with pytest.raises(SystemExit) as exit_:
+        job.main(["--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--preset" in help_text and "--cosqa" in help_text
+    assert "--retriever" not in help_text  # sections take section.key=value, not a flag
+    assert job.main(["retriever.lrr=1"]) == 2  # before Ray starts
+    assert "retriever.lrr" in capsys.readouterr().out
