@@ -327,3 +327,22 @@ def test_cli_parses_ranker(train_cli, negatives_dir, capsys):
         train_cli.main(["ranker", "--help"])
     assert exc.value.code == 0
     assert "--negatives-source" in capsys.readouterr().out
+
+
+def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
+    """A zero last layer starts the listwise loss at log(group size), not at a random,
+    saturating guess; `head_lr` puts only the head's parameters in a faster group."""
+    from r2ps.models.cross import CrossEncoder
+    from r2ps.train.loop import param_groups
+
+    model = CrossEncoder.from_pretrained(tiny_bert_dir)
+    scores = model.score_pairs(["read a file", "sort a list"], ["def f(): pass", "x = 1"])
+    assert np.allclose(scores, 0.0)
+    groups = param_groups(model, RankerConfig(head_lr=1e-3, lr=2e-5))
+    head = {id(p) for p in model.head.parameters()}
+    assert [len(g["params"]) for g in groups] == [
+        len(list(model.parameters())) - len(head),
+        len(head),
+    ]
+    assert groups[1]["lr"] == 1e-3 and {id(p) for p in groups[1]["params"]} == head
+    assert len(param_groups(model, RankerConfig(head_lr=0.0))) == 1

@@ -35,15 +35,20 @@ HEAD_FILE = "head.safetensors"
 def make_head(hidden: int, init_std: float = 0.02) -> nn.Sequential:
     """`Linear(h,h) -> GELU -> LayerNorm -> Linear(h,1)` on the first token's state.
 
-    Initialised like an HF head (normal(0, initializer_range), zero bias) so a fresh
-    ranker starts with small scores instead of PyTorch's wider default init.
+    The first layer is initialised like an HF head (normal(0, initializer_range)); the
+    last starts at zero, so a fresh ranker scores every pair 0 and the listwise loss
+    starts at log(group size). With an HF-style last layer the LayerNorm'd features give
+    scores of std ~0.4, i.e. logits of std ~8 under `scale=20`: the first steps then
+    chase large, random losses and the encoder collapsed to one score for every pair
+    (loss stuck at log(8), gradients lost in saturated tanh) in a real run.
     """
     head = nn.Sequential(
         nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, 1)
     )
-    for layer in (head[0], head[3]):
-        nn.init.normal_(layer.weight, std=init_std)
-        nn.init.zeros_(layer.bias)
+    nn.init.normal_(head[0].weight, std=init_std)
+    nn.init.zeros_(head[0].bias)
+    nn.init.zeros_(head[3].weight)
+    nn.init.zeros_(head[3].bias)
     return head
 
 

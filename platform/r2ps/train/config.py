@@ -28,6 +28,9 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = field(default=32, metadata={"help": "pairs per worker per step"})
     lr: float = 2e-5
+    head_lr: float = field(
+        default=0.0, metadata={"help": "lr of a fresh head (the ranker's); 0: lr"}
+    )
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
@@ -103,6 +106,9 @@ class RankerConfig(TrainConfig):
     run_name: str = field(default="ranker", metadata={"help": "Ray Train run; same name resumes"})
     batch_size: int = field(
         default=8, metadata={"help": "queries per worker per step (each a group of pairs)"}
+    )
+    head_lr: float = field(
+        default=1e-3, metadata={"help": "lr of the fresh (zero-initialised) head; 0: lr"}
     )
     max_pair_len: int = field(
         default=256, metadata={"help": "ranker: tokens of query + code (paper: 384; CPU: 256)"}

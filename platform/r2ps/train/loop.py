@@ -65,6 +65,21 @@ def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:
     }
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """One group at `lr`, or with `head_lr` a second group for a freshly initialised head.
+
+    The ranker's head starts at zero (models/cross.py); at the encoder's 2e-5 Adam moves
+    each of its weights ~2e-5 per step, so in the few hundred steps a CPU run affords its
+    scores stay near 0 and nothing is learned. A fresh head is usually given a larger rate.
+    """
+    named = list(model.named_parameters())
+    head = [p for n, p in named if n.startswith("head.")]
+    if not cfg.head_lr or not head:
+        return [{"params": [p for _, p in named]}]
+    body = [p for n, p in named if not n.startswith("head.")]
+    return [{"params": body}, {"params": head, "lr": cfg.head_lr}]
+
+
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
     """Linear warm-up to the peak rate, then linear decay to zero (METHOD.md section 1)."""
 
@@ -102,7 +117,9 @@ def train_loop(config: dict) -> None:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
