@@ -59,3 +59,8 @@ def test_exponent_floats_without_a_dot(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  lr: 2e-5\n")
     assert load_config(Outer, path, []).inner.lr == 2e-5
+
+
+def test_overrides_may_follow_flags():
+    cfg = parse_config(Outer, ["flag=true", "--name", "cli", "inner.steps=4", "limit=2"])
+    assert (cfg.flag, cfg.name, cfg.inner.steps, cfg.limit) == (True, "cli", 4, 2)

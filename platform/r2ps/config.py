@@ -193,7 +193,7 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
     """Parse a job's command line into its config dataclass."""
     parser = build_parser(cls, description)
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)  # key=value on either side of --flags
     try:
         data = _load_data(ns.config, list(ns.overrides))
         for f in _flag_fields(cls):
