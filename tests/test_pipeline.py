@@ -237,8 +237,7 @@ def test_presets_build_valid_job_configs_under_out(preset, tmp_path, monkeypatch
     assert cfg["corpus"].exclude == [] == cfg["mine"].exclude
 
 
-def test_demo_is_small_and_full_is_the_jobs_defaults(tmp_path):
-    from r2ps.evaluate import EvalConfig
+def test_demo_is_small_and_full_is_the_readme_run(tmp_path):
     from r2ps.train.config import RankerConfig, TrainConfig
 
     demo = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
@@ -248,11 +247,11 @@ def test_demo_is_small_and_full_is_the_jobs_defaults(tmp_path):
     full = {
         s.name: s.config for s in build_stages(PipelineConfig(preset="full", out=str(tmp_path)))
     }
-    assert full["corpus"].max_files == 0 and full["sample"].n_queries == 0
+    assert full["corpus"].max_files == 0 and full["sample"].n_queries == 20000
     assert full["retriever"].max_steps == TrainConfig().max_steps
     assert full["retriever"].max_train_pairs == TrainConfig().max_train_pairs
     assert full["ranker_ps"].batch_size == RankerConfig().batch_size
-    assert full["evaluate"].ks == EvalConfig().ks
+    assert full["evaluate"].ks == [5, 10, 20] and full["ranker_rr"].max_pair_len == 128
 
 
 def test_overrides_beat_the_preset(tmp_path):
