@@ -24,7 +24,7 @@ from r2ps.config import to_dict
 from r2ps.log import get_logger
 from r2ps.resources import cluster_has_gpus
 from r2ps.train.config import TrainConfig
-from r2ps.train.loop import HF_DIR, Task, config_for_workers, train_loop
+from r2ps.train.loop import HF_DIR, SELECTION, Task, config_for_workers, train_loop
 from r2ps.train.retriever import (
     RetrieverTask,
     as_blocks,
@@ -35,7 +35,7 @@ from r2ps.train.retriever import (
 
 log = get_logger(__name__)
 
-SCORE = "valid_mrr"
+SCORE = SELECTION  # valid MRR; a fresh ranker head's start is excluded
 DATA_CPUS = 0.5  # logical CPUs left free for the Ray Data tasks that tokenise the stream
 
 

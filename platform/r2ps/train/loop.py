@@ -29,7 +29,12 @@ log = get_logger(__name__)
 STATE_FILE = "r2ps_state.json"
 DS_DIR = "deepspeed"
 HF_DIR = "hf"
-DS_TAG = "r2ps"  # not "latest": DeepSpeed writes a file of that name beside the tag folder
+DS_TAG = "r2ps"
+# The metric the best checkpoint is chosen by: valid MRR, except at a task's starting point
+# when that is no model of its own (see RankerTask.start_is_candidate).
+SELECTION = (
+    "selection_mrr"  # not "latest": DeepSpeed writes a file of that name beside the tag folder
+)
 
 
 class Task(Protocol):
@@ -150,6 +155,7 @@ def train_loop(config: dict) -> None:
 
     def validate() -> dict[str, float]:
         metrics = task.evaluate(engine.module, cfg)
+        metrics[SELECTION] = metrics.get("valid_mrr", -1.0)
         state["best_valid_mrr"] = max(state["best_valid_mrr"], metrics.get("valid_mrr", -1.0))
         if rank == 0:
             log.info("step %d: %s", state["step"], _fmt(metrics))
@@ -157,7 +163,10 @@ def train_loop(config: dict) -> None:
 
     reported_at = -1
     if checkpoint is None:
-        report(validate())
+        start = validate()
+        if not getattr(task, "start_is_candidate", True):
+            start[SELECTION] = -1.0  # reported and kept for resume, never exported as best
+        report(start)
         reported_at = 0  # the starting point, so every run shows what it improved on
 
     shard = ray.train.get_dataset_shard("train")

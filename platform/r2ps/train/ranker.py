@@ -401,6 +401,9 @@ class RankerTask:
 
     epoch: int = 0
     data_report: dict = field(default_factory=dict)
+    # The fresh head scores every pair 0, so the step-0 cascade keeps the retriever's
+    # order and scores exactly the retriever's MRR: not a ranker, never the exported best.
+    start_is_candidate: bool = False
     # Retriever rankings per evaluation set, computed once per worker process.
     retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
 
