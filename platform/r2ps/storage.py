@@ -26,15 +26,19 @@ The library works on local paths. A job stages its settings around the library c
   `~/.aws`, or the instance profile for S3; `GOOGLE_APPLICATION_CREDENTIALS` or the metadata
   server for GCS. r2ps holds no storage code beyond this module.
 
-The trade-off: everything passes through the driver's local disk, and only the driver sees
-it. That is right for what the driver itself reads and writes (corpus outputs, evaluation,
-exported models, mining's shards), and it needs disk for the largest input or output of the
-job. Ray tasks and actors on *other* nodes (training workers, embedding actors, corpus
-extraction tasks) cannot open the driver's staging paths: on a multi-node cluster they
-need a shared disk as before, or the next step: read and write the URIs where the work
-runs (Ray Data `read_parquet`/`write_parquet` take URIs; a worker stages its own model
-copy). At 100M codes that is also what the embeddings need: written by the actors
-straight to the URI, never gathered on one disk.
+The trade-off: everything passes through the driver's local disk, which must hold the
+job's inputs and outputs, and only the driver's node sees the staged paths. That covers
+what the driver reads and writes itself (the corpus builder's output and exclusion pools,
+evaluation, the exported model, mining's shards and index). Ray tasks and actors that open
+paths on *other* nodes do not see them: training workers (validation split, start model,
+mined negatives), the embedding tasks and actors (codes, model, the embedding shards they
+write) and corpus extraction from URI `roots`. On one node that is fine; on a multi-node
+cluster those jobs still need their paths on a disk every node sees, as before. The next
+step is to read and write URIs where the work runs: Ray Data's `read_parquet` and
+`write_parquet` take URIs, and a worker can stage its own copy of a model with
+`local_input` (the staging path is the same on every node). At 100M codes that is what
+the embeddings need anyway: written by the actors straight to the URI, not gathered on
+the driver's disk.
 """
 
 from __future__ import annotations
