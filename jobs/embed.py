@@ -2,11 +2,13 @@
 
     python jobs/embed.py --model runs/demo/retriever --codes runs/demo/corpus/train --out runs/demo/embed
     python jobs/embed.py --codes runs/demo/corpus/test --out runs/demo/embed_test index.kind=hnsw actors=2
-    ray job submit --working-dir . -- python jobs/embed.py --model s3://b/retriever --codes s3://b/corpus/train --out s3://b/embed
+    ray job submit --working-dir . -- python jobs/embed.py --model /shared/retriever --codes /shared/corpus/train --out /shared/embed
+    python jobs/embed.py --model s3://b/retriever --codes s3://b/corpus/train --out s3://b/embed
 
 Writes <out>/embeddings/part-*.parquet + manifest.json and <out>/index/ (index.faiss,
 code_ids.parquet, manifest.json). A second run with the same model and corpus reuses them.
 Paths may be storage URIs (docs/STORAGE.md); a URI --out is downloaded first, for that reuse.
+The embedding actors read staged URIs from the driver's disk: one node only, for now.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 
 Without a running cluster this starts a local Ray. Running again with the same
 --run-name resumes that run from its latest checkpoint. Paths may be storage URIs
-(docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is.
+(docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is. The training
+workers read staged URIs from the driver's disk: one node only, for now.
 """
 
 from __future__ import annotations
