@@ -1,7 +1,9 @@
 """Build the default training corpus from the Python sources installed on this machine.
 
 python jobs/build_corpus.py --out runs/corpus [--exclude ../shared/data/cosqa] [key=value ...]
-ray job submit --working-dir . -- python jobs/build_corpus.py --out /shared/corpus
+ray job submit --working-dir . -- python jobs/build_corpus.py --out s3://bucket/r2ps/corpus
+
+Paths may be storage URIs (docs/STORAGE.md).
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ import ray
 from r2ps.config import parse_config
 from r2ps.data.corpus import CorpusConfig, build_corpus, format_stats
 from r2ps.log import setup_logging
+from r2ps.storage import staged
+
+# Settings that are paths: a URI among them is staged through local disk (r2ps.storage).
+INPUTS = ("roots", "exclude")
+OUTPUTS = ("out",)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CorpusConfig, argv, description=__doc__)
     setup_logging()
     ray.init(ignore_reinit_error=True)  # joins a running cluster when there is one
-    stats = build_corpus(cfg)
+    with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local:
+        stats = build_corpus(local)
     print(format_stats(stats))
     return 0
 

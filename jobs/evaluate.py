@@ -6,7 +6,8 @@
     python jobs/evaluate.py --config eval.yaml max_queries=0 pool_sizes=1000,10000
 
 A missing model is skipped with a warning (listed in the results). The fusion weight is
-chosen on --valid only. Writes <out>/results.json, results.md and results.png.
+chosen on --valid only. Writes <out>/results.json, results.md and results.png. Paths may
+be storage URIs (docs/STORAGE.md).
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ import sys
 from r2ps.config import parse_config
 from r2ps.evaluate import EvalConfig, evaluate, markdown
 from r2ps.log import setup_logging
+from r2ps.storage import staged
+
+# Settings that are paths: a URI among them is staged through local disk (r2ps.storage).
+INPUTS = ("split", "cosqa", "valid", "retriever", "untrained", "rr", "rr_ps", "pool_source")
+OUTPUTS = ("out",)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvalConfig, argv, description=__doc__)
     setup_logging()
-    report = evaluate(cfg)
+    with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local:
+        report = evaluate(local)
     print(markdown(report))
-    for kind, path in report["files"].items():
-        print(f"{kind}: {path}")
+    for kind in report["files"]:
+        print(f"{kind}: {cfg.out.rstrip('/')}/results.{kind}")
     return 0
 
 

@@ -20,11 +20,17 @@ import ray
 from r2ps.config import ConfigError, parse_config
 from r2ps.log import setup_logging
 from r2ps.pipeline import PipelineConfig, build_stages, format_summary, run_pipeline
+from r2ps.storage import is_uri
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PipelineConfig, argv, description=__doc__)
     try:
+        if uri := next((p for p in (cfg.out, cfg.cosqa) if is_uri(p)), None):
+            raise ValueError(
+                f"{uri}: the pipeline takes local paths only (docs/STORAGE.md); "
+                "give the single jobs URIs, or copy a local --out up afterwards"
+            )
         build_stages(cfg)  # settings errors before Ray starts
     except (ConfigError, ValueError) as e:
         print(f"usage: pipeline.py [--help] [options] [section.key=value ...]\nerror: {e}")

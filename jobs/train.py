@@ -6,11 +6,14 @@
     python jobs/train.py ranker negatives_source=in_batch     # the paper's RR baseline
 
 Without a running cluster this starts a local Ray. Running again with the same
---run-name resumes that run from its latest checkpoint.
+--run-name resumes that run from its latest checkpoint. Paths may be storage URIs
+(docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is. The training
+workers read staged URIs from the driver's disk: one node only, for now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,10 +22,14 @@ import ray
 
 from r2ps.config import parse_config
 from r2ps.log import setup_logging
+from r2ps.storage import local_input, source_uri, staged
 from r2ps.train.config import RankerConfig, TrainConfig
 
 KINDS = ("retriever", "ranker")
 CONFIGS = {"retriever": TrainConfig, "ranker": RankerConfig}  # the ranker: its own defaults
+# Settings that are paths: a URI among them is staged through local disk (r2ps.storage).
+INPUTS = ("corpus", "model", "eval_cosqa", "negatives", "retriever")
+OUTPUTS = ("out",)
 
 
 def parse(argv: list[str]) -> tuple[str, TrainConfig] | None:
@@ -43,6 +50,19 @@ def parse(argv: list[str]) -> tuple[str, TrainConfig] | None:
     return kind, cfg
 
 
+def mined_split(negatives: str) -> str | None:
+    """The URI of the split a mining output was made from, when mining staged it from one.
+
+    The ranker reads that split's codes at the path `mine_summary.json` names; a staged
+    split has the same path on every run, so staging its URI again puts it back there.
+    """
+    summary = Path(negatives) / "mine_summary.json"
+    if not negatives or not summary.exists():
+        return None
+    pairs = json.loads(summary.read_text()).get("pairs") or ""
+    return source_uri(pairs) if pairs and not Path(pairs).exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parsed = parse(list(sys.argv[1:] if argv is None else argv))
     if parsed is None:
@@ -52,16 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(ignore_reinit_error=True)
     from r2ps.train.launch import compare_on_test, train
 
-    if kind == "ranker":
-        from r2ps.train.ranker import RankerTask
+    with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local, contextlib.ExitStack() as more:
+        if uri := mined_split(local.negatives):
+            more.enter_context(local_input(uri))
+        if kind == "ranker":
+            from r2ps.train.ranker import RankerTask
 
-        summary = train(cfg, task=RankerTask())
-    else:
-        summary = train(cfg)
-    if kind == "retriever" and cfg.final_test:
-        summary["final_test"] = compare_on_test(cfg, summary["exported_model"])
-        path = Path(summary["exported_model"]) / "train_summary.json"
-        path.write_text(json.dumps(summary, indent=1, default=str))
+            summary = train(local, task=RankerTask())
+        else:
+            summary = train(local)
+        if kind == "retriever" and local.final_test:
+            summary["final_test"] = compare_on_test(local, summary["exported_model"])
+            path = Path(summary["exported_model"]) / "train_summary.json"
+            path.write_text(json.dumps(summary, indent=1, default=str))
+    summary["exported_model"] = cfg.out
     keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test", "data")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))
     return 0

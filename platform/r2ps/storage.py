@@ -1,0 +1,307 @@
+"""Storage URIs for every job's inputs and outputs: a local path, `s3://`, `gs://`, `file://`,
+or any other URI `pyarrow.fs.FileSystem.from_uri` understands.
+
+The library works on local paths. A job stages its settings around the library call:
+
+    with staged(cfg, inputs=["corpus", "model"], outputs=["out"]) as local:
+        train(local)  # `local` is `cfg` with each URI replaced by a local path
+
+- An input URI is downloaded to this machine's staging folder (`R2PS_STAGING_DIR`, default
+  `<tmp>/r2ps-staging-<uid>`) at a path made from the URI itself
+  (`s3://bucket/corpus/train` -> `<staging>/in/s3%3A%2F%2Fbucket%2Fcorpus/train`). The same URI
+  always lands at the same path, so what the library records about its inputs (mining's
+  settings, the split named in `mine_summary.json`) is the same on every run, and
+  `source_uri` can tell which URI a recorded path stands for. Jobs on one machine that use
+  the same URI at the same time share one copy; the last one to finish deletes it.
+- An output URI gets a fresh local folder; on success it is uploaded to `<uri>.tmp-<id>`
+  and then moved to `<uri>`, so the URI never holds half an upload. Local disks (and HDFS)
+  rename a folder in one step. S3 and GCS cannot rename a folder: there the old folder is
+  deleted and the upload copied object by object inside the bucket (server side, no data
+  through this machine); a crash in that step leaves `<uri>` partial or missing while the
+  whole upload still sits at `<uri>.tmp-<id>`. Nothing is uploaded when the job fails.
+- An `updates` folder (one the library reuses, such as embeddings and an index) is an
+  output that starts as a download of what is at the URI, so up-to-date parts are kept.
+- A local path passes straight through: no copy, the library sees exactly that path.
+- Credentials and endpoints come from the environment, the pyarrow way: `AWS_*` variables,
+  `~/.aws`, or the instance profile for S3; `GOOGLE_APPLICATION_CREDENTIALS` or the metadata
+  server for GCS. r2ps holds no storage code beyond this module.
+
+The trade-off: everything passes through the driver's local disk, which must hold the
+job's inputs and outputs, and only the driver's node sees the staged paths. That covers
+what the driver reads and writes itself (the corpus builder's output and exclusion pools,
+evaluation, the exported model, mining's shards and index). Ray tasks and actors that open
+paths on *other* nodes do not see them: training workers (validation split, start model,
+mined negatives), the embedding tasks and actors (codes, model, the embedding shards they
+write) and corpus extraction from URI `roots`. On one node that is fine; on a multi-node
+cluster those jobs still need their paths on a disk every node sees, as before. The next
+step is to read and write URIs where the work runs: Ray Data's `read_parquet` and
+`write_parquet` take URIs, and a worker can stage its own copy of a model with
+`local_input` (the staging path is the same on every node). At 100M codes that is what
+the embeddings need anyway: written by the actors straight to the URI, not gathered on
+the driver's disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path: str | os.PathLike | None) -> bool:
+    """True for `scheme://...` (including `file://`), False for a plain local path."""
+    return bool(path) and bool(_URI.match(str(path)))
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a URI or a local path."""
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def staging_root() -> Path:
+    default = Path(tempfile.gettempdir()) / f"r2ps-staging-{os.getuid()}"
+    return Path(os.environ.get("R2PS_STAGING_DIR") or default).resolve()
+
+
+def _local_name(uri: str) -> Path:
+    """`s3://b/corpus/test?region=x` -> `s3%3A%2F%2Fb%2Fcorpus/test`.
+
+    The URI's own name is kept (jobs name data sets after their folder), under one folder
+    named by the rest of it, so the staging paths of two URIs never nest. The query is
+    not part of the path.
+    """
+    parts = urlsplit(uri)
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+    parent, _, name = base.rpartition("/")
+    return Path(quote(parent, safe=""), name)
+
+
+def staging_path(uri: str) -> Path:
+    """Where input `uri` is staged on this machine: the same path on every run."""
+    return staging_root() / "in" / _local_name(uri)
+
+
+def source_uri(path: str | os.PathLike) -> str | None:
+    """The URI a staging path (or a file under one) stands for; None for any other path.
+
+    Query parameters are not kept in the path: give endpoints and regions by environment.
+    """
+    try:
+        parent, *rest = Path(path).relative_to(staging_root() / "in").parts
+    except ValueError:
+        return None
+    return "/".join([unquote(parent), *rest]) if rest else None
+
+
+# ---------------------------------------------------------------- copies
+
+
+def _copy(src: str, dest: str, src_fs: pafs.FileSystem, dest_fs: pafs.FileSystem) -> bool:
+    """Copy a file or a folder tree; False when `src` does not exist."""
+    info = src_fs.get_file_info(src)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    if info.type == pafs.FileType.Directory:
+        dest_fs.create_dir(dest)  # so an empty folder is copied too
+    pafs.copy_files(src, dest, source_filesystem=src_fs, destination_filesystem=dest_fs)
+    return True
+
+
+def download(uri: str, local: str | Path) -> bool:
+    """Copy `uri` (a file or a folder) to the local path `local`; False when it is missing."""
+    start = time.perf_counter()
+    fs, path = filesystem(uri)
+    found = _copy(path, str(Path(local).resolve()), fs, pafs.LocalFileSystem())
+    if found:
+        log.info("staged %s -> %s (%.1f s)", uri, local, time.perf_counter() - start)
+    return found
+
+
+def _delete(fs: pafs.FileSystem, path: str) -> None:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def _move(fs: pafs.FileSystem, src: str, dest: str) -> bool:
+    """Rename a folder in one step; False where the filesystem cannot (S3, GCS)."""
+    try:
+        fs.move(src, dest)
+    except (OSError, NotImplementedError):
+        return False
+    return True
+
+
+def _replace(fs: pafs.FileSystem, tmp: str, path: str) -> None:
+    """Put the complete upload `tmp` at `path`, replacing whatever was there."""
+    old = f"{tmp}.old"
+    had_old = fs.get_file_info(path).type != pafs.FileType.NotFound
+    if had_old and not _move(fs, path, old):
+        _delete(fs, path)  # no rename: the old folder goes first
+        had_old = False
+    if not _move(fs, tmp, path):  # S3, GCS: copy object by object inside the bucket
+        entries = fs.get_file_info(pafs.FileSelector(tmp, recursive=True))
+        fs.create_dir(path)
+        for info in sorted(entries, key=lambda e: e.type != pafs.FileType.Directory):
+            target = path + info.path[len(tmp) :]
+            if info.type == pafs.FileType.Directory:
+                fs.create_dir(target)  # folders first: a local disk needs them
+            else:
+                fs.copy_file(info.path, target)
+        fs.delete_dir(tmp)
+    if had_old:
+        _delete(fs, old)
+
+
+def upload(local: str | Path, uri: str) -> None:
+    """Copy the local folder `local` to `uri`, replacing it (see the module docstring)."""
+    start = time.perf_counter()
+    fs, path = filesystem(uri)
+    path = path.rstrip("/")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        if not _copy(str(Path(local).resolve()), tmp, pafs.LocalFileSystem(), fs):
+            raise FileNotFoundError(f"{local}: no output to upload to {uri}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _delete(fs, tmp)
+        raise
+    _replace(fs, tmp, path)
+    log.info("uploaded %s -> %s (%.1f s)", local, uri, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _try_lock(lock: IO, mode: int) -> bool:
+    try:
+        fcntl.flock(lock, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def local_input(path: str) -> Iterator[str]:
+    """A local path to read `path` from: `path` itself when local, else a download.
+
+    A missing URI stages as a missing local path (with a warning), so the library reports
+    or skips it exactly as it would a missing local path.
+    """
+    if not is_uri(path):
+        yield path
+        return
+    local = staging_path(path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    done = local.with_name(local.name + ".staged")  # written once the copy is complete
+    with open(local.with_name(local.name + ".lock"), "a") as lock:
+        # A shared lock per user of the copy; an exclusive one to (re)make or delete it.
+        while True:
+            if _try_lock(lock, fcntl.LOCK_EX):  # nobody else uses it: download afresh
+                done.unlink(missing_ok=True)
+                _delete(pafs.LocalFileSystem(), str(local))
+                if not download(path, local):
+                    log.warning("%s does not exist (staged as the missing path %s)", path, local)
+                done.touch()
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another job downloads
+            if done.exists():
+                break
+            fcntl.flock(lock, fcntl.LOCK_UN)  # its last user deleted it meanwhile: again
+        try:
+            yield str(local)
+        finally:
+            if _try_lock(lock, fcntl.LOCK_EX):  # the last user deletes the copy
+                done.unlink(missing_ok=True)
+                _delete(pafs.LocalFileSystem(), str(local))
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def local_output(path: str, resume: bool = False) -> Iterator[str]:
+    """A local folder to write `path` into: `path` itself when local, else a fresh folder
+    uploaded to the URI when the block succeeds (nothing is uploaded when it raises).
+
+    `resume`: the folder starts as a download of what the URI holds (when anything).
+    """
+    if not is_uri(path):
+        yield path
+        return
+    staging_root().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="out-", dir=staging_root()))
+    try:
+        local = tmp / _local_name(path)
+        if not (resume and download(path, local)):
+            local.mkdir(parents=True)
+        yield str(local)
+        upload(local, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(
+    cfg: T,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    updates: Sequence[str] = (),
+) -> Iterator[T]:
+    """`cfg` (a dataclass) with each URI in the named fields replaced by a local path.
+
+    `inputs` are downloaded, `outputs` uploaded when the block succeeds, `updates` both. A
+    field may hold a path or a list of paths; local paths and empty settings are left as
+    they are, and a URI named in two fields is staged once.
+    """
+    kinds = (
+        (inputs, local_input),
+        (updates, functools.partial(local_output, resume=True)),
+        (outputs, local_output),
+    )
+    with contextlib.ExitStack() as stack:
+        local: dict[str, str] = {}
+        read = {v for name in inputs for v in _values(getattr(cfg, name)) if is_uri(v)}
+        written = {v for name in (*outputs, *updates) for v in _values(getattr(cfg, name))}
+        if both := sorted(read & written):
+            raise ValueError(f"{', '.join(both)}: both an input and an output of this job")
+
+        def swap(value: str, stage) -> str:
+            if is_uri(value) and value not in local:
+                local[value] = stack.enter_context(stage(value))
+            return local.get(value, value)
+
+        changes: dict[str, str | list[str]] = {}
+        for names, stage in kinds:
+            for name in names:
+                value = getattr(cfg, name)
+                if isinstance(value, list):
+                    changes[name] = [swap(v, stage) for v in value]
+                else:
+                    changes[name] = swap(value, stage)
+        yield dataclasses.replace(cfg, **changes)
+
+
+def _values(value: str | list[str]) -> list[str]:
+    return list(value) if isinstance(value, list) else [value]
