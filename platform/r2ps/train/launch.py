@@ -24,7 +24,7 @@ from r2ps.config import to_dict
 from r2ps.log import get_logger
 from r2ps.resources import cluster_has_gpus
 from r2ps.train.config import TrainConfig
-from r2ps.train.loop import HF_DIR, SELECTION, Task, config_for_workers, train_loop
+from r2ps.train.loop import HF_DIR, SELECTION, STATE_FILE, Task, config_for_workers, train_loop
 from r2ps.train.retriever import (
     RetrieverTask,
     as_blocks,
@@ -144,14 +144,13 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(d) / HF_DIR, out)
-    history = result.metrics_dataframe
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     summary = {
         "run_name": cfg.run_name,
         "best_checkpoint": best.path,
         "best_metrics": best_metrics,
         "exported_model": str(out),
-        "history": history.to_dict(orient="records") if history is not None else [],
+        "history": run_history(result.checkpoint),
         "seconds": time.time() - start,
         "config": to_dict(cfg),
     }
@@ -162,6 +161,15 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out
     )
     return summary
+
+
+def run_history(latest: ray.train.Checkpoint | None) -> list[dict]:
+    """Every report of the run, in order, from the latest checkpoint's state file."""
+    if latest is None:
+        return []
+    with latest.as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+    return state.get("history", [])
 
 
 def compare_on_test(cfg: TrainConfig, trained: str) -> dict:

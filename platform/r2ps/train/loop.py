@@ -142,16 +142,19 @@ def train_loop(config: dict) -> None:
         log.info("rank %d resumed at epoch %d, step %d", rank, state["epoch"], state["step"])
 
     def report(metrics: dict[str, float]) -> None:
-        """Validation metrics + a checkpoint: every rank saves its DeepSpeed shard."""
+        """Validation metrics + a checkpoint: every rank saves its DeepSpeed shard.
+
+        The state file carries every report so far (`history`): Ray Train keeps only the
+        metrics of the checkpoints it retains, and a resumed run must not lose the curve.
+        """
+        row = {**metrics, **{k: state[k] for k in ("epoch", "step")}}
+        state.setdefault("history", []).append(row)
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(str(Path(tmp) / DS_DIR), tag=DS_TAG)
             if rank == 0:
                 task.export(engine.module, Path(tmp) / HF_DIR)
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-            ray.train.report(
-                {**metrics, **{k: state[k] for k in ("epoch", "step")}},
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            )
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def validate() -> dict[str, float]:
         metrics = task.evaluate(engine.module, cfg)
