@@ -157,7 +157,9 @@ def single_process_dist_env() -> None:
 
 def check_train(queries: list[str], codes: list[str], args) -> dict:
     """Pairs/s of the retriever's DeepSpeed step (bf16 on CUDA), warm-up steps excluded."""
-    cfg = TrainConfig(batch_size=args.train_batch, max_train_pairs=0, use_gpu=True)
+    cfg = TrainConfig(
+        batch_size=args.train_batch, max_train_pairs=0, use_gpu=True, model=args.model
+    )
     steps = args.train_warmup + args.train_steps
     n = steps * cfg.batch_size
     table = pa.table(
@@ -224,7 +226,7 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
 
 def check_embed(codes: list[str], args) -> dict:
     """Codes/s of the embedding actor's model path; tokenising and the fp32 API beside it."""
-    model = default_model_path()
+    model = args.model or default_model_path()
     table = pa.table(
         {
             "pos": pa.array(np.arange(len(codes), dtype=np.int64)),
@@ -287,7 +289,7 @@ def check_ranker(queries: list[str], codes: list[str], args) -> dict:
     budget = ServeConfig().ranker_pair_budget
     k = args.k
     per_batch = max(1, budget // k)  # Serve fills a batch up to `budget` pairs
-    model = CrossEncoder.from_pretrained(default_model_path()).to(DEVICE).eval()
+    model = CrossEncoder.from_pretrained(args.model or default_model_path()).to(DEVICE).eval()
 
     def request(i: int) -> tuple[list[str], list[str]]:
         """One search's rerank: a query and K candidate codes."""
@@ -459,6 +461,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--corpus", default=DEFAULT_CORPUS, help="split folder of real pairs (optional)"
+    )
+    parser.add_argument(
+        "--model",
+        default="",
+        help="encoder folder (default: the bundled all-MiniLM-L6-v2); speed depends on its "
+        "shape, not its weights",
     )
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"subset of {','.join(CHECKS)}")
     parser.add_argument("--train-batch", type=int, default=64, help="pairs per step (paper: 64)")

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import ray.train
 import torch
 from torch import nn
 
@@ -106,6 +105,10 @@ def _import_deepspeed():
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point: `config` holds the TrainConfig, the Task and the step count."""
+    # imported here, not at the top: the step's pieces above (deepspeed_config,
+    # param_groups, linear_schedule) also run without Ray (benchmarks/gpu_check.py)
+    import ray.train
+
     setup_logging()
     cfg: TrainConfig = from_dict(TrainConfig, config["train"])
     task: Task = config["task"]
