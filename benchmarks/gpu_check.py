@@ -6,6 +6,9 @@ Each check runs r2ps's own code, in one process, without Ray (no cluster is need
    CUDA) under a plain single-process `deepspeed.initialize` (Ray Train's context is not
    needed for one step): pairs/s. Batches are tokenised beforehand, as the loop's Ray Data
    stream does off the training path.
+1b. `ranker_train`: the ranker's step (cross encoder over groups of 1 positive + m
+   negatives, listwise loss, bf16 DeepSpeed), tokenising inside the step as `RankerTask`
+   does: pairs/s and the share of the step spent tokenising.
 2. `embed`: the embedding job's `CodeEmbedder` (the Ray Data actor class, called here in
    process: length-grouped batches, bf16 autocast on GPU) on blocks of 1,024 rows, as the
    actor pool feeds it: codes/s, tokenising timed apart (separate Ray Data tasks in the job).
@@ -53,17 +56,19 @@ from r2ps.data.corpus import CorpusConfig, discover_sources, extract_files
 from r2ps.data.schema import RetrievalSet
 from r2ps.embed import DEFAULT_MAX_CODE_LEN, CodeEmbedder, EmbedConfig, tokenize_codes
 from r2ps.index import CodeIndex, IndexConfig, gpu_available
+from r2ps.losses import listwise_ce
 from r2ps.mining import MineConfig
 from r2ps.models.cross import CrossEncoder
+from r2ps.models.cross import tokenize_pairs as tokenize_ranker_pairs
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 from r2ps.serving import ServeConfig
-from r2ps.train.config import TrainConfig
-from r2ps.train.loop import _import_deepspeed, deepspeed_config, linear_schedule
+from r2ps.train.config import RankerConfig, TrainConfig
+from r2ps.train.loop import _import_deepspeed, deepspeed_config, linear_schedule, param_groups
 from r2ps.train.retriever import RetrieverTask, group_keys, model_path, tokenize_pairs
 
 NO_CUDA = "no CUDA device: gpu_check measures GPU paths only"
-CHECKS = ("train", "embed", "ranker", "faiss")
+CHECKS = ("train", "ranker_train", "embed", "ranker", "faiss")
 BLOCK_ROWS = EmbedConfig().block_rows  # rows per actor call in the embedding job
 SERVE_BATCH = ServeConfig().retriever_batch_size  # queries per retriever search
 DEVICE = "cuda"
@@ -219,6 +224,86 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
         "peak_gpu_mib": peak_gpu_mib(),
     }
     return out  # the engine is freed with this frame; free_gpu() collects it
+
+
+# ------------------------------------------------------------------ 1b. ranker training
+
+
+def check_ranker_train(queries: list[str], codes: list[str], args) -> dict:
+    """Pairs/s of the ranker's DeepSpeed step (bf16 on CUDA): groups of 1 positive + m
+    negatives scored by the cross encoder, listwise loss, as `RankerTask.loss` does it
+    (tokenising included: the ranker tokenises its pairs inside the step)."""
+    cfg = RankerConfig(
+        batch_size=args.ranker_train_groups,
+        num_negatives=args.ranker_train_m,
+        max_pair_len=args.ranker_train_len,
+        use_gpu=True,
+        model=args.model,
+    )
+    size = cfg.num_negatives + 1
+    steps = args.train_warmup + args.train_steps
+
+    def groups(step: int) -> tuple[list[str], list[str]]:
+        qs, cs = [], []
+        for g in range(cfg.batch_size):
+            i = step * cfg.batch_size + g
+            qs += [queries[i % len(queries)]] * size
+            cs += [codes[(i + j * 7919) % len(codes)] for j in range(size)]  # j = 0: the positive
+        return qs, cs
+
+    single_process_dist_env()
+    deepspeed = _import_deepspeed()
+    torch.manual_seed(cfg.seed)
+    model = CrossEncoder.from_pretrained(
+        args.model or default_model_path(),
+        max_query_len=cfg.max_query_len,
+        max_len=cfg.max_pair_len,
+    )
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
+    ds_config = deepspeed_config(cfg, use_cuda=True)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    losses: list[float] = []
+    tokenize_s = [0.0]
+
+    def run(first: int, last: int) -> None:
+        for step in range(first, last):
+            qs, cs = groups(step)
+            start = time.perf_counter()
+            inputs = tokenize_ranker_pairs(
+                engine.module.tokenizer, qs, cs, cfg.max_query_len, cfg.max_pair_len
+            )
+            tokenize_s[0] += time.perf_counter() - start
+            scores = engine(**{k: v.to(engine.device) for k, v in inputs.items()})
+            loss = listwise_ce(scores.view(-1, size), cfg.ranker_scale)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+
+    warm_s = cuda_timed(lambda: run(0, args.train_warmup))
+    tokenize_s[0] = 0.0
+    seconds = cuda_timed(lambda: run(args.train_warmup, steps))
+    pairs = args.train_steps * cfg.batch_size * size
+    return {
+        "pairs_per_s": pairs / seconds,
+        "groups_per_s": args.train_steps * cfg.batch_size / seconds,
+        "step_ms": 1000 * seconds / args.train_steps,
+        "tokenize_share": tokenize_s[0] / seconds,
+        "groups_per_step": cfg.batch_size,
+        "group_size": size,
+        "max_pair_len": cfg.max_pair_len,
+        "max_query_len": cfg.max_query_len,
+        "timed_steps": args.train_steps,
+        "warmup_s": warm_s,
+        "bf16": ds_config["bf16"]["enabled"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "peak_gpu_mib": peak_gpu_mib(),
+    }
 
 
 # ------------------------------------------------------------------ 2. embedding
@@ -424,6 +509,16 @@ def figure_rows(name: str, result: dict) -> list[tuple[str, str, str]]:
                 f"{result['pairs_per_s']:.0f} pairs/s ({result['step_ms']:.0f} ms/step)",
             )
         ]
+    if name == "ranker_train":
+        return [
+            (
+                name,
+                f"CrossEncoder DeepSpeed step, bf16={result['bf16']}, {result['groups_per_step']} "
+                f"groups of {result['group_size']}, pairs <= {result['max_pair_len']}",
+                f"{result['pairs_per_s']:.0f} pairs/s ({result['step_ms']:.0f} ms/step, "
+                f"tokenising {100 * result['tokenize_share']:.0f}%)",
+            )
+        ]
     if name == "embed":
         out = [(name, r["run"], f"{r['codes_per_s']:.0f} codes/s") for r in result["results"]]
         out.append(
@@ -472,6 +567,9 @@ def main() -> int:
     parser.add_argument("--train-batch", type=int, default=64, help="pairs per step (paper: 64)")
     parser.add_argument("--train-steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--train-warmup", type=int, default=5, help="untimed first steps")
+    parser.add_argument("--ranker-train-groups", type=int, default=8, help="groups per step")
+    parser.add_argument("--ranker-train-m", type=int, default=31, help="negatives (paper: 31)")
+    parser.add_argument("--ranker-train-len", type=int, default=384, help="pair tokens (paper)")
     parser.add_argument("--n-embed", type=int, default=20000, help="codes embedded per pass")
     parser.add_argument(
         "--embed-batch-sizes", type=csv_ints, default=[64, 256], help="codes per forward pass"
@@ -512,6 +610,9 @@ def main() -> int:
     per_batch = max(1, ServeConfig().ranker_pair_budget // args.k)
     need = max(
         (args.train_warmup + args.train_steps) * args.train_batch if "train" in checks else 0,
+        (args.train_warmup + args.train_steps) * args.ranker_train_groups
+        if "ranker_train" in checks
+        else 0,
         args.n_embed if "embed" in checks else 0,
         max(args.ranker_batches * per_batch, args.ranker_requests) if "ranker" in checks else 0,
         1,
@@ -525,6 +626,7 @@ def main() -> int:
 
     runs = {
         "train": lambda: check_train(queries, codes, args),
+        "ranker_train": lambda: check_ranker_train(queries, codes, args),
         "embed": lambda: check_embed(codes[: args.n_embed], args),
         "ranker": lambda: check_ranker(queries, codes, args),
         "faiss": lambda: check_faiss(args),
