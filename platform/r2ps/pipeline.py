@@ -67,6 +67,8 @@ STAGE_FILE = "stage.json"
 #   total without CoSQA                                               ~700 s = 12 min
 #   --cosqa: the whole 6,267-code CoSQA dev pool embedded by 2 encoders (500 s)
 #            + 2 x 100 x 10 pairs (46 s)                              +550 s = 21 min
+#   measured 2026-11-26 (make demo, with CoSQA): 1,030 s = 17 min 10 s (retriever 233 s,
+#            mine 84 s, rankers 182 + 158 s, evaluate 350 s)
 # (the retriever's CoSQA validation stays off in demo: +250 s per validation).
 # full: the settings of the runs the README's results come from (about 3 h on 2 cores):
 # the retriever's defaults (250 steps of 32, CoSQA validation), a CoSQA-sized 20k-query

@@ -110,6 +110,9 @@ class RankerConfig(TrainConfig):
     head_lr: float = field(
         default=1e-3, metadata={"help": "lr of the fresh (zero-initialised) head; 0: lr"}
     )
+    max_query_len: int = field(
+        default=128, metadata={"help": "ranker: query tokens kept inside a pair (paper: 128)"}
+    )
     max_pair_len: int = field(
         default=256, metadata={"help": "ranker: tokens of query + code (paper: 384; CPU: 256)"}
     )
