@@ -64,7 +64,7 @@ from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 from r2ps.serving import ServeConfig
 from r2ps.train.config import RankerConfig, TrainConfig
-from r2ps.train.loop import _import_deepspeed, deepspeed_config, linear_schedule, param_groups
+from r2ps.train.loop import build_engine, deepspeed_config
 from r2ps.train.retriever import RetrieverTask, group_keys, model_path, tokenize_pairs
 
 NO_CUDA = "no CUDA device: gpu_check measures GPU paths only"
@@ -181,16 +181,9 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
         batches.append({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names})
 
     single_process_dist_env()
-    deepspeed = _import_deepspeed()
     torch.manual_seed(cfg.seed)
     task = RetrieverTask()
-    model = task.build_model(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
-    ds_config = deepspeed_config(cfg, use_cuda=True)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
+    engine, _ = build_engine(task.build_model(cfg), cfg, steps, use_cuda=True)
     losses: list[float] = []
 
     def run(part: list[dict]) -> None:
@@ -215,7 +208,7 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
         "max_code_len": cfg.max_code_len,
         "mean_query_tokens": q_tokens,
         "mean_code_tokens": c_tokens,
-        "bf16": ds_config["bf16"]["enabled"],
+        "bf16": deepspeed_config(cfg, use_cuda=True)["bf16"]["enabled"],
         "zero_stage": cfg.zero_stage,
         "engine_dtype": str(next(engine.module.parameters()).dtype),
         "optimizer": type(engine.optimizer).__name__,
@@ -252,21 +245,13 @@ def check_ranker_train(queries: list[str], codes: list[str], args) -> dict:
         return qs, cs
 
     single_process_dist_env()
-    deepspeed = _import_deepspeed()
     torch.manual_seed(cfg.seed)
     model = CrossEncoder.from_pretrained(
         args.model or default_model_path(),
         max_query_len=cfg.max_query_len,
         max_len=cfg.max_pair_len,
     )
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * steps), steps)
-    ds_config = deepspeed_config(cfg, use_cuda=True)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
+    engine, _ = build_engine(model, cfg, steps, use_cuda=True)
     losses: list[float] = []
     tokenize_s = [0.0]
 
@@ -299,7 +284,7 @@ def check_ranker_train(queries: list[str], codes: list[str], args) -> dict:
         "max_query_len": cfg.max_query_len,
         "timed_steps": args.train_steps,
         "warmup_s": warm_s,
-        "bf16": ds_config["bf16"]["enabled"],
+        "bf16": deepspeed_config(cfg, use_cuda=True)["bf16"]["enabled"],
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "peak_gpu_mib": peak_gpu_mib(),

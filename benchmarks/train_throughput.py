@@ -90,7 +90,7 @@ def deepspeed_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -
     Pairs/s of each window."""
     from gpu_check import single_process_dist_env
 
-    from r2ps.train.loop import _import_deepspeed, deepspeed_config, param_groups
+    from r2ps.train.loop import build_engine
     from r2ps.train.retriever import RetrieverTask, group_keys, tokenize_pairs
 
     torch.set_num_threads(cfg.threads_per_worker)
@@ -104,14 +104,8 @@ def deepspeed_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -
         }
     )
     single_process_dist_env()
-    deepspeed = _import_deepspeed()
     task = RetrieverTask()
-    model = task.build_model(cfg)
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = linear_schedule(opt, int(cfg.warmup_ratio * steps), steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(cfg, False)
-    )
+    engine, _ = build_engine(task.build_model(cfg), cfg, steps, use_cuda=False)
     path = default_model_path()
     rates, start = [], time.perf_counter()
     for step in range(steps):

@@ -95,6 +95,24 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_engine(model: nn.Module, cfg: TrainConfig, total_steps: int, use_cuda: bool):
+    """The DeepSpeed engine the loop trains with: AdamW over `param_groups`, warm-up then
+    linear decay over `total_steps`, `deepspeed_config`. The benchmarks build theirs here
+    too, so what they time is the loop's engine. Returns (engine, scheduler)."""
+    deepspeed = _import_deepspeed()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, use_cuda),
+    )
+    return engine, scheduler
+
+
 def _import_deepspeed():
     import deepspeed
 
@@ -119,22 +137,13 @@ def train_loop(config: dict) -> None:
     if not use_cuda:
         torch.set_num_threads(cfg.threads_per_worker)
     torch.manual_seed(cfg.seed)
-    deepspeed = _import_deepspeed()
+    _import_deepspeed()  # imported before the model is built, as it always was
 
     model = task.build_model(cfg)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, use_cuda),
-    )
+    engine, scheduler = build_engine(model, cfg, total_steps, use_cuda)
 
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_valid_mrr": -1.0}
     checkpoint = ray.train.get_checkpoint()
