@@ -261,3 +261,15 @@ def test_import_paths_and_deployment_names_match_the_app(rel):
         }
         assert attr in bound, f"{app['import_path']}: no module-level `{attr} = ...`"
         assert {d["name"] for d in app["deployments"]} == deployment_classes(tree)
+
+
+@pytest.mark.parametrize("rel", ["serve/config.yaml", "deploy/rayservice.yaml"])
+def test_serve_configs_leave_gpus_to_detection(rel):
+    """A deployment's ray_actor_options in a Serve config replace the code's whole dict:
+    a num_gpus written by `serve build` on a CPU machine would keep the Ranker off the GPUs
+    of the cluster it is deployed to (serve/app.py asks for them when there are some)."""
+    config = served_config() if rel.startswith("deploy/") else load(rel)
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            if deployment["name"] in ("Retriever", "Ranker"):
+                assert "ray_actor_options" not in deployment, deployment["name"]

@@ -311,3 +311,22 @@ def test_ranker_batches_pairs_from_several_requests(live, models):
     batches = handle.stats.remote().result(timeout_s=30)["batches"]
     assert all(sum(b) <= 8 for b in batches), batches
     assert any(len(b) > 1 for b in batches), f"no batch held pairs of two requests: {batches}"
+
+
+@pytest.mark.parametrize(
+    ("setting", "cluster_gpus", "want"), [(-1, True, 1), (-1, False, 0), (0.5, False, 0.5)]
+)
+def test_ranker_gpus_follow_the_cluster_unless_set(monkeypatch, setting, cluster_gpus, want):
+    """Ranker replicas ask for a GPU when the cluster has GPUs (detected where the app is
+    built, the cluster's resources), never the Retriever; `ranker_gpus` >= 0 overrides."""
+    import serve.app as app_module
+
+    monkeypatch.setattr(app_module, "cluster_has_gpus", lambda: cluster_gpus)
+    ingress = app_module.build_app(ServeConfig(ranker_gpus=setting))._bound_deployment
+    options = {
+        arg._bound_deployment.name: arg._bound_deployment.ray_actor_options
+        for arg in ingress.init_args
+        if hasattr(arg, "_bound_deployment")  # the bound Retriever and Ranker
+    }
+    assert options["Ranker"]["num_gpus"] == want
+    assert options["Retriever"]["num_gpus"] == 0

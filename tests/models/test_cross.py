@@ -120,3 +120,12 @@ def test_starts_from_a_retriever_checkpoint(tiny_bert_dir, tmp_path):
         cross.encoder.embeddings.word_embeddings.weight,
         dual.encoder.embeddings.word_embeddings.weight,
     )
+
+
+def test_loads_in_train_mode_and_scoring_restores_it(cross):
+    """The HF encoder arrives in eval mode; training must see dropout (DualEncoder's test)."""
+    assert all(m.training for m in cross.modules())
+    queries, codes = ["add two numbers"] * 2, ["def add(a, b): return a + b", "x = 1"]
+    first = cross.score_pairs(queries, codes)
+    assert all(m.training for m in cross.modules())
+    np.testing.assert_array_equal(first, cross.score_pairs(queries, codes))

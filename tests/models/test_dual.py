@@ -105,3 +105,13 @@ def test_minilm_embeds_a_query_closer_to_its_code(monkeypatch):
     )
     scores = q @ c.T
     assert scores[0, 0] > scores[0, 1]
+
+
+def test_loads_in_train_mode_and_embedding_restores_it(dual):
+    """HF's from_pretrained leaves the encoder in eval mode; the whole model must agree with
+    nn.Module's default (train), or a training loop runs without dropout until the first
+    validation and a resumed run without it at all."""
+    assert all(m.training for m in dual.modules())
+    first = dual.embed_codes(TEXTS)
+    assert all(m.training for m in dual.modules())
+    np.testing.assert_array_equal(first, dual.embed_codes(TEXTS))  # eval mode inside: no dropout

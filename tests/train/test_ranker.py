@@ -242,6 +242,7 @@ class RecordingRanker(RankerTask):
     def loss(self, engine, batch, cfg):
         value = super().loss(engine, batch, cfg)
         record = {"step": int(engine.global_steps), "epoch": self.epoch, "loss": value.item()}
+        record["training"] = all(m.training for m in engine.module.modules())  # dropout on
         self._append("loss", record)
         return value
 
@@ -271,6 +272,7 @@ def test_ps_run_learns_and_exports(ray_local, corpus_dir, negatives_dir, tiny_be
     steps_per_epoch = (read_negatives(negatives_dir).num_rows - 1) // (8 * 2)
     assert [r["step"] for r in losses] == list(range(4 * steps_per_epoch))
     assert {r["epoch"] for r in losses} == {0, 1, 2, 3}  # set_epoch reached the workers
+    assert all(r["training"] for r in losses)  # dropout on at every step
     first = np.mean([r["loss"] for r in losses[:8]])
     last = np.mean([r["loss"] for r in losses[-8:]])
     assert last < 0.9 * first, (first, last)

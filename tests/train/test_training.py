@@ -162,7 +162,8 @@ class RecordingTask(RetrieverTask):
         step = int(engine.global_steps)  # steps done before this one (restored on resume)
         self.before_step(step)
         value = super().loss(engine, batch, cfg)
-        self._append("loss", {"step": step, "loss": float(value.item())})
+        training = all(m.training for m in engine.module.modules())  # dropout on
+        self._append("loss", {"step": step, "loss": float(value.item()), "training": training})
         return value
 
     def before_step(self, step: int) -> None:
@@ -283,6 +284,7 @@ def test_two_worker_run_learns_and_exports(finished_run):
     assert {r["rank"] for r in losses} == {0, 1}
     rank0 = [r for r in losses if r["rank"] == 0]
     assert [r["step"] for r in rank0] == list(range(total))  # one attempt, every step once
+    assert all(r["training"] for r in losses)  # dropout on, on every rank
     first, last = np.mean([r["loss"] for r in rank0[:5]]), np.mean([r["loss"] for r in rank0[-5:]])
     assert last < 0.8 * first, (first, last)
 
@@ -362,6 +364,8 @@ def test_a_worker_crash_resumes_from_the_last_checkpoint(
     assert [r["step"] for r in runs[0]] == list(range(7))  # died before step 7
     # the second worker group starts from the checkpoint of step 5, not from 0
     assert [r["step"] for r in runs[1]] == list(range(5, 12))
+    # both attempts train in train mode (the resumed one skips the start's validation)
+    assert all(r["training"] for run in runs for r in run)
     # first attempt: the untrained model and step 5; second: step 10 and the end (12)
     evals = attempts(read_records(log_dir, "eval"))
     assert [len(e) for e in evals] == [2, 2]

@@ -142,6 +142,7 @@ class CrossEncoder(nn.Module):
         self.head = make_head(config.hidden_size, getattr(config, "initializer_range", 0.02))
         # RoBERTa-like models have one token type: passing type ids 1 would index out of range.
         self._use_token_types = getattr(config, "type_vocab_size", 0) > 1
+        self.train()  # the HF encoder arrives in eval mode: see DualEncoder.__init__
 
     def forward(
         self,

@@ -54,6 +54,10 @@ class DualEncoder(nn.Module):
         self.temperature = float(temperature)
         self.max_query_len = int(max_query_len)
         self.max_code_len = int(max_code_len)
+        # HF's from_pretrained returns the encoder in eval mode (dropout off) inside this
+        # module, which nn.Module starts in train mode; make the two agree, so that training
+        # means dropout on and inference paths call .eval() as usual.
+        self.train()
 
     @property
     def dim(self) -> int:

@@ -184,6 +184,9 @@ def train_loop(config: dict) -> None:
         report(start)
         reported_at = 0  # the starting point, so every run shows what it improved on
 
+    # Dropout on for every step, whatever came before: validation restores the mode it
+    # found, and a run that resumes from a checkpoint skips the start's validation.
+    engine.train()
     shard = ray.train.get_dataset_shard("train")
     tick, seen, last_loss = time.time(), 0, float("nan")
     while state["epoch"] < cfg.epochs and state["step"] < total_steps:
