@@ -61,7 +61,7 @@ from r2ps.mining import MineConfig
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.cross import tokenize_pairs as tokenize_ranker_pairs
 from r2ps.models.dual import DualEncoder
-from r2ps.models.encoder import default_model_path
+from r2ps.models.encoder import default_model_path, load_tokenizer
 from r2ps.serving import ServeConfig
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.loop import build_engine, deepspeed_config
@@ -174,7 +174,9 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
             "group": group_keys(queries[:n], codes[:n]),  # texts stand in for ids
         }
     )
-    tokens = tokenize_pairs(table, model_path(cfg), cfg.max_query_len, cfg.max_code_len)
+    tokens = tokenize_pairs(
+        table, load_tokenizer(model_path(cfg)), cfg.max_query_len, cfg.max_code_len
+    )
     batches = []
     for i in range(steps):
         part = tokens.slice(i * cfg.batch_size, cfg.batch_size)
@@ -304,8 +306,9 @@ def check_embed(codes: list[str], args) -> dict:
             "code": codes,
         }
     )
+    tokenizer = load_tokenizer(model)
     start = time.perf_counter()
-    tokens = tokenize_codes(table, model, DEFAULT_MAX_CODE_LEN)
+    tokens = tokenize_codes(table, tokenizer, DEFAULT_MAX_CODE_LEN)
     tokenize_s = time.perf_counter() - start
     blocks = [tokens.slice(i, BLOCK_ROWS) for i in range(0, tokens.num_rows, BLOCK_ROWS)]
     lengths = [len(x) for x in tokens["input_ids"].to_pylist()]

@@ -29,7 +29,7 @@ import torch
 from r2ps.data.schema import RetrievalSet, split_pairs
 from r2ps.losses import info_nce
 from r2ps.models.dual import DualEncoder
-from r2ps.models.encoder import default_model_path
+from r2ps.models.encoder import default_model_path, load_tokenizer
 from r2ps.train.config import TrainConfig
 from r2ps.train.launch import train
 from r2ps.train.loop import linear_schedule
@@ -106,12 +106,12 @@ def deepspeed_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -
     single_process_dist_env()
     task = RetrieverTask()
     engine, _ = build_engine(task.build_model(cfg), cfg, steps, use_cuda=False)
-    path = default_model_path()
+    tokenizer = load_tokenizer(default_model_path())
     rates, start = [], time.perf_counter()
     for step in range(steps):
         part = tokenize_pairs(
             table.slice(step * cfg.batch_size, cfg.batch_size),
-            path,
+            tokenizer,
             cfg.max_query_len,
             cfg.max_code_len,
         )

@@ -8,7 +8,7 @@
 Writes <out>/embeddings/part-*.parquet + manifest.json and <out>/index/ (index.faiss,
 code_ids.parquet, manifest.json). A second run with the same model and corpus reuses them.
 Paths may be storage URIs (docs/STORAGE.md); a URI --out is downloaded first, for that reuse.
-The embedding actors read staged URIs from the driver's disk: one node only, for now.
+Actors and tasks on other nodes read staged URIs themselves (docs/STORAGE.md).
 """
 
 from __future__ import annotations

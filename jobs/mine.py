@@ -3,7 +3,7 @@
 python jobs/mine.py --model runs/demo/retriever --pairs runs/demo/corpus/train --out runs/demo/mined \
     window_end=64 rho2=0.95 margin=0.05 --exclude ../shared/data/cosqa
 ray job submit --working-dir . -- python jobs/mine.py --pairs /shared/corpus/train --out /shared/mined
-python jobs/mine.py --pairs s3://b/corpus/train --out s3://b/mined     # one node (docs/STORAGE.md)
+python jobs/mine.py --pairs s3://b/corpus/train --out s3://b/mined     # docs/STORAGE.md
 
 Reuses the embeddings and index under --out (or --index-dir) when they were made by this
 model for this split, and makes them otherwise. Re-running the same command after a crash

@@ -7,8 +7,8 @@
 
 Without a running cluster this starts a local Ray. Running again with the same
 --run-name resumes that run from its latest checkpoint. Paths may be storage URIs
-(docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is. The training
-workers read staged URIs from the driver's disk: one node only, for now.
+(docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is. Training workers
+on other nodes download their own copies of staged inputs (r2ps.storage.on_this_node).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import ray
 from r2ps.config import parse_config
 from r2ps.log import setup_logging
 from r2ps.storage import local_input, source_uri, staged
-from r2ps.train.config import RankerConfig, TrainConfig
+from r2ps.train.config import INPUT_PATHS, RankerConfig, TrainConfig
 
 KINDS = ("retriever", "ranker")
 CONFIGS = {"retriever": TrainConfig, "ranker": RankerConfig}  # the ranker: its own defaults
 # Settings that are paths: a URI among them is staged through local disk (r2ps.storage).
-INPUTS = ("corpus", "model", "eval_cosqa", "negatives", "retriever")
+INPUTS = INPUT_PATHS
 OUTPUTS = ("out",)
 
 

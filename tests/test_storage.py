@@ -17,9 +17,11 @@ from r2ps import storage
 from r2ps.data.schema import RetrievalSet
 from r2ps.storage import (
     filesystem,
+    input_file,
     is_uri,
     local_input,
     local_output,
+    on_this_node,
     source_uri,
     staged,
     staging_path,
@@ -99,6 +101,37 @@ def test_users_of_one_input_share_the_copy_and_the_last_one_removes_it(tmp_path)
             assert second == first
         assert files(Path(first)) == files(src)  # still in use: kept
     assert not Path(first).exists()
+
+
+def test_a_worker_shares_the_drivers_staged_copy(tmp_path):
+    src = make_tree(tmp_path / "src")
+    with local_input(uri(src)) as driver:
+        Path(driver, "driver-only.txt").write_text("x")  # a re-download would lose it
+        with on_this_node(driver, str(Path(driver) / "sub"), "runs/local", None):
+            assert Path(driver, "driver-only.txt").exists()
+        assert Path(driver).exists()  # the driver still uses it
+
+
+def test_a_worker_on_another_node_downloads_its_own_copy_then_removes_it(tmp_path):
+    """Another node: the path the driver passed (its staging path) does not exist here."""
+    src = make_tree(tmp_path / "src")
+    path = staging_path(uri(src))
+    assert not path.exists()
+    with on_this_node(str(path / "sub")):  # a path inside the staged folder stages it
+        assert files(path) == files(src)
+    assert not path.exists()
+
+
+def test_a_task_on_another_node_reads_a_staged_file_from_its_uri(tmp_path):
+    table = pa.table({"code_id": ["a", "b"], "code": ["x", "y"]})
+    pq.write_table(table, tmp_path / "codes.parquet")
+    split = uri(tmp_path)
+    with local_input(split) as here:
+        path = str(Path(here) / "codes.parquet")
+        assert input_file(path) == path  # this node has the copy: read it
+    assert not Path(path).exists()  # as on a node without the copy
+    assert pq.ParquetFile(input_file(path)).read().equals(table)
+    assert input_file(tmp_path / "nowhere.parquet") == str(tmp_path / "nowhere.parquet")
 
 
 def test_an_output_is_uploaded_on_success_replacing_what_was_there(tmp_path, staging):

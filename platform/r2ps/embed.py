@@ -7,8 +7,16 @@ The stream, one stage per Ray Data operator:
    model (tokenising is CPU work that would otherwise sit on the actors' critical path);
 3. `CodeEmbedder` actors: the DualEncoder, loaded once per actor, embeds each block in
    length-grouped batches (little padding computed), autocast to bf16/fp16 on GPU only;
-4. `write_parquet`: `<out>/embeddings/part-*.parquet` (pos, code_id, embedding), then
-   `manifest.json`, written last, so a cut-short run never looks finished.
+4. the driver writes each embedded block as `<out>/embeddings/part-*.parquet` (pos,
+   code_id, embedding) as it arrives, then `manifest.json`, written last, so a cut-short
+   run never looks finished.
+
+Nothing but the driver needs a path on its disk: read tasks open a staged codes file from
+its URI when their node has no copy, the tokenizer travels by value, each actor stages its
+own copy of the model (r2ps.storage), and the vectors come back to the driver, whose disk
+holds the job's output anyway (a URI output is uploaded from there). Written by Ray Data
+tasks instead (`write_parquet`), the shards of a multi-node run would land on whichever
+node ran each task.
 
 `ensure_index` is what mining and serving call: it reuses a saved index (or saved
 embeddings) when its manifest matches the model and the corpus, and rebuilds otherwise.
@@ -16,7 +24,7 @@ embeddings) when its manifest matches the model and the corpus, and rebuilds oth
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import os
 import shutil
@@ -45,10 +53,12 @@ from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import (
     batches_by_length,
     default_model_path,
+    load_tokenizer,
     pad_batch,
     pad_token_id,
     read_meta,
 )
+from r2ps.storage import input_file, on_this_node
 
 log = get_logger(__name__)
 
@@ -132,7 +142,7 @@ def max_code_len(cfg: EmbedConfig, model: str) -> int:
 
 def _read_row_groups(batch: dict, path: str) -> pa.Table:
     """Read task: Parquet row groups -> (pos, code_id, code), `pos` = row in the file."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(input_file(path))
     tables = []
     for group, offset in zip(batch["row_group"], batch["offset"], strict=True):
         t = pf.read_row_group(int(group), columns=["code_id", "code"])
@@ -141,19 +151,14 @@ def _read_row_groups(batch: dict, path: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
+def tokenize_codes(batch: pa.Table, tokenizer, max_len: int) -> pa.Table:
+    """Tokenise task: code text -> truncated token ids, exactly as `embed_texts` does.
 
-    return AutoTokenizer.from_pretrained(path)
-
-
-def tokenize_codes(batch: pa.Table, model: str, max_len: int) -> pa.Table:
-    """Tokenise task: code text -> truncated token ids, exactly as `embed_texts` does."""
+    The tokenizer comes by value (loaded once on the driver), so a task on any node can
+    run without the model's folder.
+    """
     texts = batch["code"].to_pylist()
-    ids = (
-        _tokenizer(model)(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
-    )
+    ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
     return pa.table(
         {"pos": batch["pos"], "code_id": batch["code_id"], "input_ids": ids},
         schema=TOKENIZED_SCHEMA,
@@ -168,6 +173,9 @@ class CodeEmbedder:
     """
 
     def __init__(self, model: str, batch_size: int, threads: int) -> None:
+        # the model folder on this actor's node, for the actor's life (r2ps.storage)
+        self._inputs = contextlib.ExitStack()
+        self._inputs.enter_context(on_this_node(model))
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,17 +209,6 @@ class CodeEmbedder:
                 ),
             }
         )
-
-
-def _part_names():
-    """Shard names starting `part-` (Ray may add a block suffix), as `read_embeddings` expects."""
-    from ray.data.datasource import FilenameProvider
-
-    class PartNames(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{write_uuid}-{task_index:06d}.parquet"
-
-    return PartNames()
 
 
 @dataclass
@@ -278,7 +275,7 @@ def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan)
     ds = ds.repartition(max(1, -(-n_rows // cfg.block_rows)))
     ds = ds.map_batches(
         tokenize_codes,
-        fn_kwargs={"model": model, "max_len": max_code_len(cfg, model)},
+        fn_kwargs={"tokenizer": load_tokenizer(model), "max_len": max_code_len(cfg, model)},
         batch_size=None,  # one block in, one block out
         batch_format="pyarrow",
         num_cpus=plan.task_cpus,
@@ -339,7 +336,10 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
     )  # fmt: skip
     start = time.perf_counter()
     ds = embedding_dataset(cfg, codes, model, plan)
-    ds.write_parquet(str(tmp), filename_provider=_part_names())
+    tmp.mkdir(parents=True)
+    blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")  # a block at a time
+    for i, block in enumerate(blocks):
+        pq.write_table(block, tmp / f"part-{i:06d}.parquet")
     seconds = time.perf_counter() - start
     ids, emb = read_embeddings(str(tmp))  # checks every position arrived exactly once
     if len(ids) != identity["count"]:

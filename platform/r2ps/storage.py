@@ -27,18 +27,12 @@ The library works on local paths. A job stages its settings around the library c
   server for GCS. r2ps holds no storage code beyond this module.
 
 The trade-off: everything passes through the driver's local disk, which must hold the
-job's inputs and outputs, and only the driver's node sees the staged paths. That covers
-what the driver reads and writes itself (the corpus builder's output and exclusion pools,
-evaluation, the exported model, mining's shards and index). Ray tasks and actors that open
-paths on *other* nodes do not see them: training workers (validation split, start model,
-mined negatives), the embedding tasks and actors (codes, model, the embedding shards they
-write) and corpus extraction from URI `roots`. On one node that is fine; on a multi-node
-cluster those jobs still need their paths on a disk every node sees, as before. The next
-step is to read and write URIs where the work runs: Ray Data's `read_parquet` and
-`write_parquet` take URIs, and a worker can stage its own copy of a model with
-`local_input` (the staging path is the same on every node). At 100M codes that is what
-the embeddings need anyway: written by the actors straight to the URI, not gathered on
-the driver's disk.
+job's inputs and outputs. Ray workers on other nodes read the staged inputs themselves:
+`on_this_node` (training workers, embedding actors: the same staging path, a copy of their
+own where the driver's is not) and `input_file` (short tasks: the file straight from its
+URI). Outputs are written on the driver (embedding shards come back to it). At 100M codes
+the embeddings should instead go straight to the URI from the actors (Ray Data's
+`write_parquet` takes URIs); docs/STORAGE.md has the details and the limits.
 """
 
 from __future__ import annotations
@@ -238,6 +232,45 @@ def local_input(path: str) -> Iterator[str]:
                 done.unlink(missing_ok=True)
                 _delete(pafs.LocalFileSystem(), str(local))
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def on_this_node(*paths: str | None) -> Iterator[None]:
+    """Inside a Ray worker: make the driver's staged inputs among `paths` exist on this node.
+
+    A job stages an input URI at `staging_path(uri)`, the same path on every node (same
+    user and R2PS_STAGING_DIR), and passes that path to its workers. A worker on the
+    driver's node finds the driver's copy and shares it; a worker on another node
+    downloads its own copy there, which the last user on that node deletes when done.
+    A path inside a staged folder stages that folder. Paths that are not staging paths
+    (local, or on a shared disk) are left alone.
+    Enter it for as long as the worker reads them (a training run, an actor's life).
+    """
+    uris = sorted({uri for p in paths if p and (uri := _staged_uri(p))})
+    with contextlib.ExitStack() as stack:
+        for uri in uris:
+            stack.enter_context(local_input(uri))
+        yield
+
+
+def _staged_uri(path: str | os.PathLike) -> str | None:
+    """The URI of the staged input that `path` is (or lies inside); None for other paths."""
+    try:
+        parent, name, *_ = Path(path).relative_to(staging_root() / "in").parts
+    except ValueError:
+        return None
+    return source_uri(staging_root() / "in" / parent / name)
+
+
+def input_file(path: str | os.PathLike) -> str | pafs.NativeFile:
+    """A file a job staged, for reading on this node (a Ray task's): the local copy when
+    this node has it, else the file opened straight from its URI. Any other path is
+    returned as it is, so a missing one fails as it always would.
+    """
+    if Path(path).exists() or (uri := source_uri(path)) is None:
+        return str(path)
+    fs, inner = filesystem(uri)
+    return fs.open_input_file(inner)
 
 
 @contextlib.contextmanager

@@ -57,9 +57,15 @@ def load_encoder(
     config = AutoConfig.from_pretrained(path)
     kwargs = {"add_pooling_layer": False} if _accepts_add_pooling_layer(config) else {}
     model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     log.debug("loaded encoder %s (%s) from %s", type(model).__name__, config.model_type, path)
     return model, tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder. Ray stages ship it by value (it pickles), so the
+    tasks that tokenise need not see the folder."""
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

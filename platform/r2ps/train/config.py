@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The settings that are paths the run reads: a job stages URIs among them (r2ps.storage)
+# and every training worker makes them present on its own node.
+INPUT_PATHS = ("corpus", "model", "eval_cosqa", "negatives", "retriever")
+
 
 @dataclass
 class TrainConfig:

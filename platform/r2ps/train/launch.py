@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from r2ps.config import to_dict
 from r2ps.log import get_logger
+from r2ps.models.encoder import load_tokenizer
 from r2ps.resources import cluster_has_gpus
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import HF_DIR, SELECTION, STATE_FILE, Task, config_for_workers, train_loop
@@ -46,7 +47,7 @@ def retriever_dataset(cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
     ds = ds.map_batches(
         tokenize_pairs,
         fn_kwargs={
-            "model_path": model_path(cfg),
+            "tokenizer": load_tokenizer(model_path(cfg)),
             "max_query_len": cfg.max_query_len,
             "max_code_len": cfg.max_code_len,
         },

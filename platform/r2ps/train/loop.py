@@ -8,6 +8,7 @@ progress logging and `ray.train.report`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -21,7 +22,8 @@ from torch import nn
 
 from r2ps.config import from_dict
 from r2ps.log import get_logger, setup_logging
-from r2ps.train.config import TrainConfig
+from r2ps.storage import on_this_node
+from r2ps.train.config import INPUT_PATHS, TrainConfig
 
 log = get_logger(__name__)
 
@@ -51,7 +53,9 @@ class Task(Protocol):
     #   dataset(cfg) -> (ray.data.Dataset, rows): the training rows (launch.py; default:
     #       the retriever's pairs);
     #   set_epoch(epoch): called on every worker before each epoch, for data that changes
-    #       per epoch (the ranker resamples its PS negatives).
+    #       per epoch (the ranker resamples its PS negatives);
+    #   worker_inputs(cfg) -> paths: more paths the workers read, found through the
+    #       config's (the split a mining output names), staged on each worker's node.
 
 
 def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:
@@ -122,15 +126,27 @@ def _import_deepspeed():
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train entry point: `config` holds the TrainConfig, the Task and the step count."""
+    """Ray Train entry point: `config` holds the TrainConfig, the Task and the step count.
+
+    The run's input paths are made present on this worker's node first: a job staged
+    their URIs on the driver's node, and a worker elsewhere needs its own copy.
+    """
+    setup_logging()
+    cfg: TrainConfig = from_dict(TrainConfig, config["train"])
+    task: Task = config["task"]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(on_this_node(*(getattr(cfg, name) for name in INPUT_PATHS)))
+        if hasattr(task, "worker_inputs"):  # paths found through the inputs above
+            stack.enter_context(on_this_node(*task.worker_inputs(cfg)))
+        run(cfg, task, config["steps_per_epoch"])
+
+
+def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
+    """The training loop of one worker."""
     # imported here, not at the top: the step's pieces above (deepspeed_config,
     # param_groups, linear_schedule) also run without Ray (benchmarks/gpu_check.py)
     import ray.train
 
-    setup_logging()
-    cfg: TrainConfig = from_dict(TrainConfig, config["train"])
-    task: Task = config["task"]
-    steps_per_epoch: int = config["steps_per_epoch"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_cuda = torch.cuda.is_available() and cfg.use_gpu is not False

@@ -414,6 +414,10 @@ class RankerTask:
             raise ValueError(f"no usable training rows: {self.data_report}")
         return ray.data.from_arrow(as_blocks(rows, cfg.num_workers)), rows.num_rows
 
+    def worker_inputs(self, cfg: TrainConfig) -> list[str]:
+        """The mined split the PS negatives' code ids refer to (read by `code_texts`)."""
+        return [str(pairs_folder(cfg.negatives))] if cfg.negatives_source == "ps" else []
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -70,18 +70,13 @@ def as_blocks(table: pa.Table, num_workers: int, rows_per_block: int = 2048) -> 
     return [table.slice(i, size) for i in range(0, table.num_rows, size)] or [table]
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
+def tokenize_pairs(batch: pa.Table, tokenizer, max_query_len: int, max_code_len: int) -> pa.Table:
+    """Ray Data UDF: text pairs -> truncated token id lists (padding happens per batch).
 
-    return AutoTokenizer.from_pretrained(path)
-
-
-def tokenize_pairs(
-    batch: pa.Table, model_path: str, max_query_len: int, max_code_len: int
-) -> pa.Table:
-    """Ray Data UDF: text pairs -> truncated token id lists (padding happens per batch)."""
-    tok = _tokenizer(model_path)
+    The tokenizer comes by value (`load_tokenizer` on the driver), so the tokenising tasks
+    run on any node without the model's folder.
+    """
+    tok = tokenizer
     q = tok(batch["query"].to_pylist(), truncation=True, max_length=max_query_len)["input_ids"]
     c = tok(batch["code"].to_pylist(), truncation=True, max_length=max_code_len)["input_ids"]
     return pa.table({"q_ids": q, "c_ids": c, "group": batch["group"]}, schema=TOKENIZED_SCHEMA)
