@@ -3,12 +3,15 @@
     python jobs/pipeline.py                                   # demo preset: < 30 min on 2 CPUs
     python jobs/pipeline.py --preset full --out runs/full --cosqa ../shared/data/cosqa
     ray job submit --working-dir . -- python jobs/pipeline.py --out /shared/r2ps retriever.num_workers=4
+    python jobs/pipeline.py --preset full --out s3://bucket/r2ps     # each stage uploaded when done
 
 Stages: corpus -> sample (the mining pool) -> retriever -> mine (index + PS negatives)
 -> ranker_ps, ranker_rr -> evaluate. Sections take overrides of that stage's job settings:
 corpus.*, sample.*, retriever.*, mine.*, ranker.* (both rankers), evaluate.*. Running the
 same command again skips every stage that is up to date, so after a crash it resumes at
-the stage that failed; a changed setting reruns its stage and those after it.
+the stage that failed; a changed setting reruns its stage and those after it. A URI --out
+is worked on in a local mirror and each finished stage is uploaded at once (r2ps.pipeline
+.run_pipeline; docs/STORAGE.md); --cosqa stays a local folder.
 """
 
 from __future__ import annotations
@@ -26,11 +29,8 @@ from r2ps.storage import is_uri
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PipelineConfig, argv, description=__doc__)
     try:
-        if uri := next((p for p in (cfg.out, cfg.cosqa) if is_uri(p)), None):
-            raise ValueError(
-                f"{uri}: the pipeline takes local paths only (docs/STORAGE.md); "
-                "give the single jobs URIs, or copy a local --out up afterwards"
-            )
+        if is_uri(cfg.cosqa):
+            raise ValueError(f"--cosqa {cfg.cosqa}: a local folder (it is read by every stage)")
         build_stages(cfg)  # settings errors before Ray starts
     except (ConfigError, ValueError) as e:
         print(f"usage: pipeline.py [--help] [options] [section.key=value ...]\nerror: {e}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+import r2ps.pipeline as pipeline_module
 from r2ps.config import ConfigError, parse_config
 from r2ps.pipeline import (
     STAGE_FILE,
@@ -304,18 +306,21 @@ def test_cluster_storage_from_the_environment(tmp_path, monkeypatch):
     assert stages["ranker_rr"].storage == stages["retriever"].storage
 
 
-def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
-    """Every real stage, each body replaced by one that writes its expected outputs."""
-    import r2ps.pipeline as pipeline
+REAL_BUILD = pipeline_module.build_stages
 
-    real = pipeline.build_stages
+
+def fake_stage_bodies(monkeypatch, crash_at: str = "") -> list[str]:
+    """Every real stage, each body replaced by one that writes its expected outputs (or
+    raises, for `crash_at`); returns the list the bodies append their stage names to."""
     calls: list[str] = []
 
-    def fake(cfg):
-        stages = real(cfg)
+    def fake(cfg, *args):
+        stages = REAL_BUILD(cfg, *args)
         for stage in stages:
 
             def write(config, stage=stage):
+                if stage.name == crash_at:
+                    raise RuntimeError(f"{stage.name} crashed")
                 calls.append(stage.name)
                 for name in stage.outputs:
                     path = Path(config.out) / name
@@ -325,8 +330,13 @@ def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
             stage.fn = write
         return stages
 
-    monkeypatch.setattr(pipeline, "build_stages", fake)
+    monkeypatch.setattr(pipeline_module, "build_stages", fake)
     monkeypatch.delenv("R2PS_STORAGE", raising=False)
+    return calls
+
+
+def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
+    calls = fake_stage_bodies(monkeypatch)
     out = tmp_path / "p"
     summary = run_pipeline(PipelineConfig(out=str(out)))
     assert calls == list(summary["stages"])
@@ -361,3 +371,31 @@ def test_job_help_and_usage_errors(capsys):
     assert "--retriever" not in help_text  # sections take section.key=value, not a flag
     assert job.main(["retriever.lrr=1"]) == 2  # before Ray starts
     assert "retriever.lrr" in capsys.readouterr().out
+
+
+def test_a_uri_out_uploads_each_stage_as_it_finishes_and_resumes_from_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("R2PS_STAGING_DIR", str(tmp_path / "staging"))
+    calls = fake_stage_bodies(monkeypatch, crash_at="mine")
+    remote = tmp_path / "bucket" / "r2ps"
+    uri = remote.resolve().as_uri()  # file://: a real pyarrow filesystem behind a URI
+    with pytest.raises(RuntimeError, match="mine crashed"):
+        run_pipeline(PipelineConfig(out=uri))
+    assert calls == ["corpus", "sample", "retriever"]
+    assert sorted(p.name for p in remote.iterdir()) == sorted(calls)  # each when it finished
+    retriever = json.loads((remote / "retriever" / "stage.json").read_text())
+    assert retriever["config"]["storage"] == f"{uri}/ray_results"  # checkpoints: the URI
+
+    shutil.rmtree(tmp_path / "staging")  # another run, no local copy: the URI is the truth
+    calls = fake_stage_bodies(monkeypatch)
+    summary = run_pipeline(PipelineConfig(out=uri))
+    assert calls == ["mine", "ranker_ps", "ranker_rr", "evaluate"]
+    assert [name for name, done in summary["stages"].items() if not done["ran"]] == [
+        "corpus",
+        "sample",
+        "retriever",
+    ]
+    assert summary["uploaded_to"] == uri
+    assert (remote / "eval" / "results.md").exists()
+    served = yaml.safe_load((remote / "serve.yaml").read_text())
+    assert served["ranker"] == summary["rankers"]["RR+PS"]  # the mirror's path
+    assert f"uploaded:  every stage and serve.yaml to {uri}" in format_summary(summary)

@@ -276,7 +276,7 @@ def test_build_corpus_job_reads_and_writes_file_uris(ray_local, tmp_path, stagin
     assert not (staging / "in" / storage._local_name(uri(src))).exists()  # copy removed
 
 
-def test_the_pipeline_refuses_a_uri_out_rather_than_writing_to_a_folder_named_s3(capsys):
+def test_the_pipeline_refuses_a_uri_cosqa_rather_than_writing_to_a_folder_named_s3(capsys):
     job = runpy.run_path(str(REPO / "jobs" / "pipeline.py"), run_name="pipeline_job")
-    assert job["main"](["--out", "s3://bucket/r2ps"]) == 2
-    assert "s3://bucket/r2ps: the pipeline takes local paths only" in capsys.readouterr().out
+    assert job["main"](["--cosqa", "s3://bucket/cosqa"]) == 2
+    assert "--cosqa s3://bucket/cosqa: a local folder" in capsys.readouterr().out

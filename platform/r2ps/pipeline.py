@@ -40,6 +40,7 @@ from r2ps.log import get_logger
 from r2ps.mining import MineConfig, MiningSettingsError, mine
 from r2ps.models.cross import HEAD_FILE
 from r2ps.serving import CONFIG_ENV, ServeConfig
+from r2ps.storage import download, is_uri, mirror_path, upload, upload_file
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import check_config as check_ranker_config
 
@@ -172,8 +173,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_stages(stages: list[Stage]) -> dict[str, dict]:
+def run_stages(
+    stages: list[Stage], after: Callable[[Stage], None] | None = None
+) -> dict[str, dict]:
     """Run the stages in order, skipping those up to date; returns what each did.
+
+    `after(stage)` is called once a stage that ran has written its stage.json (the
+    pipeline uploads the stage's folder there when its output is a URI).
 
     A config with a `run_name` (Ray Train resumes a run of the same name) gets the
     fingerprint appended: a crashed run resumes its own checkpoint, a changed config
@@ -220,6 +226,8 @@ def run_stages(stages: list[Stage]) -> dict[str, dict]:
         _write_atomic(out / STAGE_FILE, json.dumps(record, indent=1, default=str))
         log.info("done %s in %.1f s", stage.name, seconds)
         report[stage.name] = {"fingerprint": fp, "ran": True, "seconds": seconds}
+        if after:
+            after(stage)
     return report
 
 
@@ -265,8 +273,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    """The stages with their job configs: defaults < preset < wiring < overrides."""
+def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
+    """The stages with their job configs: defaults < preset < wiring < overrides.
+
+    `checkpoints`: where Ray Train keeps its runs when neither R2PS_STORAGE nor the
+    default (`<out>/ray_results`) should (a URI --out keeps them beside its stages).
+    """
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset must be one of {list(PRESETS)}, got {cfg.preset!r}")
     preset, out = PRESETS[cfg.preset], Path(cfg.out)
@@ -285,7 +297,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     sample = make(SampleConfig, "sample", {"split": splits["train"], "out": str(out / "sample")})
     # Ray Train checkpoints: under `out`, or on a cluster R2PS_STORAGE (a URI every node reaches)
     storage = os.environ.get("R2PS_STORAGE", "").rstrip("/")
-    storage = f"{storage}/ray_results" if storage else str(out / "ray_results")
+    storage = f"{storage}/ray_results" if storage else (checkpoints or str(out / "ray_results"))
     retriever = make(
         TrainConfig,
         "retriever",
@@ -390,9 +402,44 @@ def serve_config(stages: dict[str, Stage]) -> ServeConfig:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run (or skip) every stage, write `<out>/serve.yaml`; returns where everything is."""
-    stages = {s.name: s for s in build_stages(cfg)}
-    report = run_stages(list(stages.values()))
+    """Run (or skip) every stage, write `<out>/serve.yaml`; returns where everything is.
+
+    A URI `out` (s3://, gs://, file://) is worked on in a local mirror (`mirror_path`, the
+    same path every run): what the URI already holds is downloaded first, so finished
+    stages are skipped as they would be locally; each stage's folder is uploaded to
+    `<out>/<stage>` as soon as that stage succeeds, so a crash keeps every finished stage;
+    Ray Train's checkpoints go to `<out>/ray_results` directly (unless R2PS_STORAGE says
+    otherwise). The paths inside stage.json and serve.yaml are the mirror's: serving
+    from them needs this machine's mirror (or a download of the URI to the same path).
+    """
+    if is_uri(cfg.out):
+        return _run_mirrored(cfg)
+    return _run_local(cfg)
+
+
+def _run_mirrored(cfg: PipelineConfig) -> dict:
+    uri = cfg.out.rstrip("/")
+    local = mirror_path(uri)
+    shutil.rmtree(local, ignore_errors=True)  # what the URI holds is the truth
+    if not download(uri, local):
+        local.mkdir(parents=True)
+    local_cfg = dataclasses.replace(cfg, out=str(local))
+
+    def publish(stage: Stage) -> None:
+        relative = Path(stage.config.out).resolve().relative_to(local.resolve()).as_posix()
+        upload(stage.config.out, f"{uri}/{relative}")
+
+    summary = _run_local(local_cfg, after=publish, checkpoints=f"{uri}/ray_results")
+    upload_file(summary["serve_config"], f"{uri}/serve.yaml")
+    summary["uploaded_to"] = uri
+    return summary
+
+
+def _run_local(
+    cfg: PipelineConfig, after: Callable[[Stage], None] | None = None, checkpoints: str = ""
+) -> dict:
+    stages = {s.name: s for s in build_stages(cfg, checkpoints)}
+    report = run_stages(list(stages.values()), after)
     serve = serve_config(stages)
     serve_file = Path(cfg.out, "serve.yaml").resolve()
     _write_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
@@ -422,6 +469,10 @@ def format_summary(summary: dict) -> str:
         "rankers:   " + ", ".join(f"{k} {v}" for k, v in summary["rankers"].items()),
         f"index:     {summary['index']} (codes of {summary['codes']})",
         f"results:   {summary['results']['md']} (also .json, .png)",
+    ]
+    if summary.get("uploaded_to"):
+        lines.append(f"uploaded:  every stage and serve.yaml to {summary['uploaded_to']}")
+    lines += [
         "",
         Path(summary["results"]["md"]).read_text(),
         "serve them (from the repository root):",

@@ -273,6 +273,21 @@ def input_file(path: str | os.PathLike) -> str | pafs.NativeFile:
     return fs.open_input_file(inner)
 
 
+def mirror_path(uri: str) -> Path:
+    """This machine's working copy of output `uri` for a job that uploads part by part
+    (the pipeline, a stage at a time): the same path on every run, so what the job records
+    about its paths (the pipeline's fingerprints) stays the same across restarts."""
+    return staging_root() / "out" / _local_name(uri)
+
+
+def upload_file(local: str | Path, uri: str) -> None:
+    """Copy one small local file to `uri` (a single object: nothing to replace by parts)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rpartition("/")[0])
+    with open(local, "rb") as src, fs.open_output_stream(path) as dest:
+        shutil.copyfileobj(src, dest)
+
+
 @contextlib.contextmanager
 def local_output(path: str, resume: bool = False) -> Iterator[str]:
     """A local folder to write `path` into: `path` itself when local, else a fresh folder
