@@ -12,6 +12,7 @@ answer is the retriever's alone, marked `"reranked": false`, and counted.
 """
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from r2ps.serving import (
     parse_search_request,
     read_limited_body,
     resolve_model,
+    staged_config,
 )
 
 log = get_logger("r2ps.serve")
@@ -72,6 +74,8 @@ class Retriever:
 
     def __init__(self, cfg: ServeConfig) -> None:
         _replica_setup(cfg)
+        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
+        cfg = staged_config(cfg, self._staged)
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
         self.model = DualEncoder.from_pretrained(self.model_dir).to(_device()).eval()
         self.store = load_code_store(cfg.codes)
@@ -131,6 +135,8 @@ class Ranker:
 
     def __init__(self, cfg: ServeConfig) -> None:
         _replica_setup(cfg)
+        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
+        cfg = staged_config(cfg, self._staged)
         self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
         self.model = CrossEncoder.from_pretrained(self.model_dir).to(_device()).eval()
         self.budget = cfg.ranker_pair_budget

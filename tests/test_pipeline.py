@@ -397,5 +397,6 @@ def test_a_uri_out_uploads_each_stage_as_it_finishes_and_resumes_from_it(tmp_pat
     assert summary["uploaded_to"] == uri
     assert (remote / "eval" / "results.md").exists()
     served = yaml.safe_load((remote / "serve.yaml").read_text())
-    assert served["ranker"] == summary["rankers"]["RR+PS"]  # the mirror's path
+    assert (served["retriever"], served["ranker"]) == (f"{uri}/retriever", f"{uri}/ranker_ps")
+    assert (served["codes"], served["embed_out"]) == (f"{uri}/sample", f"{uri}/mined")
     assert f"uploaded:  every stage and serve.yaml to {uri}" in format_summary(summary)

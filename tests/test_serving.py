@@ -330,3 +330,31 @@ def test_ranker_gpus_follow_the_cluster_unless_set(monkeypatch, setting, cluster
     }
     assert options["Ranker"]["num_gpus"] == want
     assert options["Retriever"]["num_gpus"] == 0
+
+
+def test_replicas_stage_uri_settings_for_their_life(tmp_path, monkeypatch):
+    """ServeConfig paths may be URIs (the pipeline's --out s3://...): each replica reads a
+    copy on its own node, kept while it lives."""
+    import contextlib
+
+    from r2ps.serving import staged_config
+
+    monkeypatch.setenv("R2PS_STAGING_DIR", str(tmp_path / "staging"))
+    bucket = tmp_path / "bucket"
+    for name in ("retriever", "ranker", "mined"):
+        (bucket / name).mkdir(parents=True)
+        (bucket / name / "config.json").write_text("{}")
+    local_codes = tmp_path / "codes"
+    cfg = ServeConfig(
+        retriever=(bucket / "retriever").as_uri(),
+        ranker=(bucket / "ranker").as_uri(),
+        codes=str(local_codes),  # a local path is left as it is
+        embed_out=(bucket / "mined").as_uri(),
+    )
+    with contextlib.ExitStack() as stack:
+        local = staged_config(cfg, stack)
+        assert local.codes == str(local_codes)
+        for name in ("retriever", "ranker", "embed_out"):
+            path = Path(getattr(local, name))
+            assert path.is_relative_to(tmp_path / "staging") and (path / "config.json").exists()
+    assert not Path(local.retriever).exists()  # the replica's copy goes with it

@@ -409,8 +409,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     stages are skipped as they would be locally; each stage's folder is uploaded to
     `<out>/<stage>` as soon as that stage succeeds, so a crash keeps every finished stage;
     Ray Train's checkpoints go to `<out>/ray_results` directly (unless R2PS_STORAGE says
-    otherwise). The paths inside stage.json and serve.yaml are the mirror's: serving
-    from them needs this machine's mirror (or a download of the URI to the same path).
+    otherwise). serve.yaml names the URIs (each replica stages what it reads); the paths
+    inside stage.json are the mirror's.
     """
     if is_uri(cfg.out):
         return _run_mirrored(cfg)
@@ -430,7 +430,15 @@ def _run_mirrored(cfg: PipelineConfig) -> dict:
         upload(stage.config.out, f"{uri}/{relative}")
 
     summary = _run_local(local_cfg, after=publish, checkpoints=f"{uri}/ray_results")
-    upload_file(summary["serve_config"], f"{uri}/serve.yaml")
+    # serve.yaml names the URIs, so replicas anywhere stage what they read (serving.py)
+    serve_file = Path(summary["serve_config"])
+    served = yaml.safe_load(serve_file.read_text())
+    mirror = str(local.resolve())
+    for name, value in served.items():
+        if isinstance(value, str) and (value == mirror or value.startswith(mirror + "/")):
+            served[name] = uri + value[len(mirror) :]
+    _write_atomic(serve_file, yaml.safe_dump(served, sort_keys=False))
+    upload_file(serve_file, f"{uri}/serve.yaml")
     summary["uploaded_to"] = uri
     return summary
 

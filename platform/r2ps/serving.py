@@ -16,6 +16,7 @@ Nothing here imports Ray Serve at module level: the pure pieces are unit-testabl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r2ps.config import ConfigError, from_dict, load_config
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
+from r2ps.storage import is_uri, local_input
 
 log = get_logger(__name__)
 
@@ -255,6 +257,24 @@ def count_pairs(items: Sequence[tuple[str, Sequence[str]]]) -> int:
 
 
 # --- what the deployments load ---
+
+
+# ServeConfig fields that may be storage URIs: each replica stages what it reads.
+URI_FIELDS = ("retriever", "ranker", "codes", "embed_out")
+
+
+def staged_config(cfg: ServeConfig, stack: contextlib.ExitStack) -> ServeConfig:
+    """`cfg` with each URI in `URI_FIELDS` replaced by a local copy on this replica's node,
+    held until `stack` closes (the replica's life): models, the code store and a saved
+    index can then live in a bucket (the pipeline's `--out s3://...`). An index that has
+    to be built is built into that copy and not uploaded (run jobs/embed.py for that).
+    """
+    changes = {}
+    for name in URI_FIELDS:
+        value = getattr(cfg, name)
+        if is_uri(value):
+            changes[name] = stack.enter_context(local_input(value))
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def resolve_model(path: str, role: str) -> tuple[str, bool]:
