@@ -280,3 +280,18 @@ def test_the_pipeline_refuses_a_uri_cosqa_rather_than_writing_to_a_folder_named_
     job = runpy.run_path(str(REPO / "jobs" / "pipeline.py"), run_name="pipeline_job")
     assert job["main"](["--cosqa", "s3://bucket/cosqa"]) == 2
     assert "--cosqa s3://bucket/cosqa: a local folder" in capsys.readouterr().out
+
+
+def test_an_extraction_task_on_another_node_reads_a_source_from_its_uri(tmp_path):
+    """read_source decodes as tokenize.open does (PEP 263 cookie, newlines) either way."""
+    from r2ps.data.corpus import read_source
+
+    root = tmp_path / "src"
+    root.mkdir()
+    text = "# -*- coding: latin-1 -*-\r\ndef f():\r\n    return 'caf\xe9'\r\n"
+    (root / "m.py").write_bytes(text.encode("latin-1"))
+    with local_input(uri(root)) as here:
+        path = str(Path(here) / "m.py")
+        on_this_node_text = read_source(path)
+    assert not Path(path).exists()  # as on a node without the copy
+    assert read_source(path) == on_this_node_text == text.replace("\r\n", "\n")

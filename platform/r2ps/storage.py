@@ -30,7 +30,7 @@ The trade-off: everything passes through the driver's local disk, which must hol
 job's inputs and outputs. Ray workers on other nodes read the staged inputs themselves:
 `on_this_node` (training workers, embedding actors: the same staging path, a copy of their
 own where the driver's is not) and `input_file` (short tasks: the file straight from its
-URI). Outputs are written on the driver (embedding shards come back to it). At 100M codes
+URI: embedding reads, corpus extraction). Outputs are written on the driver (embedding shards come back to it). At 100M codes
 the embeddings should instead go straight to the URI from the actors (Ray Data's
 `write_parquet` takes URIs); docs/STORAGE.md has the details and the limits.
 """

@@ -18,6 +18,7 @@ Stages, each a function so a test can run it alone:
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import sys
 import sysconfig
@@ -36,6 +37,7 @@ from r2ps.data import codetext
 from r2ps.data.pysource import ExtractConfig, extract_pairs
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.log import get_logger
+from r2ps.storage import input_file
 
 log = get_logger(__name__)
 
@@ -151,13 +153,28 @@ def discover_sources(cfg: CorpusConfig) -> list[dict]:
 # ---------------------------------------------------------------- 2. extraction
 
 
+def read_source(path: str) -> str:
+    """A source file's text, decoded by its PEP 263 cookie (or UTF-8), newlines made `\n`.
+
+    A file under a staged URI root that this node has no copy of (a task on another node
+    than the driver's) is read straight from its URI.
+    """
+    found = input_file(path)
+    if isinstance(found, str):
+        with tokenize.open(found) as fh:
+            return fh.read()
+    with found:
+        data = found.read()
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    return io.TextIOWrapper(io.BytesIO(data), encoding).read()
+
+
 def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.Table]:
     """Pairs of a batch of files, and one row per file: its parse error or drop counts."""
     pairs, file_rows = [], []
     for f in files:
         try:
-            with tokenize.open(f["path"]) as fh:  # honours PEP 263 encoding cookies
-                source = fh.read()
+            source = read_source(f["path"])
             result = extract_pairs(source, f["path"], cfg)
         except (SyntaxError, ValueError, UnicodeDecodeError, OSError) as e:
             line = getattr(e, "lineno", None)
