@@ -196,7 +196,7 @@ def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
     assert PurePosixPath(job.out).is_absolute(), f"the RayJob writes to {job.out!r}: pass --out"
 
     # Where the pipeline puts serve.yaml under its --out: its own run_pipeline, stages not run.
-    monkeypatch.setattr(pipeline, "run_stages", lambda stages: {})
+    monkeypatch.setattr(pipeline, "run_stages", lambda stages, after=None: {})
     monkeypatch.delenv("R2PS_STORAGE", raising=False)
     out = tmp_path / "out"
     out.mkdir()
