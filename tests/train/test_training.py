@@ -404,3 +404,38 @@ def test_cli_rejects_a_bad_setting(train_cli, capsys):
         train_cli.main(["retriever", "epochs=three"])
     assert exc.value.code == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_prefetched_prepares_the_next_item_while_the_current_one_is_used():
+    import threading
+
+    from r2ps.train.loop import prefetched
+
+    started: list[int] = []
+    ready = {i: threading.Event() for i in range(4)}
+
+    def prepare(i: int) -> int:
+        started.append(i)
+        ready[i].set()
+        return i * 10
+
+    out = []
+    for value in prefetched(range(4), prepare):
+        i = value // 10
+        if i + 1 < 4:  # the next item is being prepared while this one is in use
+            assert ready[i + 1].wait(timeout=5)
+        out.append(value)
+    assert out == [0, 10, 20, 30] and started == [0, 1, 2, 3]
+    assert list(prefetched([], prepare)) == []
+
+
+def test_prefetched_raises_what_prepare_raised():
+    from r2ps.train.loop import prefetched
+
+    def prepare(i: int) -> int:
+        if i == 2:
+            raise ValueError("bad row 2")
+        return i
+
+    with pytest.raises(ValueError, match="bad row 2"):
+        list(prefetched(range(4), prepare))

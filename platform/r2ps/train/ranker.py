@@ -49,7 +49,7 @@ from r2ps.mining import read_negatives as read_mined
 from r2ps.mining import sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
-from r2ps.models.encoder import default_model_path
+from r2ps.models.encoder import default_model_path, load_tokenizer
 from r2ps.train.config import TrainConfig
 from r2ps.train.retriever import (
     _load_cosqa,
@@ -406,6 +406,7 @@ class RankerTask:
     start_is_candidate: bool = False
     # Retriever rankings per evaluation set, computed once per worker process.
     retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
+    _tokenizer: Any = field(default=None, init=False, repr=False)
 
     def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
         """The training rows as a Ray Dataset (driver side); the report is kept for the summary."""
@@ -426,12 +427,22 @@ class RankerTask:
             model_path(cfg), max_query_len=cfg.max_query_len, max_len=cfg.max_pair_len
         )
 
-    def loss(self, engine: Any, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+    def prepare(self, batch: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+        """The step's CPU part: groups and their padded token tensors (the loop runs this
+        a batch ahead in a background thread). Its own tokenizer: validation tokenises
+        with the model's meanwhile, and an HF tokenizer's settings are shared state."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(model_path(cfg))
         queries, codes, size = build_groups(batch, cfg, self.epoch)
-        tokenizer = engine.module.tokenizer
-        inputs = tokenize_pairs(tokenizer, queries, codes, cfg.max_query_len, cfg.max_pair_len)
-        scores = engine(**{k: v.to(engine.device) for k, v in inputs.items()})
-        return listwise_ce(scores.view(-1, size), cfg.ranker_scale)
+        inputs = tokenize_pairs(
+            self._tokenizer, queries, codes, cfg.max_query_len, cfg.max_pair_len
+        )
+        return {"inputs": inputs, "size": size}
+
+    def loss(self, engine: Any, prepared: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+        inputs = {k: v.to(engine.device) for k, v in prepared["inputs"].items()}
+        scores = engine(**inputs)
+        return listwise_ce(scores.view(-1, prepared["size"]), cfg.ranker_scale)
 
     def evaluate(self, model: CrossEncoder, cfg: TrainConfig) -> dict[str, float]:
         sets = {"valid": (_load_split(str(Path(cfg.corpus) / "valid")), cfg.max_eval_queries)}
