@@ -295,3 +295,23 @@ def test_an_extraction_task_on_another_node_reads_a_source_from_its_uri(tmp_path
         on_this_node_text = read_source(path)
     assert not Path(path).exists()  # as on a node without the copy
     assert read_source(path) == on_this_node_text == text.replace("\r\n", "\n")
+
+
+def test_a_worker_on_another_node_fetches_a_finished_pipeline_stage_from_the_uri(tmp_path):
+    """The pipeline's stages read each other's outputs at mirror paths; a node without the
+    driver's mirror fetches the uploaded stage folder to that same path."""
+    from r2ps.storage import mirror_path
+
+    bucket = tmp_path / "bucket" / "r2ps"
+    make_tree(bucket / "corpus")
+    mirror = mirror_path(uri(bucket))
+    assert not mirror.exists()  # another node: no mirror here
+    with on_this_node(str(mirror / "corpus" / "sub")):
+        assert files(mirror / "corpus") == files(bucket / "corpus")
+    assert files(mirror / "corpus") == files(bucket / "corpus")  # kept for later stages
+    (mirror / "corpus" / "a.txt").write_text("driver's own")
+    (mirror / "corpus.lock").unlink()
+    with on_this_node(str(mirror / "corpus")):  # the driver's mirror: left as it is
+        assert (mirror / "corpus" / "a.txt").read_text() == "driver's own"
+    shutil.rmtree(mirror)  # a read task elsewhere opens the file from the URI
+    assert input_file(mirror / "corpus" / "a.txt").read() == b"alpha"

@@ -242,15 +242,58 @@ def on_this_node(*paths: str | None) -> Iterator[None]:
     user and R2PS_STAGING_DIR), and passes that path to its workers. A worker on the
     driver's node finds the driver's copy and shares it; a worker on another node
     downloads its own copy there, which the last user on that node deletes when done.
-    A path inside a staged folder stages that folder. Paths that are not staging paths
-    (local, or on a shared disk) are left alone.
+    A path inside a staged folder stages that folder. A path in the pipeline's local mirror
+    of a URI `--out` (`mirror_path`) fetches its stage's folder, uploaded when that stage
+    finished, to the same path. Paths that are not staging paths (local, or on a shared
+    disk) are left alone.
     Enter it for as long as the worker reads them (a training run, an actor's life).
     """
     uris = sorted({uri for p in paths if p and (uri := _staged_uri(p))})
+    for p in paths:
+        if p and (part := _mirror_part(p)):
+            _fetch_mirror_part(*part)
     with contextlib.ExitStack() as stack:
         for uri in uris:
             stack.enter_context(local_input(uri))
         yield
+
+
+def _mirror_part(path: str | os.PathLike) -> tuple[str, Path] | None:
+    """(URI, local folder) of the top folder of a `mirror_path` that `path` lies in (a
+    pipeline stage's output, uploaded when the stage finished); None for other paths."""
+    root = staging_root() / "out"
+    try:
+        parent, name, part, *_ = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    return f"{unquote(parent)}/{name}/{part}", root / parent / name / part
+
+
+def _mirror_uri(path: str | os.PathLike) -> str | None:
+    """The URI a path in a pipeline mirror (`mirror_path`) was uploaded to; else None."""
+    root = staging_root() / "out"
+    try:
+        parent, name, *rest = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    return "/".join([unquote(parent), name, *rest])
+
+
+def _fetch_mirror_part(uri: str, local: Path) -> None:
+    """Download a finished pipeline stage to the mirror path its paths name, on a node that
+    lacks it (the driver's own mirror is used as it is). Kept for later stages."""
+    lock_path = local.with_name(local.name + ".lock")
+    if local.exists() and not lock_path.exists():
+        return  # the driver's node: its mirror
+    local.parent.mkdir(parents=True, exist_ok=True)
+    done = local.with_name(local.name + ".staged")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            _delete(pafs.LocalFileSystem(), str(local))
+            if not download(uri, local):
+                log.warning("%s does not exist (a stage not uploaded yet?)", uri)
+            done.touch()
 
 
 def _staged_uri(path: str | os.PathLike) -> str | None:
@@ -267,7 +310,7 @@ def input_file(path: str | os.PathLike) -> str | pafs.NativeFile:
     this node has it, else the file opened straight from its URI. Any other path is
     returned as it is, so a missing one fails as it always would.
     """
-    if Path(path).exists() or (uri := source_uri(path)) is None:
+    if Path(path).exists() or (uri := source_uri(path) or _mirror_uri(path)) is None:
         return str(path)
     fs, inner = filesystem(uri)
     return fs.open_input_file(inner)
