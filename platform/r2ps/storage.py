@@ -30,9 +30,10 @@ The trade-off: everything passes through the driver's local disk, which must hol
 job's inputs and outputs. Ray workers on other nodes read the staged inputs themselves:
 `on_this_node` (training workers, embedding actors: the same staging path, a copy of their
 own where the driver's is not) and `input_file` (short tasks: the file straight from its
-URI: embedding reads, corpus extraction). Outputs are written on the driver (embedding shards come back to it). At 100M codes
-the embeddings should instead go straight to the URI from the actors (Ray Data's
-`write_parquet` takes URIs); docs/STORAGE.md has the details and the limits.
+URI: embedding reads, corpus extraction). Outputs are written on the driver (embedding
+shards come back to it). At 100M codes the embeddings should instead go straight to the
+URI from the actors (Ray Data's `write_parquet` takes URIs); docs/STORAGE.md has the
+details and the limits.
 """
 
 from __future__ import annotations
@@ -102,11 +103,23 @@ def source_uri(path: str | os.PathLike) -> str | None:
 
     Query parameters are not kept in the path: give endpoints and regions by environment.
     """
+    return _uri_of(path, "in")
+
+
+def _uri_of(path: str | os.PathLike, area: str, depth: int = 0) -> str | None:
+    """The URI a path under `<staging>/<area>` stands for ("in": staged inputs, "out":
+    pipeline mirrors), cut to its first `depth` parts below the area when `depth` is set
+    (2: the staged folder itself; 3: a mirror's stage folder). None for any other path,
+    or one too short to name that much."""
     try:
-        parent, *rest = Path(path).relative_to(staging_root() / "in").parts
+        parts = Path(path).relative_to(staging_root() / area).parts
     except ValueError:
         return None
-    return "/".join([unquote(parent), *rest]) if rest else None
+    parts = parts[:depth] if depth else parts
+    if len(parts) < max(depth, 2):
+        return None
+    parent, *rest = parts  # (`quote`d "scheme://host/dirs", name, below...)
+    return "/".join([unquote(parent), *rest])
 
 
 # ---------------------------------------------------------------- copies
@@ -248,40 +261,22 @@ def on_this_node(*paths: str | None) -> Iterator[None]:
     disk) are left alone.
     Enter it for as long as the worker reads them (a training run, an actor's life).
     """
-    uris = sorted({uri for p in paths if p and (uri := _staged_uri(p))})
+    uris = sorted({uri for p in paths if p and (uri := _uri_of(p, "in", depth=2))})
     for p in paths:
-        if p and (part := _mirror_part(p)):
-            _fetch_mirror_part(*part)
+        if p and (uri := _uri_of(p, "out", depth=3)):
+            _fetch_mirror_part(uri)
     with contextlib.ExitStack() as stack:
         for uri in uris:
             stack.enter_context(local_input(uri))
         yield
 
 
-def _mirror_part(path: str | os.PathLike) -> tuple[str, Path] | None:
-    """(URI, local folder) of the top folder of a `mirror_path` that `path` lies in (a
-    pipeline stage's output, uploaded when the stage finished); None for other paths."""
-    root = staging_root() / "out"
-    try:
-        parent, name, part, *_ = Path(path).relative_to(root).parts
-    except ValueError:
-        return None
-    return f"{unquote(parent)}/{name}/{part}", root / parent / name / part
-
-
-def _mirror_uri(path: str | os.PathLike) -> str | None:
-    """The URI a path in a pipeline mirror (`mirror_path`) was uploaded to; else None."""
-    root = staging_root() / "out"
-    try:
-        parent, name, *rest = Path(path).relative_to(root).parts
-    except ValueError:
-        return None
-    return "/".join([unquote(parent), name, *rest])
-
-
-def _fetch_mirror_part(uri: str, local: Path) -> None:
-    """Download a finished pipeline stage to the mirror path its paths name, on a node that
-    lacks it (the driver's own mirror is used as it is). Kept for later stages."""
+def _fetch_mirror_part(uri: str) -> None:
+    """Download the finished pipeline stage `uri` (`<out>/<stage>`) to the mirror path its
+    paths name, on a node that lacks it (the driver's own mirror is used as it is). Kept
+    for later stages."""
+    out, _, stage = uri.rpartition("/")
+    local = mirror_path(out) / stage
     lock_path = local.with_name(local.name + ".lock")
     if local.exists() and not lock_path.exists():
         return  # the driver's node: its mirror
@@ -296,21 +291,12 @@ def _fetch_mirror_part(uri: str, local: Path) -> None:
             done.touch()
 
 
-def _staged_uri(path: str | os.PathLike) -> str | None:
-    """The URI of the staged input that `path` is (or lies inside); None for other paths."""
-    try:
-        parent, name, *_ = Path(path).relative_to(staging_root() / "in").parts
-    except ValueError:
-        return None
-    return source_uri(staging_root() / "in" / parent / name)
-
-
 def input_file(path: str | os.PathLike) -> str | pafs.NativeFile:
     """A file a job staged, for reading on this node (a Ray task's): the local copy when
     this node has it, else the file opened straight from its URI. Any other path is
     returned as it is, so a missing one fails as it always would.
     """
-    if Path(path).exists() or (uri := source_uri(path) or _mirror_uri(path)) is None:
+    if Path(path).exists() or (uri := source_uri(path) or _uri_of(path, "out")) is None:
         return str(path)
     fs, inner = filesystem(uri)
     return fs.open_input_file(inner)

@@ -76,9 +76,10 @@ def tokenize_pairs(batch: pa.Table, tokenizer, max_query_len: int, max_code_len:
     The tokenizer comes by value (`load_tokenizer` on the driver), so the tokenising tasks
     run on any node without the model's folder.
     """
-    tok = tokenizer
-    q = tok(batch["query"].to_pylist(), truncation=True, max_length=max_query_len)["input_ids"]
-    c = tok(batch["code"].to_pylist(), truncation=True, max_length=max_code_len)["input_ids"]
+    q = tokenizer(batch["query"].to_pylist(), truncation=True, max_length=max_query_len)[
+        "input_ids"
+    ]
+    c = tokenizer(batch["code"].to_pylist(), truncation=True, max_length=max_code_len)["input_ids"]
     return pa.table({"q_ids": q, "c_ids": c, "group": batch["group"]}, schema=TOKENIZED_SCHEMA)
 
 
