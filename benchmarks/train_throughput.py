@@ -10,6 +10,11 @@ blocks tokenised), in the plain loop the allocator's first growth. The steady ra
 mean over the later windows; the first window's rate is printed beside it. Prints a table
 with the overhead ratio and writes JSON.
 
+Each row also records how many cores the machine's *other* processes used meanwhile
+(`background_cores`: Ray's GCS, raylet, agents, the Train controller and Ray Data's
+actors; the row's own training process excluded). On a 2-core machine with 2 compute
+threads that background preempts the training threads; `--threads 1` leaves it a core.
+
     python benchmarks/train_throughput.py --corpus runs/demo/corpus [--steps 40 --window 10]
 """
 
@@ -22,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import ray
 import torch
@@ -159,6 +165,28 @@ def ray_run(
     return [float(by_step[s]) for s in want]
 
 
+def cpu_seconds(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds (user + system) so far of every process but `exclude`'s, by pid."""
+    out = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        if proc.info["pid"] in exclude or "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            continue  # this process or the row's training workers
+        if proc.info["cpu_times"]:
+            out[proc.info["pid"]] = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return out
+
+
+def timed_with_background(row) -> tuple[list[float], float]:
+    """`row()`'s rates and the cores other processes used meanwhile (processes that
+    ended during the row are missed, so this is a lower bound)."""
+    me = {os.getpid()}
+    before, start = cpu_seconds(me), time.perf_counter()
+    rates = row()
+    after, wall = cpu_seconds(me), time.perf_counter() - start
+    used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    return rates, used / wall
+
+
 def steady(rates: list[float]) -> float:
     """Mean rate over the windows after the first (warm-up) one."""
     return sum(rates[1:]) / len(rates[1:])
@@ -172,11 +200,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="compute threads of the plain loop and 1-worker runs"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument(
         "--runs",
         type=lambda text: text.split(","),
-        default=["plain", "deepspeed", "ray1x2", "ray2x1"],
+        default=["plain", "deepspeed", "ray1", "ray2x1"],
         help="which rows, in order; the first must be plain (the baseline)",
     )
     parser.add_argument(
@@ -186,13 +217,20 @@ def main() -> None:
         help="RAY_worker_niceness for the local Ray (Ray's default: 15)",
     )
     args = parser.parse_args()
-    if args.runs[0] != "plain" or set(args.runs) - {"plain", "deepspeed", "ray1x2", "ray2x1"}:
-        parser.error("--runs: plain first, then any of deepspeed, ray1x2, ray2x1")
+    if args.runs[0] != "plain" or set(args.runs) - {"plain", "deepspeed", "ray1", "ray2x1"}:
+        parser.error("--runs: plain first, then any of deepspeed, ray1, ray2x1")
     if args.worker_niceness is not None:  # read by the raylet that ray.init starts
         os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 (Ray spells it so)
     if args.steps % args.window or args.steps < 2 * args.window:
         parser.error("--steps must be a multiple of --window and at least two windows")
-    base = TrainConfig(batch_size=args.batch_size, max_code_len=256, max_query_len=64, lr=2e-5)
+    base = TrainConfig(
+        batch_size=args.batch_size,
+        max_code_len=256,
+        max_query_len=64,
+        lr=2e-5,
+        threads_per_worker=args.threads,
+    )
+    t = args.threads
 
     ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -203,54 +241,62 @@ def main() -> None:
         run = (Path(tmp), tmp, args.steps, args.window)
         runs = {
             "plain": (
-                "plain PyTorch loop, 1 process x 2 threads",
+                f"plain PyTorch loop, 1 process x {t} threads",
                 lambda: plain_loop(pairs, base, args.steps, args.window),
             ),
             "deepspeed": (
-                "DeepSpeed engine, 1 process x 2 threads, no Ray",
+                f"DeepSpeed engine, 1 process x {t} threads, no Ray",
                 lambda: deepspeed_loop(pairs, base, args.steps, args.window),
             ),
-            "ray1x2": (
-                "Ray Train + DeepSpeed, 1 worker x 2 threads",
-                lambda: ray_run(*run, 1, 2, base),
+            "ray1": (
+                f"Ray Train + DeepSpeed, 1 worker x {t} threads",
+                lambda: ray_run(*run, 1, t, base),
             ),
             "ray2x1": (
                 "Ray Train + DeepSpeed, 2 workers x 1 thread",
                 lambda: ray_run(*run, 2, 1, base),
             ),
         }
-        rows = [(runs[key][0], runs[key][1]()) for key in args.runs]
+        rows = [(runs[key][0], *timed_with_background(runs[key][1])) for key in args.runs]
 
     plain = steady(rows[0][1])
     print(
         f"retriever training, MiniLM, batch {args.batch_size} per step, query<=64 code<=256 "
         f"tokens, {args.steps} steps timed in windows of {args.window}"
     )
-    print(f"{'run':<46} {'steady pairs/s':>15} {'vs plain':>9} {'first window':>13}")
+    print(
+        f"{'run':<46} {'steady pairs/s':>15} {'vs plain':>9} {'first window':>13}"
+        f" {'background cores':>17}"
+    )
     results = []
-    for name, rates in rows:
+    for name, rates, background in rows:
         rate = steady(rates)
-        print(f"{name:<46} {rate:>15.2f} {rate / plain:>8.2f}x {rates[0]:>13.2f}")
+        print(
+            f"{name:<46} {rate:>15.2f} {rate / plain:>8.2f}x {rates[0]:>13.2f} {background:>17.2f}"
+        )
         results.append(
             {
                 "run": name,
                 "pairs_per_s": rate,
                 "ratio_vs_plain": rate / plain,
                 "window_pairs_per_s": rates,
+                "background_cores": background,
             }
         )
     overhead = None
-    if "ray1x2" in args.runs:
-        overhead = 1 - steady(rows[args.runs.index("ray1x2")][1]) / plain
+    if "ray1" in args.runs:
+        overhead = 1 - steady(rows[args.runs.index("ray1")][1]) / plain
         print(f"overhead of Ray Train + DeepSpeed, 1 worker: {overhead:.1%} (target: at most 15%)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(
+    name = "train_throughput.json" if args.threads == 2 else f"train_throughput_t{t}.json"
+    (out / name).write_text(
         json.dumps(
             {
                 "steps": args.steps,
                 "window": args.window,
                 "batch_size": args.batch_size,
+                "threads": args.threads,
                 "worker_niceness": args.worker_niceness,
                 "results": results,
                 "overhead_1_worker": overhead,
