@@ -222,26 +222,38 @@ def local_input(path: str) -> Iterator[str]:
     if not is_uri(path):
         yield path
         return
-    local = staging_path(path)
+    with _shared_copy(path, staging_path(path)):
+        yield str(staging_path(path))
+
+
+@contextlib.contextmanager
+def _shared_copy(uri: str, local: Path, keep: bool = False) -> Iterator[None]:
+    """Hold a copy of `uri` at `local`, shared by every process of this node that uses it.
+
+    A shared flock on `<local>.lock` per user; an exclusive one to make or delete the
+    copy. `<local>.staged` marks a complete copy. The last user deletes it, unless `keep`
+    (a finished pipeline stage, which never changes: kept for later stages); a copy
+    without `keep` that nobody holds is a leftover (a crashed user) and is downloaded
+    afresh.
+    """
     local.parent.mkdir(parents=True, exist_ok=True)
-    done = local.with_name(local.name + ".staged")  # written once the copy is complete
+    done = local.with_name(local.name + ".staged")
     with open(local.with_name(local.name + ".lock"), "a") as lock:
-        # A shared lock per user of the copy; an exclusive one to (re)make or delete it.
         while True:
-            if _try_lock(lock, fcntl.LOCK_EX):  # nobody else uses it: download afresh
+            if _try_lock(lock, fcntl.LOCK_EX) and not (keep and done.exists()):
                 done.unlink(missing_ok=True)
                 _delete(pafs.LocalFileSystem(), str(local))
-                if not download(path, local):
-                    log.warning("%s does not exist (staged as the missing path %s)", path, local)
+                if not download(uri, local):
+                    log.warning("%s does not exist (staged as the missing path %s)", uri, local)
                 done.touch()
-            fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another job downloads
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another process downloads
             if done.exists():
                 break
             fcntl.flock(lock, fcntl.LOCK_UN)  # its last user deleted it meanwhile: again
         try:
-            yield str(local)
+            yield
         finally:
-            if _try_lock(lock, fcntl.LOCK_EX):  # the last user deletes the copy
+            if not keep and _try_lock(lock, fcntl.LOCK_EX):  # the last user deletes it
                 done.unlink(missing_ok=True)
                 _delete(pafs.LocalFileSystem(), str(local))
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -273,22 +285,14 @@ def on_this_node(*paths: str | None) -> Iterator[None]:
 
 def _fetch_mirror_part(uri: str) -> None:
     """Download the finished pipeline stage `uri` (`<out>/<stage>`) to the mirror path its
-    paths name, on a node that lacks it (the driver's own mirror is used as it is). Kept
-    for later stages."""
+    paths name, on a node that lacks it (the driver's own mirror, which has no lock file,
+    is used as it is). Kept for later stages."""
     out, _, stage = uri.rpartition("/")
     local = mirror_path(out) / stage
-    lock_path = local.with_name(local.name + ".lock")
-    if local.exists() and not lock_path.exists():
+    if local.exists() and not local.with_name(local.name + ".lock").exists():
         return  # the driver's node: its mirror
-    local.parent.mkdir(parents=True, exist_ok=True)
-    done = local.with_name(local.name + ".staged")
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            _delete(pafs.LocalFileSystem(), str(local))
-            if not download(uri, local):
-                log.warning("%s does not exist (a stage not uploaded yet?)", uri)
-            done.touch()
+    with _shared_copy(uri, local, keep=True):
+        pass
 
 
 def input_file(path: str | os.PathLike) -> str | pafs.NativeFile:
