@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from test_storage import files, make_tree, staging  # noqa: F401 (staging: autouse fixture)
 
-from r2ps import storage
 from r2ps.data.schema import RetrievalSet
 from r2ps.storage import (
     input_file,
@@ -32,24 +32,6 @@ from r2ps.storage import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def staging(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "staging"
-    monkeypatch.setenv("R2PS_STAGING_DIR", str(root))
-    return root
-
-
-def make_tree(root: Path) -> Path:
-    (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text("alpha")
-    (root / "sub" / "b.txt").write_text("beta")
-    return root
-
-
-def files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
 def put(local: Path, uri: str) -> None:
@@ -77,7 +59,7 @@ def listing(bucket: str) -> list[str]:
     return sorted(Path(i.path).name for i in fs.get_file_info(pafs.FileSelector(path)))
 
 
-def test_an_input_folder_and_file_are_downloaded_then_removed(tmp_path, s3_bucket, staging):
+def test_an_input_folder_and_file_are_downloaded_then_removed(tmp_path, s3_bucket):
     put(make_tree(tmp_path / "corpus"), f"{s3_bucket}/data/corpus")
     with local_input(f"{s3_bucket}/data/corpus") as got:
         assert Path(got) == staging_path(f"{s3_bucket}/data/corpus")
@@ -167,7 +149,7 @@ def test_a_pipeline_stage_is_fetched_from_s3_to_its_mirror_path(tmp_path, s3_buc
 
 @pytest.mark.ray
 def test_build_corpus_job_reads_its_sources_from_and_writes_its_corpus_to_s3(
-    ray_local, tmp_path, s3_bucket, staging
+    ray_local, tmp_path, s3_bucket
 ):
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     src = tmp_path / "src"
@@ -186,4 +168,4 @@ def test_build_corpus_job_reads_its_sources_from_and_writes_its_corpus_to_s3(
     with local_input(out) as local:
         splits = {s: RetrievalSet.read(Path(local) / s) for s in ("train", "valid", "test")}
     assert sum(r.qrels.num_rows for r in splits.values()) > 20
-    assert not (staging / "in" / storage._local_name(f"{s3_bucket}/sources")).exists()
+    assert not staging_path(f"{s3_bucket}/sources").exists()  # the copy is removed

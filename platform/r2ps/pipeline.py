@@ -385,12 +385,16 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     ]
 
 
-def serve_config(stages: dict[str, Stage]) -> ServeConfig:
-    """The endpoint over what the pipeline built: its index of the mined split, RR+PS."""
+def serve_config(stages: dict[str, Stage], where: Callable[[str], str] = str) -> ServeConfig:
+    """The endpoint over what the pipeline built: its index of the mined split, RR+PS.
+
+    `where` maps each absolute local path to what serve.yaml names (a URI `--out`: the
+    uploaded copy, so replicas anywhere stage what they read).
+    """
     mined = stages["mine"].config
 
     def absolute(path: str) -> str:
-        return str(Path(path).resolve())
+        return where(str(Path(path).resolve()))
 
     return ServeConfig(
         retriever=absolute(stages["retriever"].config.out),
@@ -429,26 +433,27 @@ def _run_mirrored(cfg: PipelineConfig) -> dict:
         relative = Path(stage.config.out).resolve().relative_to(local.resolve()).as_posix()
         upload(stage.config.out, f"{uri}/{relative}")
 
-    summary = _run_local(local_cfg, after=publish, checkpoints=f"{uri}/ray_results")
-    # serve.yaml names the URIs, so replicas anywhere stage what they read (serving.py)
-    serve_file = Path(summary["serve_config"])
-    served = yaml.safe_load(serve_file.read_text())
     mirror = str(local.resolve())
-    for name, value in served.items():
-        if isinstance(value, str) and (value == mirror or value.startswith(mirror + "/")):
-            served[name] = uri + value[len(mirror) :]
-    _write_atomic(serve_file, yaml.safe_dump(served, sort_keys=False))
-    upload_file(serve_file, f"{uri}/serve.yaml")
+
+    def uploaded(path: str) -> str:  # serve.yaml names the URIs
+        inside = path == mirror or path.startswith(mirror + "/")
+        return uri + path[len(mirror) :] if inside else path
+
+    summary = _run_local(local_cfg, publish, f"{uri}/ray_results", served_as=uploaded)
+    upload_file(summary["serve_config"], f"{uri}/serve.yaml")
     summary["uploaded_to"] = uri
     return summary
 
 
 def _run_local(
-    cfg: PipelineConfig, after: Callable[[Stage], None] | None = None, checkpoints: str = ""
+    cfg: PipelineConfig,
+    after: Callable[[Stage], None] | None = None,
+    checkpoints: str = "",
+    served_as: Callable[[str], str] = str,
 ) -> dict:
     stages = {s.name: s for s in build_stages(cfg, checkpoints)}
     report = run_stages(list(stages.values()), after)
-    serve = serve_config(stages)
+    serve = serve_config(stages, served_as)
     serve_file = Path(cfg.out, "serve.yaml").resolve()
     _write_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
     evaluation = Path(stages["evaluate"].config.out)
@@ -459,7 +464,7 @@ def _run_local(
             "RR+PS": stages["ranker_ps"].config.out,
             "RR": stages["ranker_rr"].config.out,
         },
-        "index": str(Path(serve.embed_out) / "index"),
+        "index": f"{serve.embed_out}/index",
         "codes": serve.codes,
         "results": {kind: str(evaluation / f"results.{kind}") for kind in ("md", "json", "png")},
         "serve_config": str(serve_file),

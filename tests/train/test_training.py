@@ -163,7 +163,13 @@ class RecordingTask(RetrieverTask):
         self.before_step(step)
         value = super().loss(engine, batch, cfg)
         training = all(m.training for m in engine.module.modules())  # dropout on
-        self._append("loss", {"step": step, "loss": float(value.item()), "training": training})
+        # what glibc read when the process started, not a later os.environ change
+        started_with = Path("/proc/self/environ").read_bytes().split(b"\0")
+        arenas = b"MALLOC_ARENA_MAX=1" in started_with
+        self._append(
+            "loss",
+            {"step": step, "loss": float(value.item()), "training": training, "arenas": arenas},
+        )
         return value
 
     def before_step(self, step: int) -> None:
@@ -285,6 +291,7 @@ def test_two_worker_run_learns_and_exports(finished_run):
     rank0 = [r for r in losses if r["rank"] == 0]
     assert [r["step"] for r in rank0] == list(range(total))  # one attempt, every step once
     assert all(r["training"] for r in losses)  # dropout on, on every rank
+    assert all(r["arenas"] for r in losses)  # workers started with one malloc arena
     first, last = np.mean([r["loss"] for r in rank0[:5]]), np.mean([r["loss"] for r in rank0[-5:]])
     assert last < 0.8 * first, (first, last)
 
