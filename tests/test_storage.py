@@ -315,3 +315,17 @@ def test_a_worker_on_another_node_fetches_a_finished_pipeline_stage_from_the_uri
         assert (mirror / "corpus" / "a.txt").read_text() == "driver's own"
     shutil.rmtree(mirror)  # a read task elsewhere opens the file from the URI
     assert input_file(mirror / "corpus" / "a.txt").read() == b"alpha"
+
+
+def test_a_stage_not_uploaded_yet_is_fetched_once_it_is(tmp_path):
+    """A node that looked for a stage before its upload must not keep "nothing" for good."""
+    from r2ps.storage import mirror_path
+
+    bucket = tmp_path / "bucket" / "r2ps"
+    bucket.mkdir(parents=True)
+    mirror = mirror_path(uri(bucket))
+    with on_this_node(str(mirror / "mined")):
+        assert not (mirror / "mined").exists()
+    make_tree(bucket / "mined")  # the stage finishes and is uploaded
+    with on_this_node(str(mirror / "mined")):
+        assert files(mirror / "mined") == files(bucket / "mined")

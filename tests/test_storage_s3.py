@@ -40,16 +40,22 @@ def put(local: Path, uri: str) -> None:
     pafs.copy_files(str(local), path, destination_filesystem=fs)
 
 
+def object_keys(uri: str) -> list[str]:
+    """Every object under `uri`, as keys relative to it, listed with plain pyarrow."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(i.path[len(path) + 1 :] for i in infos if i.type == pafs.FileType.File)
+
+
 def keys(uri: str) -> dict[str, str]:
     """Every object under `uri` (relative key -> text), read with plain pyarrow."""
     fs, path = pafs.FileSystem.from_uri(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return {}
     out = {}
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type == pafs.FileType.File:
-            with fs.open_input_stream(info.path) as f:
-                out[info.path[len(path) + 1 :]] = f.read().decode()
+    for key in object_keys(uri):
+        with fs.open_input_stream(f"{path}/{key}") as f:
+            out[key] = f.read().decode()
     return out
 
 
@@ -164,7 +170,7 @@ def test_build_corpus_job_reads_its_sources_from_and_writes_its_corpus_to_s3(
     argv += ["max_eval_package_fraction=0.5", "workers=1", "files_per_task=2"]
     assert job["main"](argv) == 0
 
-    assert "stats.json" in keys(out) and listing(s3_bucket) == ["corpus", "sources"]
+    assert "stats.json" in object_keys(out) and listing(s3_bucket) == ["corpus", "sources"]
     with local_input(out) as local:
         splits = {s: RetrievalSet.read(Path(local) / s) for s in ("train", "valid", "test")}
     assert sum(r.qrels.num_rows for r in splits.values()) > 20

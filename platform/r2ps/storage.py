@@ -245,6 +245,8 @@ def _shared_copy(uri: str, local: Path, keep: bool = False) -> Iterator[None]:
                 _delete(pafs.LocalFileSystem(), str(local))
                 if not download(uri, local):
                     log.warning("%s does not exist (staged as the missing path %s)", uri, local)
+                    if keep:  # not marked complete: a later call looks again
+                        break
                 done.touch()
             fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another process downloads
             if done.exists():
