@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r2ps.config import ConfigError, from_dict, load_config
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
-from r2ps.storage import is_uri, local_input
+from r2ps.storage import staged
 
 log = get_logger(__name__)
 
@@ -269,12 +269,7 @@ def staged_config(cfg: ServeConfig, stack: contextlib.ExitStack) -> ServeConfig:
     index can then live in a bucket (the pipeline's `--out s3://...`). An index that has
     to be built is built into that copy and not uploaded (run jobs/embed.py for that).
     """
-    changes = {}
-    for name in URI_FIELDS:
-        value = getattr(cfg, name)
-        if is_uri(value):
-            changes[name] = stack.enter_context(local_input(value))
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    return stack.enter_context(staged(cfg, inputs=URI_FIELDS))
 
 
 def resolve_model(path: str, role: str) -> tuple[str, bool]:
