@@ -429,15 +429,22 @@ def _run_mirrored(cfg: PipelineConfig) -> dict:
         local.mkdir(parents=True)
     local_cfg = dataclasses.replace(cfg, out=str(local))
 
+    mirror = local.resolve()
+
+    def uploaded(path: str) -> str:
+        """The URI a path inside the mirror is uploaded to; any other path as it is."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(mirror):
+            return path
+        return "/".join([uri, *resolved.relative_to(mirror).parts])
+
     def publish(stage: Stage) -> None:
-        relative = Path(stage.config.out).resolve().relative_to(local.resolve()).as_posix()
-        upload(stage.config.out, f"{uri}/{relative}")
-
-    mirror = str(local.resolve())
-
-    def uploaded(path: str) -> str:  # serve.yaml names the URIs
-        inside = path == mirror or path.startswith(mirror + "/")
-        return uri + path[len(mirror) :] if inside else path
+        target = uploaded(stage.config.out)
+        if not is_uri(target):
+            raise ValueError(
+                f"{stage.name}: output {target} is outside {mirror}, the mirror of {uri}"
+            )
+        upload(stage.config.out, target)
 
     summary = _run_local(local_cfg, publish, f"{uri}/ray_results", served_as=uploaded)
     upload_file(summary["serve_config"], f"{uri}/serve.yaml")
