@@ -91,15 +91,20 @@ def s3_bucket(s3_server, monkeypatch, request) -> str:
 
     import boto3
 
-    env = {
-        "AWS_ENDPOINT_URL": s3_server,
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The environment that points pyarrow and boto3 at the local S3 server, as a user
+    points them at MinIO: set in the tests' process, or given to a subprocess's nodes."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "r2ps-test",
         "AWS_SECRET_ACCESS_KEY": "r2ps-test",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
-    boto3.client("s3").create_bucket(Bucket=name)
-    return f"s3://{name}"

@@ -132,6 +132,8 @@ def run_training(cfg: TrainConfig, records: Path) -> dict:
         "batches": {rank: sorted(v) for rank, v in batches.items()},
         "evals": evals,
         "best_metrics": summary["best_metrics"],
+        "best_checkpoint": summary["best_checkpoint"],
+        "exported_model": summary["exported_model"],
         "history": summary["history"],
         "seconds": round(seconds, 1),
     }

@@ -9,8 +9,13 @@ The same scenario (`multinode_scenario.py`) runs twice, each in a subprocess of 
   the third node's CPU is what the Ray Data read and tokenise tasks run on;
 - on one node with the same 3 CPUs.
 
+The multi-node run keeps its Ray Train checkpoints in a bucket of a local S3 server (moto,
+conftest.py) rather than on disk, as a cluster without a shared disk must: each worker
+uploads its own checkpoint shards, and the driver downloads the best one to export it. The
+nodes are told the endpoint by environment (AWS_ENDPOINT_URL), as a user tells theirs.
+
 Both train the tiny random BERT on the hand-made corpus of tests/train (2 workers x 1
-thread, 6 steps, validated at 0, 3 and 6) and embed a code split with 2 actors. The
+thread, ZeRO-2, 6 steps, validated at 0, 3 and 6) and embed a code split with 2 actors. The
 runs must see the same batches and give the same losses and metrics, and both runs'
 embeddings must equal the single-process ones.
 
@@ -21,9 +26,11 @@ would otherwise join while the test runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import s3_env
 from test_embed import make_codes, write_split
 
 import r2ps
@@ -41,6 +49,7 @@ from r2ps.config import to_dict
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
 from r2ps.index import read_embeddings
 from r2ps.models.dual import DualEncoder
+from r2ps.train.loop import DS_DIR, HF_DIR, STATE_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -82,8 +91,14 @@ def inputs(tiny_bert_dir, tmp_path_factory) -> dict:
     }
 
 
-def run_scenario(inputs: dict, name: str, worker_nodes: int) -> dict:
-    """Run multinode_scenario.py in a subprocess; its JSON result."""
+def run_scenario(
+    inputs: dict, name: str, worker_nodes: int, storage: str = "", env: dict | None = None
+) -> dict:
+    """Run multinode_scenario.py in a subprocess; its JSON result.
+
+    `storage`: where Ray Train keeps checkpoints (default: `<out>/ray_results`); `env`:
+    more environment for the subprocess and so for every node of its cluster.
+    """
     out = inputs["root"] / name
     out.mkdir()
     cfg = inputs["small_config"](
@@ -94,7 +109,10 @@ def run_scenario(inputs: dict, name: str, worker_nodes: int) -> dict:
         max_steps=6,
         eval_every_steps=3,
         cpus_per_worker=1.0,  # a worker fills a 1-CPU node
+        zero_stage=2,  # optimizer state sharded: each rank saves (and uploads) its own part
     )
+    if storage:
+        cfg = dataclasses.replace(cfg, storage=storage)
     spec = {
         "worker_nodes": worker_nodes,
         "train": to_dict(cfg),
@@ -120,6 +138,7 @@ def run_scenario(inputs: dict, name: str, worker_nodes: int) -> dict:
             [str(Path(r2ps.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
         ),
         "HF_HUB_OFFLINE": "1",
+        **(env or {}),
     }
     env.pop("RAY_ADDRESS", None)
     log = out / "scenario.log"
@@ -151,12 +170,47 @@ def run_scenario(inputs: dict, name: str, worker_nodes: int) -> dict:
     return result
 
 
+def s3_client(s3_server: str):
+    import boto3
+
+    env = s3_env(s3_server)
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
 @pytest.fixture(scope="module")
-def runs(inputs) -> dict[str, dict]:
+def bucket(s3_server) -> str:
+    """A bucket on the local S3 server for the multi-node run's checkpoints."""
+    s3_client(s3_server).create_bucket(Bucket="multinode")
+    return "s3://multinode"
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, bucket, s3_server) -> dict[str, dict]:
     return {
-        "multi": run_scenario(inputs, "multi", worker_nodes=2),
+        "multi": run_scenario(
+            inputs,
+            "multi",
+            worker_nodes=2,
+            storage=f"{bucket}/ray_results",
+            env=s3_env(s3_server),
+        ),
         "single": run_scenario(inputs, "single", worker_nodes=0),
     }
+
+
+def bucket_keys(s3_server: str, bucket: str) -> list[str]:
+    pages = (
+        s3_client(s3_server)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket.removeprefix("s3://"))
+    )
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def test_the_clusters_have_the_planned_nodes(runs):
@@ -216,6 +270,29 @@ def test_training_equals_the_single_node_run(runs):
     assert last_m["step"] == last_s["step"] == 6
     assert abs(last_m["train_loss"] - last_s["train_loss"]) <= TOL
     assert abs(last_m["valid_mrr"] - last_s["valid_mrr"]) <= TOL
+
+
+def test_the_multinode_checkpoints_are_in_the_bucket_not_on_disk(runs, inputs, bucket, s3_server):
+    """Each kept checkpoint (num_to_keep=2) is in the bucket with both ranks' ZeRO-2
+    optimizer shards (each uploaded by its own worker, from its own node) and rank 0's
+    export."""
+    keys = bucket_keys(s3_server, bucket)
+    checkpoints: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")  # ray_results/<run>/<checkpoint_...>/<file...>
+        if len(parts) > 3 and parts[1] == "multinode" and parts[2].startswith("checkpoint_"):
+            checkpoints.setdefault(parts[2], []).append("/".join(parts[3:]))
+    assert len(checkpoints) == 2, keys
+    for name, files in checkpoints.items():
+        assert f"{HF_DIR}/config.json" in files and STATE_FILE in files, (name, files)
+        ranks = {re.search(r"zero_pp_rank_(\d+)_", f)[1] for f in files if "zero_pp_rank_" in f}
+        assert ranks == {"0", "1"}, (name, files)
+        assert any(f.startswith(f"{DS_DIR}/") for f in files), (name, files)
+    train = runs["multi"]["train"]
+    assert train["best_checkpoint"].startswith("multinode/ray_results/multinode/checkpoint_")
+    assert not (inputs["root"] / "multi" / "ray_results").exists()
+    # the driver downloaded the best one to export it
+    assert (Path(train["exported_model"]) / "config.json").exists()
 
 
 def test_embeddings_equal_the_single_process_ones(runs, inputs):
