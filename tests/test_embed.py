@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r2ps.embed import EmbedConfig, codes_file, embed_corpus, ensure_index, plan_pool
-from r2ps.index import IndexConfig, StaleIndexError, read_embeddings
+from r2ps.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
 from r2ps.models.dual import DualEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,7 @@ def test_ensure_index_reuses_what_matches_and_rebuilds_what_is_stale(
     hnsw = ensure_index(small_cfg(model, split, out, index=IndexConfig(kind="hnsw")))
     assert hnsw.manifest["kind"] == "hnsw"
     assert mtime(emb_manifest) == stamps[0] and mtime(idx_manifest) != stamps[1]
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings", "index"]  # no vectors left
 
     # another corpus: re-embedded
     write_split(split, make_codes(25))
@@ -136,18 +137,33 @@ def test_bad_codes_input_names_the_file_and_field(tmp_path):
         embed_corpus(EmbedConfig(codes=str(dup), out=str(tmp_path / "o")))
 
 
-def test_read_embeddings_refuses_an_incomplete_set(tmp_path):
-    def shard(name: str, pos: list[int]) -> None:
-        emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * 2 * len(pos), pa.float32()), 2)
+def test_read_embeddings_puts_rows_in_place_and_refuses_an_incomplete_set(tmp_path):
+    def shard(name: str, pos: list[int], dim: int = 2) -> None:
+        values = [float(p * 10 + j) for p in pos for j in range(dim)]  # row p: p*10, p*10+1
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), dim)
         table = pa.table({"pos": pos, "code_id": [f"c{p}" for p in pos], "embedding": emb})
         pq.write_table(table, tmp_path / name)
 
     shard("part-a.parquet", [1, 0])
     shard("part-b.parquet", [2])
+    want = np.array([[0, 1], [10, 11], [20, 21]], dtype=np.float32)
     ids, emb = read_embeddings(str(tmp_path))
-    assert ids == ["c0", "c1", "c2"] and emb.shape == (3, 2) and emb.dtype == np.float32
+    assert ids == ["c0", "c1", "c2"] and emb.dtype == np.float32
+    np.testing.assert_array_equal(emb, want)
+    ids, mapped = read_embeddings(str(tmp_path), into=tmp_path / "v.npy")  # a memory map
+    assert isinstance(mapped, np.memmap) and ids == ["c0", "c1", "c2"]
+    np.testing.assert_array_equal(mapped, want)
+    assert embedding_layout(tmp_path) == (["c0", "c1", "c2"], 2)
     shard("part-b.parquet", [3])
     with pytest.raises(ValueError, match="missing or repeated"):
+        read_embeddings(str(tmp_path))
+    shard("part-b.parquet", [2], dim=3)
+    with pytest.raises(ValueError, match=r"differ in embedding dimension: \[2, 3\]"):
+        embedding_layout(tmp_path)
+    pq.write_table(pa.table({"pos": [2], "code_id": ["c2"]}), tmp_path / "part-b.parquet")
+    with pytest.raises(
+        ValueError, match=r"part-b.parquet: shard lacks column\(s\) \['embedding'\]"
+    ):
         read_embeddings(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no embedding shards"):
         read_embeddings(str(tmp_path / "empty"))

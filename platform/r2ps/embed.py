@@ -44,6 +44,7 @@ from r2ps.index import (
     StaleIndexError,
     check_manifest,
     corpus_fingerprint,
+    embedding_layout,
     model_fingerprint,
     read_embeddings,
     read_manifest,
@@ -341,14 +342,14 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
     for i, block in enumerate(blocks):
         pq.write_table(block, tmp / f"part-{i:06d}.parquet")
     seconds = time.perf_counter() - start
-    ids, emb = read_embeddings(str(tmp))  # checks every position arrived exactly once
+    ids, dim = embedding_layout(tmp)  # every position arrived exactly once (no vectors read)
     if len(ids) != identity["count"]:
         raise RuntimeError(f"{tmp}: {len(ids)} embeddings written for {identity['count']} codes")
     manifest = {
         **identity,
         "model_path": model,
         "codes": str(codes),
-        "dim": int(emb.shape[1]),
+        "dim": dim,
         "shards": len(list(tmp.glob("part-*.parquet"))),
         "actors": plan.actors,
         "threads_per_actor": plan.threads,
@@ -393,7 +394,14 @@ def ensure_index(cfg: EmbedConfig) -> CodeIndex:
     except (FileNotFoundError, StaleIndexError) as e:
         log.info("embedding: %s", e)
         manifest = _embed(cfg, model, codes, identity)
-    ids, emb = read_embeddings(str(_embeddings_dir(cfg)))
-    index = CodeIndex.build(emb, ids, cfg.index, manifest)  # the embedding run's record too
+    # The vectors go through a memory map on disk beside the index: RAM holds the index
+    # being built, not also every vector (143 GiB at 100M codes of d = 384).
+    vectors = Path(cfg.out) / "vectors.tmp.npy"
+    try:
+        ids, emb = read_embeddings(str(_embeddings_dir(cfg)), into=vectors)
+        index = CodeIndex.build(emb, ids, cfg.index, manifest)  # the embedding run's record too
+        del emb
+    finally:
+        vectors.unlink(missing_ok=True)
     index.save(_index_dir(cfg))
     return index

@@ -2,7 +2,9 @@
 
 Scores are inner products of unit vectors (cosine, as the retriever is trained).
 `flat` is exact and the default; `ivf` (inverted lists, trained on the embeddings) and
-`hnsw` (a graph) trade a little recall for speed on large corpora. Where CUDA and a
+`hnsw` (a graph) trade a little recall for speed on large corpora; `ivfpq` (inverted lists
+of product-quantised codes, `pq_m` bytes a code instead of 4 x d) also for memory: at 100M
+codes of d = 384, ~5-7 GiB instead of 143 GiB (docs/SCALING.md). Where CUDA and a
 faiss build with GPU support are both present, the index is copied to every GPU
 (sharded), otherwise the CPU index serves: same results either way.
 
@@ -31,10 +33,12 @@ from r2ps.log import get_logger
 
 log = get_logger(__name__)
 
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 INDEX_FILE = "index.faiss"
 IDS_FILE = "code_ids.parquet"
 MANIFEST = "manifest.json"
+ADD_CHUNK = 65_536  # rows handed to faiss at a time (from a memory map: all that is in RAM)
+PQ_BITS = 8  # bits per PQ sub-quantizer code: 256 centroids each, faiss's usual choice
 GPU_MAX_K = 2048  # faiss GPU search returns at most this many neighbours per query
 
 
@@ -82,9 +86,14 @@ def corpus_fingerprint(code_ids: Sequence[str]) -> str:
 class IndexConfig:
     """Which faiss index to build and how to search it."""
 
-    kind: str = field(default="flat", metadata={"help": "flat (exact inner product) | ivf | hnsw"})
+    kind: str = field(
+        default="flat", metadata={"help": "flat (exact inner product) | ivf | ivfpq | hnsw"}
+    )
     nlist: int = field(default=0, metadata={"help": "IVF lists; 0: about 4*sqrt(N)"})
     nprobe: int = field(default=16, metadata={"help": "IVF lists visited per query"})
+    pq_m: int = field(
+        default=0, metadata={"help": "ivfpq: bytes per code (sub-quantizers); 0: d/8"}
+    )
     hnsw_m: int = field(default=32, metadata={"help": "HNSW neighbours per node"})
     ef_search: int = field(default=128, metadata={"help": "HNSW search breadth"})
     use_gpu: bool | None = field(
@@ -97,13 +106,16 @@ class IndexConfig:
         for name in ("nprobe", "hnsw_m", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"index.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.nlist < 0:
-            raise ValueError(f"index.nlist: must be >= 0, got {self.nlist}")
+        for name in ("nlist", "pq_m"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"index.{name}: must be >= 0, got {getattr(self, name)}")
 
     def build_settings(self) -> dict:
         """The settings that shape the built index (search-time ones can change freely)."""
         if self.kind == "ivf":
             return {"kind": "ivf", "nlist": self.nlist}
+        if self.kind == "ivfpq":
+            return {"kind": "ivfpq", "nlist": self.nlist, "pq_m": self.pq_m}
         if self.kind == "hnsw":
             return {"kind": "hnsw", "hnsw_m": self.hnsw_m}
         return {"kind": "flat"}
@@ -154,13 +166,41 @@ def _new_index(embeddings: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, d
     nlist = cfg.nlist or max(1, int(round(4 * math.sqrt(n))))
     nlist = min(nlist, n)  # k-means needs at least one point per list
     quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(embeddings)
-    return index, {"nlist_used": nlist}
+    if cfg.kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        used = {"nlist_used": nlist}
+    else:
+        m = cfg.pq_m or max(1, d // 8)
+        if d % m:
+            raise ValueError(f"index.pq_m: {m} does not divide the embedding dimension {d}")
+        if n < 2**PQ_BITS:
+            raise ValueError(
+                f"index.kind=ivfpq: {n} codes cannot train {2**PQ_BITS} PQ centroids; "
+                "use flat for a corpus this small"
+            )
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
+        used = {"nlist_used": nlist, "pq_m_used": m}
+    index.train(_training_sample(embeddings, nlist))
+    return index, used
+
+
+def _training_sample(embeddings: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """The rows k-means trains on: all, or a seeded sample of what faiss would use anyway.
+
+    faiss caps k-means at 256 points per centroid (and PQ at 256 per sub-quantizer
+    centroid), subsampling the rest; sampling here instead means a memory-mapped matrix is
+    read for those rows only, not copied into RAM whole.
+    """
+    n = len(embeddings)
+    size = min(n, max(256 * nlist, 256 * 2**PQ_BITS))
+    if size == n:
+        return np.ascontiguousarray(embeddings)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    return np.ascontiguousarray(embeddings[rows])
 
 
 def _set_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
-    if cfg.kind == "ivf":
+    if cfg.kind in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = cfg.nprobe
     elif cfg.kind == "hnsw":
         index.hnsw.efSearch = cfg.ef_search
@@ -188,8 +228,11 @@ class CodeIndex:
             return None
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True  # each GPU holds a slice of the corpus, not a copy
+        # fp16 PQ lookup tables: fp32 ones for d/8 sub-quantizers can exceed a GPU block's
+        # shared memory (faiss's documented remedy; not yet run on a GPU here)
+        options.useFloat16 = self.cfg.kind == "ivfpq"
         gpu = faiss.index_cpu_to_all_gpus(index, co=options)
-        if self.cfg.kind == "ivf":
+        if self.cfg.kind in ("ivf", "ivfpq"):
             faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self.cfg.nprobe)
         return gpu
 
@@ -210,7 +253,9 @@ class CodeIndex:
     ) -> CodeIndex:
         """Index `embeddings` (float32 [N, d], unit rows); `manifest` says what they came from.
 
-        The manifest is completed with `dim`, `count`, `kind`, the build settings and
+        `embeddings` may be a memory map (`read_embeddings(..., into=)`): training reads a
+        sample of its rows and adding goes `ADD_CHUNK` rows at a time, so RAM holds the
+        index, not another copy of the vectors. The manifest is completed with `dim`, `count`, `kind`, the build settings and
         the corpus fingerprint of `code_ids` (a caller's own value must agree).
         """
         emb = _check_matrix(embeddings, "embeddings")
@@ -222,7 +267,8 @@ class CodeIndex:
         if manifest.get("corpus_fingerprint", fp) != fp:
             raise ValueError("manifest corpus_fingerprint does not match the code ids given")
         index, used = _new_index(emb, cfg)
-        index.add(emb)
+        for start in range(0, len(emb), ADD_CHUNK):
+            index.add(np.ascontiguousarray(emb[start : start + ADD_CHUNK]))
         full = {
             **manifest,
             "corpus_fingerprint": fp,
@@ -326,29 +372,56 @@ def check_manifest(manifest: dict, expect: dict, where: str | Path) -> None:
 # ------------------------------------------------------------------ embedding shards
 
 
-def read_embeddings(directory: str) -> tuple[list[str], np.ndarray]:
+def embedding_layout(directory: str | Path) -> tuple[list[str], int]:
+    """(code ids in corpus order, dimension) of the shards in `directory`, checked: every
+    position 0..N-1 exactly once, an `embedding` column of one fixed size. Reads the
+    small columns only, so a driver can check a run of any size."""
+    _, _, ids, dim = _shards(Path(directory))
+    return ids, dim
+
+
+def read_embeddings(directory: str, into: str | Path | None = None) -> tuple[list[str], np.ndarray]:
     """(code ids, float32 [N, d]) from `<directory>/part-*.parquet`, in corpus order.
 
     Ray Data writes shards in whatever order its blocks finish; each row carries its
-    corpus position `pos`, so the order is restored here and checked to be complete.
+    corpus position `pos`, so every shard's rows are put in their places, a shard at a
+    time. `into`: a `.npy` file to hold the matrix as a memory map (for corpora larger
+    than RAM; the caller removes it), else it is an array in memory.
     """
-    directory = Path(directory)
+    parts, positions, ids, dim = _shards(Path(directory))
+    shape = (len(ids), dim)
+    if into is None:
+        emb = np.empty(shape, dtype=np.float32)
+    else:
+        emb = np.lib.format.open_memmap(into, mode="w+", dtype=np.float32, shape=shape)
+    for part, pos in zip(parts, positions, strict=True):
+        col = pq.read_table(part, columns=["embedding"])["embedding"].combine_chunks()
+        emb[pos] = col.flatten().to_numpy().reshape(-1, dim)
+    return ids, emb
+
+
+def _shards(directory: Path) -> tuple[list[Path], list[np.ndarray], list[str], int]:
+    """The shard files, each one's positions, the ordered code ids and the dimension."""
     parts = sorted(directory.glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"{directory}: no embedding shards (part-*.parquet)")
-    table = pa.concat_tables(pq.read_table(p) for p in parts)
-    for col in ("pos", "code_id", "embedding"):
-        if col not in table.column_names:
-            raise ValueError(f"{directory}: shards lack column {col!r}; have {table.column_names}")
-    table = table.take(pc.sort_indices(table["pos"]))
-    pos = table["pos"].to_numpy()
-    if not np.array_equal(pos, np.arange(len(pos))):
+    dims = set()
+    tables = []
+    for part in parts:
+        schema = pq.read_schema(part)
+        missing = [c for c in ("pos", "code_id", "embedding") if c not in schema.names]
+        if missing:
+            raise ValueError(f"{part}: shard lacks column(s) {missing}; has {schema.names}")
+        kind = schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(kind):
+            raise ValueError(f"{part}: column 'embedding' is {kind}, not a fixed-size list")
+        dims.add(kind.list_size)
+        tables.append(pq.read_table(part, columns=["pos", "code_id"]))
+    if len(dims) != 1:
+        raise ValueError(f"{directory}: shards differ in embedding dimension: {sorted(dims)}")
+    table = pa.concat_tables(tables)
+    order = pc.sort_indices(table["pos"])
+    if not np.array_equal(pc.take(table["pos"], order).to_numpy(), np.arange(len(table))):
         raise ValueError(f"{directory}: shards hold positions that are missing or repeated")
-    emb_col = table["embedding"].combine_chunks()
-    if not pa.types.is_fixed_size_list(emb_col.type):
-        raise ValueError(
-            f"{directory}: column 'embedding' is {emb_col.type}, not a fixed-size list"
-        )
-    dim = emb_col.type.list_size
-    emb = emb_col.flatten().to_numpy().astype(np.float32, copy=False).reshape(-1, dim)
-    return table["code_id"].to_pylist(), emb
+    ids = pc.take(table["code_id"], order).to_pylist()
+    return parts, [t["pos"].to_numpy() for t in tables], ids, dims.pop()
