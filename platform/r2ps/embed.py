@@ -54,6 +54,7 @@ from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import (
     batches_by_length,
     default_model_path,
+    inference_token_budget,
     load_tokenizer,
     pad_batch,
     pad_token_id,
@@ -195,7 +196,8 @@ class CodeEmbedder:
             self.device.type, dtype=self.dtype, enabled=self.dtype is not None
         )
         with torch.inference_mode(), autocast:
-            for idx in batches_by_length([len(s) for s in seqs], self.batch_size):
+            budget = inference_token_budget(self.device)
+            for idx in batches_by_length([len(s) for s in seqs], self.batch_size, budget):
                 padded = pad_batch([seqs[i] for i in idx], self.pad_id)
                 emb = self.model.encode(
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)

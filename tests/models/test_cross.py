@@ -92,6 +92,19 @@ def test_score_pairs_keeps_input_order(cross):
             assert scores[i] == pytest.approx(one, abs=1e-5)
 
 
+@pytest.mark.parametrize("max_tokens", [0, 64, 1024])
+def test_scores_do_not_depend_on_the_cpu_token_budget(cross, monkeypatch, max_tokens):
+    """The budget only splits batches (CPU speed); each pair's score stays its own."""
+    queries, codes = QUERIES * 3, (CODES * 3)[1:] + CODES[:1]  # mixed lengths
+    cross.eval()
+    with torch.no_grad():
+        want = [
+            cross(**cross.tokenize([q], [c])).item() for q, c in zip(queries, codes, strict=True)
+        ]
+    monkeypatch.setattr("r2ps.models.encoder.CPU_MAX_TOKENS", max_tokens)
+    np.testing.assert_allclose(cross.score_pairs(queries, codes), want, atol=1e-5)
+
+
 def test_save_load_round_trip(cross, tmp_path):
     with torch.no_grad():
         cross.head[3].bias.fill_(0.5)  # a head that differs from a fresh one

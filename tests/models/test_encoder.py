@@ -10,8 +10,10 @@ import torch
 from transformers import BertModel, DistilBertConfig, DistilBertModel
 
 from r2ps.models.encoder import (
+    CPU_MAX_TOKENS,
     batches_by_length,
     default_model_path,
+    inference_token_budget,
     load_encoder,
     mean_pool,
     pad_batch,
@@ -70,6 +72,23 @@ def test_batches_by_length_cover_every_index_longest_first():
     assert [len(b) for b in batches] == [2, 2, 1]
     with pytest.raises(ValueError):
         batches_by_length(lengths, 0)
+
+
+def test_a_token_budget_splits_batches_by_padded_size():
+    lengths = [100, 300, 40, 200, 50, 500]
+    batches = batches_by_length(lengths, batch_size=64, max_tokens=400)
+    # rows x the batch's longest <= 400, except a lone row longer than the budget
+    assert [[lengths[i] for i in b] for b in batches] == [[500], [300], [200, 100], [50, 40]]
+    assert [len(b) for b in batches_by_length(lengths, 3, max_tokens=10_000)] == [3, 3]
+    assert len(batches_by_length(lengths, 64)) == 1  # no budget: batch_size alone
+    assert [len(b) for b in batches_by_length([0, 0, 0], 2, max_tokens=1)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="max_tokens"):
+        batches_by_length(lengths, 2, max_tokens=-1)
+
+
+def test_inference_token_budget_is_for_cpus_only():
+    assert inference_token_budget(torch.device("cpu")) == CPU_MAX_TOKENS > 0
+    assert inference_token_budget(torch.device("cuda")) == 0
 
 
 def test_pad_batch():

@@ -19,6 +19,7 @@ from torch import nn
 from r2ps.log import get_logger
 from r2ps.models.encoder import (
     batches_by_length,
+    inference_token_budget,
     load_encoder,
     pad_batch,
     pad_token_id,
@@ -174,7 +175,8 @@ class CrossEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for idx in batches_by_length([len(p[0]) for p in pairs], batch_size):
+            budget = inference_token_budget(device)
+            for idx in batches_by_length([len(p[0]) for p in pairs], batch_size, budget):
                 batch = pad_batch(
                     [pairs[i][0] for i in idx],
                     pad_token_id(tokenizer),

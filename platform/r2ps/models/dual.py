@@ -18,6 +18,7 @@ from torch import nn
 from r2ps.log import get_logger
 from r2ps.models.encoder import (
     batches_by_length,
+    inference_token_budget,
     load_encoder,
     mean_pool,
     pad_batch,
@@ -153,7 +154,8 @@ def embed_texts(
     was_training = model.training
     model.eval()
     try:
-        for idx in batches_by_length([len(s) for s in ids], batch_size):
+        budget = inference_token_budget(device)
+        for idx in batches_by_length([len(s) for s in ids], batch_size, budget):
             batch = pad_batch([ids[i] for i in idx], pad_token_id(tokenizer))
             emb = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             out[idx] = emb.float().cpu().numpy()
