@@ -1,9 +1,10 @@
 """CPU inference batch size by padded tokens: ranker ms per pair and embedding codes/s.
 
 Claim: on a CPU, closing each inference batch at `CPU_MAX_TOKENS` padded tokens (r2ps's
-default there; `r2ps.models.encoder.inference_token_budget`) is faster than one batch padded
+default there; `r2ps.models.encoder.cpu_token_budget`) is faster than one batch padded
 to its longest row: a ranker request of 10 or 60 (query, code) pairs, and code embedding in
-length-grouped batches of 64. Every budget runs in this one process, alternating, so the
+length-grouped batches of 64, and a training step's forward and backward (the retriever's
+code side, 32 codes; the ranker's 8 groups of 1 + 7 pairs). Every budget runs in this one process, alternating, so the
 ratios are not machine drift; 0 = no budget (what r2ps did before).
 
 Inputs: real codes (a split's `codes.parquet`) and the bundled MiniLM (or `--model`), both
@@ -24,7 +25,7 @@ import torch
 
 import r2ps.models.encoder as encoder
 from r2ps.models.cross import CrossEncoder
-from r2ps.models.dual import DualEncoder
+from r2ps.models.dual import DualEncoder, tokenize
 
 QUERY = "read a json file and return the parsed object"
 
@@ -40,6 +41,26 @@ def embed_codes_per_s(model: DualEncoder, codes: list[str]) -> float:
     start = time.perf_counter()
     model.embed_codes(codes, batch_size=64)
     return len(codes) / (time.perf_counter() - start)
+
+
+def retriever_step_codes_per_s(model: DualEncoder, codes: list[str]) -> float:
+    """Forward and backward of one training step's code side: 32 codes, in-batch loss."""
+    batch = tokenize(model.tokenizer, codes[:32], model.max_code_len)
+    start = time.perf_counter()
+    emb = model.encode(batch["input_ids"], batch["attention_mask"])
+    (emb @ emb.T / 0.05).log_softmax(1).diagonal().sum().neg().backward()
+    model.zero_grad()
+    return 32 / (time.perf_counter() - start)
+
+
+def ranker_step_pairs_per_s(model: CrossEncoder, codes: list[str]) -> float:
+    """Forward and backward of one ranker step: 8 groups of 1 + 7 pairs, listwise loss."""
+    batch = model.tokenize([QUERY] * 64, codes[:64])
+    start = time.perf_counter()
+    scores = model(**batch).view(8, 8)
+    scores.log_softmax(1)[:, 0].sum().neg().backward()
+    model.zero_grad()
+    return 64 / (time.perf_counter() - start)
 
 
 def main() -> int:
@@ -59,11 +80,19 @@ def main() -> int:
     codes = texts.to_pylist()[: args.n]
     cross = CrossEncoder.from_pretrained(model_dir).eval()
     dual = DualEncoder.from_pretrained(model_dir).eval()
+    train_dual = DualEncoder.from_pretrained(model_dir).train()  # dropout on, as in training
+    train_cross = CrossEncoder.from_pretrained(model_dir).train()
     budgets = [int(b) for b in args.budgets.split(",")]
     cases = {
         "ranker, 10 pairs a request (ms/pair)": lambda: ranker_ms_per_pair(cross, codes, 10),
         "ranker, 60 pairs a request (ms/pair)": lambda: ranker_ms_per_pair(cross, codes, 60),
         "embedding, batches of 64 (codes/s)": lambda: embed_codes_per_s(dual, codes),
+        "retriever train step, 32 codes (codes/s)": lambda: retriever_step_codes_per_s(
+            train_dual, codes
+        ),
+        "ranker train step, 64 pairs (pairs/s)": lambda: ranker_step_pairs_per_s(
+            train_cross, codes
+        ),
     }
     lower_is_better = {name: "ms/pair" in name for name in cases}
     ranker_pairs = cross.tokenize([QUERY] * len(codes), codes)["attention_mask"].sum(1)

@@ -54,7 +54,6 @@ from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import (
     batches_by_length,
     default_model_path,
-    inference_token_budget,
     load_tokenizer,
     pad_batch,
     pad_token_id,
@@ -196,8 +195,7 @@ class CodeEmbedder:
             self.device.type, dtype=self.dtype, enabled=self.dtype is not None
         )
         with torch.inference_mode(), autocast:
-            budget = inference_token_budget(self.device)
-            for idx in batches_by_length([len(s) for s in seqs], self.batch_size, budget):
+            for idx in batches_by_length([len(s) for s in seqs], self.batch_size):
                 padded = pad_batch([seqs[i] for i in idx], self.pad_id)
                 emb = self.model.encode(
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)

@@ -12,8 +12,9 @@ from transformers import BertModel, DistilBertConfig, DistilBertModel
 from r2ps.models.encoder import (
     CPU_MAX_TOKENS,
     batches_by_length,
+    by_length,
+    cpu_token_budget,
     default_model_path,
-    inference_token_budget,
     load_encoder,
     mean_pool,
     pad_batch,
@@ -86,9 +87,39 @@ def test_a_token_budget_splits_batches_by_padded_size():
         batches_by_length(lengths, 2, max_tokens=-1)
 
 
-def test_inference_token_budget_is_for_cpus_only():
-    assert inference_token_budget(torch.device("cpu")) == CPU_MAX_TOKENS > 0
-    assert inference_token_budget(torch.device("cuda")) == 0
+def test_cpu_token_budget_is_for_cpus_only():
+    assert cpu_token_budget(torch.device("cpu")) == CPU_MAX_TOKENS > 0
+    assert cpu_token_budget(torch.device("cuda")) == 0
+
+
+def test_by_length_gives_the_one_call_result_and_gradients(monkeypatch):
+    """Slices by length, each cut to its longest row, back in input order; gradients too."""
+    torch.manual_seed(0)
+    weight = torch.randn(50, 4, requires_grad=True)
+    calls = []
+
+    def fn(ids, mask, types):  # a per-row function that sees only its row's tokens
+        calls.append(tuple(ids.shape))
+        emb = weight[ids] * mask.unsqueeze(-1) + (0 if types is None else types.unsqueeze(-1))
+        return emb.sum(1)
+
+    rows = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    batch = pad_batch(rows, pad_id=0, type_ids=[[1] * len(r) for r in rows])
+    args = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    monkeypatch.setattr("r2ps.models.encoder.CPU_MAX_TOKENS", 0)
+    whole = fn(*args)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), weight)
+    monkeypatch.setattr("r2ps.models.encoder.CPU_MAX_TOKENS", 8)
+    calls.clear()
+    sliced = by_length(fn, *args)
+    (grad_sliced,) = torch.autograd.grad(sliced.square().sum(), weight)
+    torch.testing.assert_close(sliced, whole)
+    torch.testing.assert_close(grad_sliced, grad_whole)
+    assert calls == [(1, 6), (2, 4), (2, 2)]  # rows x longest <= 8, except a lone long row
+    left = [t.flip(1) for t in args]  # left padding: not sliced, one call
+    calls.clear()
+    torch.testing.assert_close(by_length(fn, *left), fn(*left))
+    assert calls == [(5, 6), (5, 6)]
 
 
 def test_pad_batch():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,18 +127,50 @@ def batches_by_length(
 CPU_MAX_TOKENS = 1024
 
 
-def inference_token_budget(device: torch.device) -> int:
-    """Padded tokens per inference batch (`batches_by_length`'s `max_tokens`) on `device`.
+def cpu_token_budget(device: torch.device) -> int:
+    """Padded tokens per encoder call on `device`: 1024 on a CPU, no limit on a GPU.
 
-    On a CPU, 1024; measured with MiniLM on 2 cores: a ranker request of 10 (query, code)
-    pairs (214 tokens on average, up to 384) took 113 ms a pair as one batch padded to its
-    longest and 62 ms as batches of at most 768-1024 tokens (1 thread; 2 threads: 60 and
-    38-40); 60 pairs, 138 and 57 ms; embedding codes already grouped by length in batches of
-    64, 30.5 and 41 codes/s. Small batches waste no padding and keep a batch's activations
-    in cache. On a GPU, no limit: throughput wants large batches (the GPU figures in the
-    README were measured that way).
+    Measured with MiniLM on 2 cores, each against one call padded to its longest row in the
+    same process: a ranker request of 10 (query, code) pairs (191-214 tokens on average, up
+    to 384) 113 -> 62 ms a pair at 1 thread (60 -> 37 at 2); 60 pairs 76 -> 32 ms;
+    embedding codes already grouped by length in batches of 64, 29.5 -> 41.6 codes/s
+    (`benchmarks/token_budget.py`); a training step's forward and backward, 32 codes of
+    <= 256 tokens 4.6 -> 9.3-10.0 codes/s, 64 ranker pairs 1.6 -> 7.6-7.9 pairs/s. Short
+    length-sorted calls compute no padding and keep each call's activations in cache. On a
+    GPU, large calls are what throughput wants (the README's GPU figures were measured so).
     """
     return 0 if device.type == "cuda" else CPU_MAX_TOKENS
+
+
+def by_length(
+    fn: Callable[..., torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`fn(input_ids, attention_mask, token_type_ids)` -> [B, ...] per row, computed on
+    length-sorted slices of the batch cut to their longest row, at most
+    `cpu_token_budget` padded tokens each, and put back in input order.
+
+    Rows are independent in an encoder, so the result is the one big call's (up to float
+    rounding); autograd flows through the slices, so training uses it too. A batch within
+    the budget, or not right-padded, goes through in one call.
+    """
+    budget = cpu_token_budget(input_ids.device)
+    rows, width = input_ids.shape
+    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
+    if not budget or rows * width <= budget or not right_padded:
+        return fn(input_ids, attention_mask, token_type_ids)
+    lengths = attention_mask.sum(1).tolist()
+    parts, order = [], []
+    for idx in batches_by_length(lengths, rows, budget):
+        keep = torch.as_tensor(idx, device=input_ids.device)
+        w = max(1, int(max(lengths[i] for i in idx)))
+        types = None if token_type_ids is None else token_type_ids[keep, :w]
+        parts.append(fn(input_ids[keep, :w], attention_mask[keep, :w], types))
+        order.append(keep)
+    out = torch.cat(parts)
+    return torch.empty_like(out).index_copy(0, torch.cat(order), out)
 
 
 def pad_batch(
