@@ -71,7 +71,7 @@ class DualEncoder(nn.Module):
         """
         return by_length(self._encode, input_ids, attention_mask)
 
-    def _encode(self, input_ids, attention_mask, _token_types=None) -> torch.Tensor:
+    def _encode(self, input_ids, attention_mask) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         return F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
 

@@ -148,7 +148,7 @@ def by_length(
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`fn(input_ids, attention_mask, token_type_ids)` -> [B, ...] per row, computed on
+    """`fn(input_ids, attention_mask[, token_type_ids])` -> [B, ...] per row, computed on
     length-sorted slices of the batch cut to their longest row, at most
     `cpu_token_budget` padded tokens each, and put back in input order.
 
@@ -158,19 +158,26 @@ def by_length(
     """
     budget = cpu_token_budget(input_ids.device)
     rows, width = input_ids.shape
-    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
-    if not budget or rows * width <= budget or not right_padded:
-        return fn(input_ids, attention_mask, token_type_ids)
+    extra = () if token_type_ids is None else (token_type_ids,)
+    # budget first: on a GPU there is none, and the padding check would sync every call
+    if not budget or rows * width <= budget or not _right_padded(attention_mask):
+        return fn(input_ids, attention_mask, *extra)
     lengths = attention_mask.sum(1).tolist()
     parts, order = [], []
     for idx in batches_by_length(lengths, rows, budget):
         keep = torch.as_tensor(idx, device=input_ids.device)
-        w = max(1, int(max(lengths[i] for i in idx)))
-        types = None if token_type_ids is None else token_type_ids[keep, :w]
-        parts.append(fn(input_ids[keep, :w], attention_mask[keep, :w], types))
+        w = max(1, int(lengths[idx[0]]))  # a batch's first row is its longest
+        parts.append(
+            fn(input_ids[keep, :w], attention_mask[keep, :w], *(t[keep, :w] for t in extra))
+        )
         order.append(keep)
     out = torch.cat(parts)
     return torch.empty_like(out).index_copy(0, torch.cat(order), out)
+
+
+def _right_padded(attention_mask: torch.Tensor) -> bool:
+    """Every row's tokens come first, its padding after (what `pad_batch` makes)."""
+    return bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
 
 
 def pad_batch(
