@@ -260,8 +260,9 @@ class CodeIndex:
 
         `embeddings` may be a memory map (`read_embeddings(..., into=)`): training reads a
         sample of its rows and adding goes `ADD_CHUNK` rows at a time, so RAM holds the
-        index, not another copy of the vectors. The manifest is completed with `dim`, `count`, `kind`, the build settings and
-        the corpus fingerprint of `code_ids` (a caller's own value must agree).
+        index, not another copy of the vectors. The manifest is completed with `dim`,
+        `count`, `kind`, the build settings and the corpus fingerprint of `code_ids` (a
+        caller's own value must agree).
         """
         emb = _check_matrix(embeddings, "embeddings")
         if emb.shape[0] != len(code_ids):
