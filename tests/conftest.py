@@ -89,12 +89,10 @@ def s3_bucket(s3_server, monkeypatch, request) -> str:
     """A fresh, empty bucket on the local S3 server, as `s3://<bucket>`."""
     import re
 
-    import boto3
-
     for key, value in s3_env(s3_server).items():
         monkeypatch.setenv(key, value)
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
-    boto3.client("s3").create_bucket(Bucket=name)
+    s3_client(s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
@@ -108,3 +106,18 @@ def s3_env(endpoint: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+
+
+def s3_client(endpoint: str):
+    """A boto3 S3 client for the local server, from `s3_env` (the process's own
+    environment need not hold it: module-scoped fixtures cannot monkeypatch)."""
+    import boto3
+
+    env = s3_env(endpoint)
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import s3_env
+from conftest import s3_client, s3_env
 from test_embed import make_codes, write_split
 
 import r2ps
@@ -168,19 +168,6 @@ def run_scenario(
     result = json.loads((out / "result.json").read_text())
     result["embeddings_dir"] = str(out / "embed" / "embeddings")
     return result
-
-
-def s3_client(s3_server: str):
-    import boto3
-
-    env = s3_env(s3_server)
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
 
 
 @pytest.fixture(scope="module")
