@@ -13,7 +13,7 @@ DEMO_OUT ?= runs/demo
 COSQA ?= ../shared/data/cosqa
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo corpus bench clean
+.PHONY: venv test lint format demo corpus bench clean ray-head ray-stop
 
 venv: $(STAMP)
 
@@ -52,6 +52,15 @@ corpus: $(STAMP)
 	@echo "==> building the corpus from this machine's Python sources into $(DEMO_OUT)/corpus"
 	@$(PY) jobs/build_corpus.py --out $(DEMO_OUT)/corpus \
 		$(if $(wildcard $(COSQA)/code_idx_map.txt),--exclude $(COSQA),)
+
+# A local Ray head whose jobs run in .venv: `ray job submit -- python jobs/...` runs the
+# `python` first on the PATH of the process that started the head.
+ray-head: $(STAMP)
+	@PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ray start --head
+	@echo "==> submit jobs with: $(VENV)/bin/ray job submit --working-dir . -- python jobs/<job>.py ..."
+
+ray-stop: $(STAMP)
+	@$(VENV)/bin/ray stop
 
 bench: $(STAMP)
 	@$(PY) benchmarks/corpus_extract.py

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 import ray
 
 from r2ps.config import parse_config

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 import ray
 
 from r2ps.config import parse_config

@@ -328,4 +328,6 @@ def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
     return ingress.bind(retriever.bind(cfg), ranker.bind(cfg), cfg)
 
 
-cascade = build_app(ServeConfig.from_env())
+_settings = ServeConfig.from_env()
+_settings.check_inputs()  # fail at `serve run`, naming what to build, not inside a replica
+cascade = build_app(_settings)

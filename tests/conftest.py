@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+# Jobs are scripts (`python jobs/x.py` puts jobs/ first on sys.path); tests load them by
+# path, so their sibling `_require_r2ps` is made importable the same way.
+sys.path.insert(0, str(REPO / "jobs"))
 COSQA_DIR = Path(os.environ.get("R2PS_COSQA", SHARED / "data" / "cosqa"))
 
 

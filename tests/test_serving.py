@@ -8,6 +8,7 @@ HTTP on 127.0.0.1. Serve is shut down at the end of the module.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -65,6 +66,38 @@ def test_settings_from_yaml_then_env(tmp_path):
         ServeConfig.from_env({"R2PS_RANKER_PAIR_BUDGET": "many"})
     with pytest.raises(ConfigError, match="alpha"):
         ServeConfig(alpha=2.0)
+
+
+def test_no_settings_serve_the_newest_serve_yaml_under_runs(tmp_path, monkeypatch):
+    """`serve run serve.app:cascade` with no settings serves what was built last."""
+    monkeypatch.chdir(tmp_path)
+    for name, alpha, mtime in (("old", 0.1, 1_000), ("new/pipeline", 0.7, 2_000)):
+        path = tmp_path / "runs" / name / "serve.yaml"
+        path.parent.mkdir(parents=True)
+        path.write_text(f"alpha: {alpha}\n")
+        os.utime(path, (mtime, mtime))
+    assert ServeConfig.from_env({}).alpha == 0.7
+    assert ServeConfig.from_env({"R2PS_SERVE_CONFIG": "runs/old/serve.yaml"}).alpha == 0.1
+
+
+def test_nothing_to_serve_names_the_command_that_builds_it(tmp_path):
+    """With nothing built, importing the app (what `serve run` does) fails at once with the
+    commands that build something to serve, not later inside a replica."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R2PS_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-c", "import serve.app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "nothing to serve" in run.stderr and "make demo" in run.stderr, run.stderr[-2000:]
+    assert "jobs/index.py" in run.stderr
 
 
 def test_pair_chunks_cut_a_request_at_the_budget():
@@ -176,12 +209,29 @@ def _settings(models, **over) -> ServeConfig:
     return ServeConfig(**{**base, **over})
 
 
+def serve_app_module(models):
+    """serve/app.py, imported as `serve run` imports it: the import binds the app from the
+    environment and refuses a missing code store, so it is given the test's."""
+    import importlib
+    import os
+
+    saved = os.environ.get("R2PS_CODES")
+    os.environ["R2PS_CODES"] = str(models["codes"])
+    try:
+        return importlib.import_module("serve.app")
+    finally:
+        if saved is None:
+            del os.environ["R2PS_CODES"]
+        else:
+            os.environ["R2PS_CODES"] = saved
+
+
 @pytest.fixture(scope="module")
 def live(ray_local, models):
     """Two apps: `main` (the real cascade) and `faulty` (a ranker that fails or stalls)."""
     from ray import serve
 
-    from serve.app import build_app
+    build_app = serve_app_module(models).build_app
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class FaultyRanker:
@@ -316,10 +366,12 @@ def test_ranker_batches_pairs_from_several_requests(live, models):
 @pytest.mark.parametrize(
     ("setting", "cluster_gpus", "want"), [(-1, True, 1), (-1, False, 0), (0.5, False, 0.5)]
 )
-def test_ranker_gpus_follow_the_cluster_unless_set(monkeypatch, setting, cluster_gpus, want):
+def test_ranker_gpus_follow_the_cluster_unless_set(
+    monkeypatch, models, setting, cluster_gpus, want
+):
     """Ranker replicas ask for a GPU when the cluster has GPUs (detected where the app is
     built, the cluster's resources), never the Retriever; `ranker_gpus` >= 0 overrides."""
-    import serve.app as app_module
+    app_module = serve_app_module(models)
 
     monkeypatch.setattr(app_module, "cluster_has_gpus", lambda: cluster_gpus)
     ingress = app_module.build_app(ServeConfig(ranker_gpus=setting))._bound_deployment

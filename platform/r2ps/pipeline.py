@@ -39,7 +39,7 @@ from r2ps.evaluate import check_config as check_eval_config
 from r2ps.log import get_logger
 from r2ps.mining import MineConfig, MiningSettingsError, mine
 from r2ps.models.cross import HEAD_FILE
-from r2ps.serving import CONFIG_ENV, ServeConfig
+from r2ps.serving import CONFIG_ENV, SERVE_FILE, ServeConfig
 from r2ps.storage import download, is_uri, mirror_path, upload, upload_file
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import check_config as check_ranker_config
@@ -447,7 +447,7 @@ def _run_mirrored(cfg: PipelineConfig) -> dict:
         upload(stage.config.out, target)
 
     summary = _run_local(local_cfg, publish, f"{uri}/ray_results", served_as=uploaded)
-    upload_file(summary["serve_config"], f"{uri}/serve.yaml")
+    upload_file(summary["serve_config"], f"{uri}/{SERVE_FILE}")
     summary["uploaded_to"] = uri
     return summary
 
@@ -461,7 +461,7 @@ def _run_local(
     stages = {s.name: s for s in build_stages(cfg, checkpoints)}
     report = run_stages(list(stages.values()), after)
     serve = serve_config(stages, served_as)
-    serve_file = Path(cfg.out, "serve.yaml").resolve()
+    serve_file = Path(cfg.out, SERVE_FILE).resolve()
     _write_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
     evaluation = Path(stages["evaluate"].config.out)
     return {

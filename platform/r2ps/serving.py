@@ -31,11 +31,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r2ps.config import ConfigError, from_dict, load_config
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
-from r2ps.storage import staged
+from r2ps.storage import is_uri, staged
 
 log = get_logger(__name__)
 
 CONFIG_ENV = "R2PS_SERVE_CONFIG"
+SERVE_FILE = "serve.yaml"  # what the main job and the index job write beside their outputs
+RUNS_DIR = "runs"  # where `serve run` looks for the newest SERVE_FILE when none is named
+BUILD_HINT = (
+    "build something to serve with `make demo` (the main job), or `python jobs/index.py "
+    "--source <your repository> --out runs/index`, or name a serve.yaml with "
+    f"{CONFIG_ENV}=<path>"
+)
 ENV_PREFIX = "R2PS_"
 # R2PS_* variables that belong to other parts of r2ps, not to ServeConfig.
 _OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA", "R2PS_STORAGE"}
@@ -110,14 +117,38 @@ class ServeConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
         """Defaults < the YAML file named by R2PS_SERVE_CONFIG < R2PS_<SETTING> variables.
 
+        With no R2PS_SERVE_CONFIG, the newest `runs/**/serve.yaml` under the working
+        directory is read (what `make demo` or the index job built last), and logged.
         A nested setting takes a double underscore: `R2PS_INDEX__KIND=hnsw`.
         """
         environ = os.environ if environ is None else environ
-        return load_config(cls, environ.get(CONFIG_ENV) or None, env_overrides(cls, environ))
+        path = environ.get(CONFIG_ENV) or None
+        if path is None:
+            found = latest_serve_file()
+            if found is not None:
+                log.info("serving %s (the newest %s under %s/)", found, SERVE_FILE, RUNS_DIR)
+                path = str(found)
+        return load_config(cls, path, env_overrides(cls, environ))
+
+    def check_inputs(self) -> None:
+        """Raise ConfigError naming the command that builds something to serve when the code
+        store is missing locally (URIs are checked by the replica that stages them)."""
+        if is_uri(self.codes):
+            return
+        try:
+            codes_file(self.codes)
+        except FileNotFoundError as e:
+            raise ConfigError(f"nothing to serve: {e}; {BUILD_HINT}") from None
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ServeConfig:
         return from_dict(cls, data)
+
+
+def latest_serve_file(root: str | Path = RUNS_DIR) -> Path | None:
+    """The most recently written `<root>/**/serve.yaml`, or None."""
+    found = [p for p in Path(root).glob(f"**/{SERVE_FILE}") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def env_overrides(cls: type, environ: Mapping[str, str]) -> list[str]:
