@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -64,3 +65,21 @@ def test_exponent_floats_without_a_dot(tmp_path):
 def test_overrides_may_follow_flags():
     cfg = parse_config(Outer, ["flag=true", "--name", "cli", "inner.steps=4", "limit=2"])
     assert (cfg.flag, cfg.name, cfg.inner.steps, cfg.limit) == (True, "cli", 4, 2)
+
+
+def test_help_names_every_setting_once_with_one_default():
+    """`--help` lists each top-level flag and each nested dotted key once, its default once."""
+    from r2ps.config import build_parser, nested_settings
+    from r2ps.embed import EmbedConfig
+
+    text = build_parser(EmbedConfig).format_help()
+    keys = [key for key, _, _ in nested_settings(EmbedConfig)]
+    assert "index.kind" in keys and "index.nprobe" in keys
+    for key in keys:
+        assert text.count(f"  {key} ") == 1, key
+    options = text.split("options:")[1].split("nested settings")[0]
+    blocks = re.split(r"\n  (?=--)", options)[1:]
+    flags = [b for b in blocks if not b.startswith(("--help", "-h", "--config"))]
+    assert sum(b.startswith("--out ") for b in flags) == 1
+    for block in flags:
+        assert block.count("(default:") == 1, block

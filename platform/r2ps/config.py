@@ -151,11 +151,50 @@ def _flag_fields(cls: type) -> list[dataclasses.Field]:
     return out
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def nested_settings(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every setting inside a nested dataclass of `cls`:
+    what `key=value` overrides can reach beyond the top-level `--flags`."""
+    out = []
+    types_ = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        if dataclasses.is_dataclass(tp):
+            for sub in dataclasses.fields(tp):
+                key = f"{prefix}{f.name}.{sub.name}"
+                if dataclasses.is_dataclass(_field_types(tp)[sub.name]):
+                    out += nested_settings(_field_types(tp)[sub.name], f"{key}.")
+                else:
+                    out.append((key, _default(sub), (sub.metadata or {}).get("help", "")))
+    return out
+
+
+def _epilog(cls: type) -> str:
+    rows = nested_settings(cls)
+    if not rows:
+        return ""
+    width = max(len(key) for key, _, _ in rows)
+    lines = [
+        f"  {key:<{width}}  {helptext + ' ' if helptext else ''}(default: {default!r})"
+        for key, default, helptext in rows
+    ]
+    return "nested settings, given as key=value:\n" + "\n".join(lines)
+
+
 def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
-    """An argparse parser with `--config`, a `--flag` per top-level setting and overrides."""
+    """An argparse parser with `--config`, a `--flag` per top-level setting and overrides;
+    `--help` names every setting once, nested ones (dotted keys) after the flags."""
     parser = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_epilog(cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of settings")
     parser.add_argument(
@@ -165,28 +204,16 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
     for f in _flag_fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp = types_[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
         helptext = (f.metadata or {}).get("help", "")
+        if "(default:" not in helptext:  # a few help texts say their default in their words
+            helptext = f"{helptext} (default: {_default(f)!r})".strip()
         if tp is bool:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{helptext} (default: {default})",
-            )
+            action: Any = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) in (list, tuple):
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action="append",
-                default=None,
-                help=f"{helptext} (repeatable)",
-            )
+            action, helptext = "append", f"{helptext} (repeatable)"
         else:
-            parser.add_argument(
-                flag, dest=f.name, default=None, help=f"{helptext} (default: {default})"
-            )
+            action = "store"
+        parser.add_argument(flag, dest=f.name, action=action, default=None, help=helptext)
     return parser
 
 
