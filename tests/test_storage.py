@@ -329,3 +329,22 @@ def test_a_stage_not_uploaded_yet_is_fetched_once_it_is(tmp_path):
     make_tree(bucket / "mined")  # the stage finishes and is uploaded
     with on_this_node(str(mirror / "mined")):
         assert files(mirror / "mined") == files(bucket / "mined")
+
+
+def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
+    """A failed write leaves the old output and no temporary; a folder replaces a folder."""
+    from r2ps.storage import atomic_path, write_text_atomic
+
+    target = tmp_path / "summary.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
+    folder = tmp_path / "embeddings"
+    for content in ("first", "second"):
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / "part-0.parquet").write_text(content)
+    assert (folder / "part-0.parquet").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings", "summary.json"]

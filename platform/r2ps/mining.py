@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from r2ps.data.codetext import code_match_key
 from r2ps.data.schema import TABLE_FILES, conform
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
+from r2ps.storage import atomic_path, write_text_atomic
 
 log = get_logger(__name__)
 
@@ -265,12 +265,6 @@ class MiningSettingsError(RuntimeError):
     """The output folder holds shards mined with other settings: they must not be mixed."""
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def match_groups(keys: np.ndarray) -> np.ndarray:
     """Duplicate group per code: codes with one match key (`code_match_key`) share one."""
     _, groups = np.unique(keys, return_inverse=True)
@@ -317,7 +311,7 @@ def _check_settings(neg_dir: Path, settings: dict) -> None:
             f"{neg_dir} holds shards but no settings.json: cannot tell how they were mined"
         )
     neg_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True, default=str))
+    write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True, default=str))
     for stale in neg_dir.glob("*.tmp-*"):  # a crash between write and rename
         stale.unlink()
 
@@ -371,9 +365,8 @@ def code_keys(pairs_dir: str, code_ids: list[str], cache: Path, fingerprint: str
     meta = {b"corpus_fingerprint": fingerprint.encode()}
     table = pa.table({"key": pa.array(keys.tolist(), pa.string())}).replace_schema_metadata(meta)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp:
+        pq.write_table(table, tmp)
     return keys
 
 
@@ -578,9 +571,8 @@ def _merge(total: dict, part: dict) -> None:
 def _write_shard(path: Path, table: pa.Table, stats: dict) -> None:
     """Write a shard to a temporary name, then rename: a shard on disk is always whole."""
     meta = {STATS_KEY: json.dumps(stats).encode()}
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
 def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
@@ -653,7 +645,7 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     summary["shards"] = {"total": n_shards, "written": n_shards - reused, "reused": reused}
     summary["queries_searched_again"] = miner.researched
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    _atomic_write_text(out / "mine_summary.json", json.dumps(summary, indent=1, default=str))
+    write_text_atomic(out / "mine_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 

@@ -40,7 +40,7 @@ from r2ps.log import get_logger
 from r2ps.mining import MineConfig, MiningSettingsError, mine
 from r2ps.models.cross import HEAD_FILE
 from r2ps.serving import CONFIG_ENV, SERVE_FILE, ServeConfig
-from r2ps.storage import download, is_uri, mirror_path, upload, upload_file
+from r2ps.storage import download, is_uri, mirror_path, upload, upload_file, write_text_atomic
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import check_config as check_ranker_config
 
@@ -167,12 +167,6 @@ def up_to_date(stage: Stage, fp: str) -> bool:
     return record.get("fingerprint") == fp and all((out / f).exists() for f in stage.outputs)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_stages(
     stages: list[Stage], after: Callable[[Stage], None] | None = None
 ) -> dict[str, dict]:
@@ -223,7 +217,7 @@ def run_stages(
             "config": to_dict(config),
         }
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / STAGE_FILE, json.dumps(record, indent=1, default=str))
+        write_text_atomic(out / STAGE_FILE, json.dumps(record, indent=1, default=str))
         log.info("done %s in %.1f s", stage.name, seconds)
         report[stage.name] = {"fingerprint": fp, "ran": True, "seconds": seconds}
         if after:
@@ -462,7 +456,7 @@ def _run_local(
     report = run_stages(list(stages.values()), after)
     serve = serve_config(stages, served_as)
     serve_file = Path(cfg.out, SERVE_FILE).resolve()
-    _write_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
+    write_text_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
     evaluation = Path(stages["evaluate"].config.out)
     return {
         "stages": report,

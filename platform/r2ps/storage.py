@@ -75,6 +75,32 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(path).resolve())
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of local `path` to write (a file or a folder), renamed onto
+    `path` when the block succeeds and removed when it fails: readers see the old `path`
+    or the whole new one, never a part. The one way r2ps writes a local output in place.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # os.replace cannot put a folder onto a non-empty one
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to local `path` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def staging_root() -> Path:
     default = Path(tempfile.gettempdir()) / f"r2ps-staging-{os.getuid()}"
     return Path(os.environ.get("R2PS_STAGING_DIR") or default).resolve()
