@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from r2ps.cascade import cascade_ids, choose_alpha
 from r2ps.data.schema import RetrievalSet
+from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
@@ -328,7 +329,13 @@ def _rank_world() -> tuple[int, int]:
 
 
 def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int = 256):
-    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time."""
+    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time.
+
+    Ties keep pool order (`r2ps.metrics`' rule). Raises ValueError naming the rows of
+    either matrix that hold NaN or inf.
+    """
+    check_finite(q_emb, "query embeddings")
+    check_finite(c_emb, "code embeddings")
     depth = min(depth, c_emb.shape[0])
     ids = np.empty((q_emb.shape[0], depth), dtype=np.int64)
     scores = np.empty((q_emb.shape[0], depth), dtype=np.float32)
