@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from r2ps.cascade import cascade_ids, choose_alpha
+from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
 from r2ps.finite import check_finite
 from r2ps.log import get_logger
@@ -133,7 +134,8 @@ def read_negatives(negatives: str | Path) -> pa.Table:
 def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     """Mined rows joined with their texts; and a report of what could not be used.
 
-    Candidates that are a gold code of the query (the positive included) are removed
+    Candidates that are a gold code of the query's text (the positive included; any
+    query id holding the same text counts, `codetext.query_key`) are removed
     (the miner should already have done so; a false negative must never reach the loss).
     Rows left with no candidate cannot make a group: they are counted and named in the
     report, never silently dropped.
@@ -148,11 +150,11 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     code_text = dict(
         zip(rset.codes["code_id"].to_pylist(), rset.codes["code"].to_pylist(), strict=True)
     )
-    gold: dict[str, set[str]] = {}
+    gold: dict[str, set[str]] = {}  # by query text: one text under two ids is one query
     for q, c in zip(
         rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
     ):
-        gold.setdefault(q, set()).add(c)
+        gold.setdefault(query_key(query_text[q]), set()).add(c)
 
     where = Path(cfg.negatives) / "negatives"
     rows: dict[str, list] = {name: [] for name in PS_SCHEMA.names}
@@ -174,7 +176,7 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
             raise ValueError(
                 f"{where}: query_id {qid!r}: {len(cands)} cand_ids but {len(scores)} cand_scores"
             )
-        golds = gold.get(qid, set()) | {cid}
+        golds = gold.get(query_key(query_text[qid]), set()) | {cid}
         keep = [i for i, c in enumerate(cands) if c not in golds]
         removed += len(cands) - len(keep)
         unknown = [cands[i] for i in keep if cands[i] not in code_ids]
