@@ -115,7 +115,10 @@ def codes_file(codes: str) -> Path:
         path = path / "codes.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: codes file not found")
-    names = pq.read_schema(path).names
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException as e:  # its message names no file
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
     missing = [c for c in ("code_id", "code") if c not in names]
     if missing:
         raise ValueError(f"{path}: field(s) {missing} missing; columns are {names}")
