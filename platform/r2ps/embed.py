@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from r2ps.finite import check_finite
 from r2ps.index import (
     MANIFEST,
     CodeIndex,
@@ -114,7 +115,10 @@ def codes_file(codes: str) -> Path:
         path = path / "codes.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: codes file not found")
-    names = pq.read_schema(path).names
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException as e:  # its message names no file
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
     missing = [c for c in ("code_id", "code") if c not in names]
     if missing:
         raise ValueError(f"{path}: field(s) {missing} missing; columns are {names}")
@@ -201,6 +205,7 @@ class CodeEmbedder:
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
                 )
                 out[idx] = emb.float().cpu().numpy()
+        check_finite(out, "embeddings", batch["code_id"].to_pylist())
         return pa.table(
             {
                 "pos": batch["pos"],

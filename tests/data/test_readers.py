@@ -95,6 +95,41 @@ def test_advtest_function_tokens(tmp_path):
     assert row["query"] == "Identity ."
 
 
+DOCUMENTED = (
+    'def add(a, b):\n    """Add two numbers.\n\n    Longer text.\n    """\n    return a + b'
+)
+
+
+@pytest.mark.parametrize("field", ["code", "original_string"])
+def test_csn_python_code_loses_its_docstring(tmp_path, field):
+    # Real CodeSearchNet python lines hold the docstring in `code` and `original_string`:
+    # kept, the query would sit inside its own gold code.
+    rec = csn(**{"code": ..., "original_string": ..., field: DOCUMENTED})
+    (row,) = iter_csn(write_lines(tmp_path / "t.jsonl", [rec]))
+    assert row["code"] == ADD
+    assert row["code_id"] == codetext.code_id(ADD)
+
+
+def test_csn_python2_code_loses_its_docstring_and_other_languages_keep_their_code(tmp_path):
+    py2 = "def show(x):\n        '''Print x.'''\n        print x\n        return x"
+    java = 'public int add(int a, int b) {\n    /** "not a docstring" */\n    return a + b;\n}'
+    recs = [csn(code=py2), csn(url="u2", code=java, language="java")]
+    rows = list(iter_csn(write_lines(tmp_path / "t.jsonl", recs)))
+    assert rows[0]["code"] == "def show(x):\n        print x\n        return x"
+    assert rows[1]["code"] == java
+
+
+def test_csn_docstring_on_the_def_line_falls_back_to_the_tokens(tmp_path):
+    one_line = 'def add(a, b): """Add two numbers."""; return a + b'
+    rec = csn(code=one_line, code_tokens=["def", "add", "(", ")", ":", "return", "a"])
+    (row,) = iter_csn(write_lines(tmp_path / "t.jsonl", [rec]))
+    assert row["code"] == "def add ( ) : return a"
+    log = SkipLog()
+    path = write_lines(tmp_path / "u.jsonl", [csn(code=one_line, code_tokens=...)])
+    assert list(iter_csn(path, log)) == []
+    assert "docstring cannot be cut out" in log.skipped[0].message
+
+
 MALFORMED = [
     ("{not json", None, "not valid JSON"),
     ("[1, 2]", None, "expected a JSON object"),
@@ -189,6 +224,99 @@ def test_cosqa_missing_pool_id_names_file_record_field(tmp_path):
         ("retrieval_idx", "record 2"),
         ("doc", "record 3"),
     ]
+
+
+# ---------------------------------------------------------------- I/O and decode errors
+
+
+def _cut_gz(path: Path, n: int = 2000) -> Path:
+    recs = [csn(url=f"u{i}", code=f"def f{i}():\n    return {i}") for i in range(n)]
+    data = gzip.compress(("\n".join(json.dumps(r) for r in recs) + "\n").encode())
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_truncated_gz_is_a_bad_record_naming_file_and_line_and_skippable(tmp_path):
+    path = _cut_gz(tmp_path / "train_0.jsonl.gz")
+    with pytest.raises(
+        BadRecord, match=r"train_0\.jsonl\.gz:\d+: unreadable after line \d+ \(EOFError"
+    ):
+        list(iter_csn(path))
+    log = SkipLog()
+    rows = list(iter_csn(path, log))
+    assert len(rows) > 100 and len(log) == 1  # the rows before the cut are kept
+    assert log.skipped[0].line == len(rows) + 1 and log.skipped[0].file == str(path)
+
+
+def test_a_file_that_is_not_gzip_and_a_folder_are_named(tmp_path):
+    bad = tmp_path / "x.jsonl.gz"
+    bad.write_bytes(b"plain text, not gzip\n")
+    with pytest.raises(BadRecord, match=r"x\.jsonl\.gz:1: unreadable \(BadGzipFile"):
+        list(iter_csn(bad))
+    folder = tmp_path / "d.jsonl"
+    folder.mkdir()
+    log = SkipLog()
+    assert (
+        list(iter_table(folder, "q", "c", skip_log=log)) == [] and "d.jsonl" in log.skipped[0].file
+    )
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        list(iter_csn(tmp_path / "missing.jsonl"))
+
+
+def test_undecodable_and_bom_lines_in_jsonl(tmp_path):
+    path = tmp_path / "t.jsonl"
+    good = json.dumps(csn()).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good.replace(b"Add", b"\xff\xfe") + b"\n")
+    log = SkipLog()
+    rows = list(iter_csn(path, log))
+    assert (
+        len(rows) == 1 and log.skipped[0].line == 2 and "not valid JSON" in log.skipped[0].message
+    )
+
+
+def test_a_corrupt_parquet_file_is_named_and_skippable(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"q": ["a b c"] * 10, "c": ["x = 1"] * 10}), path)
+    path.write_bytes(path.read_bytes()[:-20])  # footer cut off
+    with pytest.raises(BadRecord, match=r"t\.parquet:1: unreadable as Parquet"):
+        list(iter_table(path, "q", "c"))
+    log = SkipLog()
+    assert list(iter_table(path, "q", "c", skip_log=log)) == [] and len(log) == 1
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("which", ["code_idx_map.txt", "q.json"])
+def test_cosqa_files_with_a_byte_order_mark_read_as_without(tmp_path, which):
+    d = make_cosqa(tmp_path / "c", [rec("a", "python add numbers", 0)])
+    plain = read_cosqa(d, "q.json")
+    (d / which).write_bytes(BOM + (d / which).read_bytes())
+    got = read_cosqa(d, "q.json")
+    assert got.codes.equals(plain.codes) and got.queries.equals(plain.queries)
+
+
+def test_cosqa_decode_and_syntax_errors_name_the_file_and_line(tmp_path):
+    d = make_cosqa(tmp_path / "c", [rec("a", "python add numbers", 0), rec("b", "sub", 1)])
+    qfile = d / "q.json"
+    text = qfile.read_bytes()
+    qfile.write_bytes(text.replace(b'"sub"', b'"s\xffb"'))  # record 2 is not UTF-8
+    with pytest.raises(BadRecord, match=r"q\.json:10: record 2: byte 0xff is not UTF-8"):
+        read_cosqa(d, "q.json")
+    log = SkipLog()
+    assert read_cosqa(d, "q.json", skip_log=log).queries.num_rows == 1 and len(log) == 1
+    qfile.write_bytes(text[: text.index(b'"b"')])  # the list breaks off in record 2
+    with pytest.raises(BadRecord, match=r"q\.json:\d+: record 2: not valid JSON"):
+        read_cosqa(d, "q.json")
+    log = SkipLog()
+    assert read_cosqa(d, "q.json", skip_log=log).queries.num_rows == 1 and len(log) == 1
+    pool = d / "code_idx_map.txt"
+    pool.write_bytes(pool.read_bytes().replace(b"return", b"ret\xffurn", 1))
+    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:2: byte 0xff is not UTF-8"):
+        read_cosqa(d, "q.json")
+    pool.write_bytes(b'{"def f():": 0,')
+    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:1: not valid JSON"):
+        read_cosqa(d, "q.json")
 
 
 # ---------------------------------------------------------------- plain tables

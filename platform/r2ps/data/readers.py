@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from r2ps.data.codetext import code_id, query_id
 from r2ps.data.errors import BadRecord, SkipLog, Skipped, handle
+from r2ps.data.pysource import strip_docstring
 from r2ps.data.schema import CODE_SCHEMA, PAIR_SCHEMA, QREL_SCHEMA, QUERY_SCHEMA, RetrievalSet
 
 Row = dict[str, str]
@@ -29,6 +31,9 @@ PATTERNS = {
     "jsonl": ("*.jsonl", "*.jsonl.gz"),
     "parquet": ("*.parquet",),
 }
+# What reading a file can raise besides a bad record: I/O, a cut or corrupt gzip stream
+# (EOFError, BadGzipFile is an OSError, zlib.error), an unreadable Parquet file.
+READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 # Pair columns plus `error`, all nullable: Ray concatenates blocks and must not see a
 # non-null constraint on the empty strings of an error row.
 ROW_SCHEMA = pa.schema([pa.field(n, pa.string()) for n in PAIR_SCHEMA.names + ["error"]])
@@ -86,13 +91,27 @@ def _pair(query: str, qid: str, code: str, language: str, source: str) -> Row:
 def _json_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw bytes) of each non-blank line; `.gz` is read transparently.
 
-    Bytes, not text: one undecodable line is then one bad record, not a dead file.
+    Bytes, not text: one undecodable line is then one bad record, not a dead file. A
+    file that cannot be opened, or a stream that breaks off (a truncated or corrupt
+    `.gz`), raises BadRecord naming the file and the line it broke at; the lines
+    before it have been yielded already.
     """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield number, raw
+    number = 0
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    yield number, raw
+    except FileNotFoundError:
+        raise
+    except READ_ERRORS as e:
+        why = (
+            f"unreadable after line {number} ({type(e).__name__}: {e})"
+            if number
+            else (f"unreadable ({type(e).__name__}: {e})")
+        )
+        raise BadRecord(path, number + 1, None, why) from None
 
 
 def _parse_object(raw: bytes, file: PathLike, line: int) -> dict:
@@ -106,8 +125,20 @@ def _parse_object(raw: bytes, file: PathLike, line: int) -> dict:
 
 
 def _iter_rows(path: PathLike, make_row, skip_log: SkipLog | None) -> Iterator[Row]:
-    """Parse each JSON line and turn it into a row; bad lines go through `errors.handle`."""
-    for line, raw in _json_lines(path):
+    """Parse each JSON line and turn it into a row; bad lines go through `errors.handle`.
+
+    A file that breaks off is one more BadRecord: with a skip log, the rows before the
+    break are kept and the rest of the file is recorded as skipped.
+    """
+    lines = _json_lines(path)
+    while True:
+        try:
+            line, raw = next(lines)
+        except StopIteration:
+            return
+        except BadRecord as err:
+            handle(err, skip_log)
+            return
         try:
             yield make_row(_parse_object(raw, path, line), path, line)
         except BadRecord as err:
@@ -133,20 +164,35 @@ def _csn_query(rec: dict, file: PathLike, line: int) -> str:
 # un-renamed `function`/`original_string` would leak the names the benchmark hides.
 _CODE_SOURCES = (("function_tokens", _opt_tokens), ("code", _opt_str),
                  ("original_string", _opt_str), ("code_tokens", _opt_tokens))  # fmt: skip
+# What each field holds in the released files: CodeSearchNet's function_parser takes the
+# whole function span for `code` / `original_string`, so a Python function keeps its
+# docstring there (the query would sit inside its own gold code); the token lists leave it
+# out. Other languages document a function in a comment before it, outside the span.
+_WITH_DOCSTRING = ("code", "original_string")
 
 
-def _csn_code(rec: dict, file: PathLike, line: int) -> str:
+def _csn_code(rec: dict, language: str, file: PathLike, line: int) -> str:
     for key, get in _CODE_SOURCES:
         value = get(rec, key, file, line)
-        if value is not None:
-            return _nonempty(value, key, file, line)
+        if value is None:
+            continue
+        value = _nonempty(value, key, file, line)
+        if key in _WITH_DOCSTRING and language == "python":
+            stripped = strip_docstring(value)
+            if stripped is None:  # the docstring shares a line with code: take the tokens
+                tokens = _opt_tokens(rec, "code_tokens", file, line)
+                if tokens is None:
+                    raise BadRecord(file, line, key, "its docstring cannot be cut out")
+                return _nonempty(tokens, "code_tokens", file, line)
+            value = _nonempty(stripped, key, file, line)
+        return value
     raise BadRecord(file, line, "code", "missing (and no original_string/code_tokens)")
 
 
 def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
     url = _required_str(rec, "url", file, line)
-    query, code = _csn_query(rec, file, line), _csn_code(rec, file, line)
     language = _opt_str(rec, "language", file, line) or "python"
+    query, code = _csn_query(rec, file, line), _csn_code(rec, language, file, line)
     source = _opt_str(rec, "repo", file, line) or url
     return _pair(query, query_id(query, namespace=url), code, language, source)
 
@@ -154,7 +200,9 @@ def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
 def iter_csn(path: PathLike, skip_log: SkipLog | None = None) -> Iterator[Row]:
     """Pair rows of a CodeSearchNet/GraphCodeBERT or AdvTest JSONL(.gz) file.
 
-    AdvTest is recognised by its `function_tokens` field. Query ids are namespaced by
+    AdvTest is recognised by its `function_tokens` field. A Python `code` or
+    `original_string` loses its docstring (`pysource.strip_docstring`), as the corpus
+    builder's codes do: CodeSearchNet keeps it there. Query ids are namespaced by
     `url`, so two records share one only when they have the same url and text.
     """
     return _iter_rows(path, _csn_row, skip_log)
@@ -190,30 +238,76 @@ def iter_table(
 
 
 def _iter_parquet(path: PathLike, columns: list[str], make_row, skip_log: SkipLog | None):
-    pfile = pq.ParquetFile(path)
-    missing = [c for c in columns if c not in pfile.schema_arrow.names]
-    if missing:  # one error for the whole file: no row can be read without the column
-        handle(
-            BadRecord(path, None, missing[0], f"no such column; has {pfile.schema_arrow.names}"),
-            skip_log,
-        )
-        return
+    """Rows of a Parquet file; an unreadable file or row group is a BadRecord naming the
+    file and the row it broke at (rows before it are kept with a skip log)."""
     number = 0
-    for batch in pfile.iter_batches(columns=columns):
-        for rec in batch.to_pylist():
-            number += 1
-            try:
-                yield make_row(rec, path, number)
-            except BadRecord as err:
-                handle(err, skip_log)
+    try:
+        pfile = pq.ParquetFile(path)
+        missing = [c for c in columns if c not in pfile.schema_arrow.names]
+        if missing:  # one error for the whole file: no row can be read without the column
+            raise BadRecord(
+                path, None, missing[0], f"no such column; has {pfile.schema_arrow.names}"
+            )
+        batches = pfile.iter_batches(columns=columns)
+        for batch in batches:
+            for rec in batch.to_pylist():
+                number += 1
+                try:
+                    yield make_row(rec, path, number)
+                except BadRecord as err:
+                    handle(err, skip_log)
+    except FileNotFoundError:
+        raise
+    except READ_ERRORS as e:
+        where = f"after row {number}" if number else "as Parquet"
+        handle(BadRecord(path, number + 1, None, f"unreadable {where} ({e})"), skip_log)
+    except BadRecord as err:
+        handle(err, skip_log)
 
 
 # ---------------------------------------------------------------- CoSQA
 
 
+def _read_text(path: Path) -> str:
+    """A JSON file's text: UTF-8, a byte-order mark (Windows tools write one) ignored.
+
+    Undecodable bytes become lone surrogates (`surrogateescape`), so the record holding
+    them is the one reported (`_undecodable`), not the whole file; an unreadable file
+    raises BadRecord naming it.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise BadRecord(path, None, None, f"unreadable ({e})") from None
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(text: str, start: int, end: int) -> str | None:
+    """Why text[start:end] is bad when it holds bytes that are not UTF-8, else None."""
+    m = _ESCAPED.search(text, start, end)
+    if m is None:
+        return None
+    return f"byte 0x{ord(m.group()) - 0xDC00:02x} is not UTF-8"
+
+
 def _read_pool(path: Path) -> dict[int, str]:
     """retrieval_idx -> code text. A broken pool makes the whole evaluation wrong: raise."""
-    entries = json.loads(path.read_text(encoding="utf-8"))
+    text = _read_text(path)
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRecord(
+            path, e.lineno, None, f"not valid JSON ({e.msg}, column {e.colno})"
+        ) from None
+    bad = _undecodable(text, 0, len(text))
+    if bad:
+        line = text.count("\n", 0, _ESCAPED.search(text).start()) + 1
+        raise BadRecord(path, line, None, bad)
     if not isinstance(entries, dict):
         raise BadRecord(path, 1, None, "expected one JSON object {code text: retrieval_idx}")
     pool: dict[int, str] = {}
@@ -232,8 +326,13 @@ def cosqa_pool_codes(directory: PathLike) -> list[str]:
 
 
 def _json_list(path: Path) -> Iterator[tuple[int, int, Any]]:
-    """(record number, line number, value) of each element of a JSON list file."""
-    text, decoder, ws = path.read_text(encoding="utf-8"), json.JSONDecoder(), re.compile(r"\s*")
+    """(record number, line number, value) of each element of a JSON list file.
+
+    A record holding bytes that are not UTF-8 raises BadRecord for that record only (the
+    reader may skip it and go on); a break in the list's syntax raises BadRecord naming
+    the line, and nothing after it can be read.
+    """
+    text, decoder, ws = _read_text(path), json.JSONDecoder(), re.compile(r"\s*")
     pos = ws.match(text).end()
     if not text.startswith("[", pos):
         raise BadRecord(path, 1, None, "expected a JSON list of records")
@@ -244,7 +343,12 @@ def _json_list(path: Path) -> Iterator[tuple[int, int, Any]]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise BadRecord(path, e.lineno, None, f"record {number}: not valid JSON") from None
-        yield number, line, value
+        bad = _undecodable(text, pos, end)
+        yield (
+            number,
+            line,
+            (BadRecord(path, line, None, f"record {number}: {bad}") if bad else value),
+        )
         pos = ws.match(text, end).end()
         if text.startswith(",", pos):
             pos = ws.match(text, pos + 1).end()
@@ -256,6 +360,8 @@ def _cosqa_query(
     rec: Any, path: Path, number: int, line: int, pool: dict[int, str]
 ) -> tuple[str, str, int] | None:
     """(query id, query, gold retrieval_idx), or None for a non-relevant (label != 1) record."""
+    if isinstance(rec, BadRecord):
+        raise rec
     try:
         if not isinstance(rec, dict):
             raise BadRecord(path, line, None, f"expected a JSON object, got {_type_name(rec)}")
@@ -299,7 +405,15 @@ def read_cosqa(
     queries: dict[str, str] = {}
     qrels: dict[tuple[str, str], None] = {}
     path = directory / queries_file
-    for number, line, rec in _json_list(path):
+    records = _json_list(path)
+    while True:
+        try:
+            number, line, rec = next(records)
+        except StopIteration:
+            break
+        except BadRecord as err:  # the list breaks off: keep what came before it
+            handle(err, skip_log)
+            break
         try:
             found = _cosqa_query(rec, path, number, line, pool)
         except BadRecord as err:
