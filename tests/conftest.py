@@ -128,12 +128,16 @@ REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "repos"
 
 @pytest.fixture
 def source_repo(tmp_path) -> Path:
-    """The per-language fixture trees (tests/fixtures/repos) as one repository, plus what
-    an indexer must leave out: ignored, vendored, generated, minified, oversize files and
-    a symbolic link (made here: git would not keep most of them as they are)."""
+    """The per-language fixture trees as one repository (`make_source_repo`)."""
+    return make_source_repo(tmp_path / "repo")
+
+
+def make_source_repo(root: Path) -> Path:
+    """The per-language fixture trees (tests/fixtures/repos) as one repository at `root`,
+    plus what an indexer must leave out: ignored, vendored, generated, minified, oversize
+    files and a symbolic link (made here: git would not keep most of them as they are)."""
     import shutil
 
-    root = tmp_path / "repo"
     shutil.copytree(REPO_FIXTURES, root)
     for lang, ext in (("python", "py"), ("go", "go"), ("javascript", "js"), ("ruby", "rb")):
         (root / lang / "ignored").mkdir()
