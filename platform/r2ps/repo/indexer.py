@@ -83,9 +83,10 @@ FILE_SCHEMA = pa.schema(
         ("error_lines", pa.list_(pa.int64())),  # syntax errors tree-sitter recovered from
         ("undecodable_line", pa.int64()),
         ("n_units", pa.int64()),
-        ("units", pa.list_(pa.struct(UNIT_FIELDS))),
     ]
 )
+# What an extraction task returns: each file's row with its units nested in it.
+TASK_SCHEMA = FILE_SCHEMA.append(pa.field("units", pa.list_(pa.struct(UNIT_FIELDS))))
 
 
 @dataclass
@@ -131,7 +132,7 @@ def unit_id(row: dict) -> str:
 
 
 def read_file(f: dict, rules: FileRules) -> dict:
-    """One file's row of `FILE_SCHEMA`: its units, or why it was skipped. Never raises
+    """One file's row of `TASK_SCHEMA`: its units, or why it was skipped. Never raises
     for a bad file (binary, generated, minified, unreadable, undecodable, syntax errors)."""
     row = {
         "path": f["path"],
@@ -176,14 +177,16 @@ def read_file(f: dict, rules: FileRules) -> dict:
 
 
 def _read_batch(batch: pa.Table, rules: FileRules) -> pa.Table:
-    """Ray Data task: a batch of files -> their FILE_SCHEMA rows."""
-    return pa.Table.from_pylist([read_file(f, rules) for f in batch.to_pylist()], FILE_SCHEMA)
+    """Ray Data task: a batch of files -> their TASK_SCHEMA rows."""
+    return pa.Table.from_pylist([read_file(f, rules) for f in batch.to_pylist()], TASK_SCHEMA)
 
 
-def read_files(files: list[dict], cfg: RepoIndexConfig) -> pa.Table:
-    """Every file's row, over Ray Data tasks when there are `local_below` files or more."""
+def read_files(files: list[dict], cfg: RepoIndexConfig) -> tuple[pa.Table, pa.Table]:
+    """(file rows, their units) of `files`, over Ray Data tasks when there are
+    `local_below` files or more."""
     if len(files) < max(1, cfg.local_below):
-        return pa.Table.from_pylist([read_file(f, cfg.rules) for f in files], FILE_SCHEMA)
+        table = pa.Table.from_pylist([read_file(f, cfg.rules) for f in files], TASK_SCHEMA)
+        return _split_units(table)
     ray = _ray()
     workers = cfg.workers or int(ray.available_resources().get("CPU", 1)) or 1
     ds = ray.data.from_items(
@@ -197,12 +200,15 @@ def read_files(files: list[dict], cfg: RepoIndexConfig) -> pa.Table:
         compute=ray.data.TaskPoolStrategy(size=workers),
         num_cpus=1,
     )
-    tables = ray.get(ds.to_arrow_refs())
-    return (
-        pa.concat_tables([t.cast(FILE_SCHEMA) for t in tables])
-        if tables
-        else FILE_SCHEMA.empty_table()
-    )
+    tables = [t.cast(TASK_SCHEMA) for t in ray.get(ds.to_arrow_refs())]
+    return _split_units(pa.concat_tables(tables) if tables else TASK_SCHEMA.empty_table())
+
+
+def _split_units(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """TASK_SCHEMA rows -> (FILE_SCHEMA rows, UNIT_SCHEMA rows), in Arrow."""
+    units = pc.list_flatten(table["units"])
+    unit_table = pa.Table.from_struct_array(units) if len(units) else UNIT_SCHEMA.empty_table()
+    return table.select(FILE_SCHEMA.names), unit_table.cast(UNIT_SCHEMA)
 
 
 def _ray():
@@ -229,18 +235,17 @@ def state_fingerprint(cfg: RepoIndexConfig) -> str:
     return codetext.content_hash(payload, "s")
 
 
-def load_state(out: Path, fingerprint: str) -> dict[str, dict]:
-    """path -> the last run's FILE_SCHEMA row (with its units); {} when there is no
-    usable state (first run, or one made with other settings)."""
+def load_state(out: Path, fingerprint: str) -> tuple[pa.Table, pa.Table] | None:
+    """The last run's (file rows, units), or None when there is no usable state (a first
+    run, a run cut short, or one made with other extraction settings)."""
     path = out / FILES
-    if not path.exists():
-        return {}
+    if not path.exists() or not (out / CODES).exists():
+        return None
     meta = pq.read_schema(path).metadata or {}
     if meta.get(b"r2ps_state", b"").decode() != fingerprint:
         log.info("%s was made with other extraction settings: re-reading every file", path)
-        return {}
-    table = pq.read_table(path).cast(FILE_SCHEMA)
-    return {row["path"]: row for row in table.to_pylist()}
+        return None
+    return pq.read_table(path).cast(FILE_SCHEMA), pq.read_table(out / CODES).cast(UNIT_SCHEMA)
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -302,45 +307,59 @@ def _vector_identity(model: str) -> dict:
 
 def update_vectors(
     units: pa.Table, model: str, cfg: RepoIndexConfig, out: Path
-) -> tuple[dict[str, np.ndarray], dict]:
-    """content id -> vector for every unit; embeds only content ids not stored yet."""
+) -> tuple[np.ndarray, dict]:
+    """float32 [len(units), d]: each unit's vector, by content id; embeds only content
+    ids that have no stored vector under this retriever, and stores exactly the current
+    content ids' vectors (those of code that left the tree are dropped)."""
     vdir = out / VECTORS_DIR
     vdir.mkdir(parents=True, exist_ok=True)
     identity = _vector_identity(model)
-    cached: dict[str, np.ndarray] = {}
+    stored_ids: list[str] = []
+    stored = np.zeros((0, 0), dtype=np.float32)
     manifest_path = vdir / "manifest.json"
     if not cfg.full and manifest_path.exists() and (vdir / VECTORS).exists():
         saved = json.loads(manifest_path.read_text())
         if all(saved.get(k) == v for k, v in identity.items()):
             table = pq.read_table(vdir / VECTORS)
             emb = table["embedding"].combine_chunks()
-            mat = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
-            cached = dict(zip(table["content_id"].to_pylist(), mat, strict=True))
+            stored = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
+            stored_ids = table["content_id"].to_pylist()
         else:
             log.info("vectors in %s are from another retriever: re-embedding", vdir)
-    wanted = {}  # content id -> code, first occurrence
-    for cid, code in zip(units["content_id"].to_pylist(), units["code"].to_pylist(), strict=True):
-        wanted.setdefault(cid, code)
-    new_ids = [cid for cid in wanted if cid not in cached]
+    row_of = {cid: i for i, cid in enumerate(stored_ids)}
+    unit_contents = units["content_id"].to_pylist()
+    wanted = sorted(set(unit_contents))
+    new_ids = [cid for cid in wanted if cid not in row_of]
     start = time.perf_counter()
     if new_ids:
         log.info("embedding %d new codes (%d reused)", len(new_ids), len(wanted) - len(new_ids))
-        vecs = _embed_new([wanted[c] for c in new_ids], new_ids, model, cfg, vdir)
-        cached.update(zip(new_ids, vecs, strict=True))
+        first = {}
+        for cid, code in zip(unit_contents, units["code"].to_pylist(), strict=True):
+            first.setdefault(cid, code)
+        vecs = _embed_new([first[c] for c in new_ids], new_ids, model, cfg, vdir)
+        if not len(stored):
+            stored = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+        for cid in new_ids:
+            row_of[cid] = len(row_of)
+        stored = np.concatenate([stored, vecs.astype(np.float32)])
     seconds = time.perf_counter() - start
-    keep = sorted(wanted)  # vectors of code that left the tree are dropped
-    if keep:
-        dim = len(cached[keep[0]])
-        mat = np.stack([cached[c] for c in keep]).astype(np.float32)
-        table = pa.table(
-            {
-                "content_id": pa.array(keep, pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), dim),
-            }
-        )
-        manifest_path.unlink(missing_ok=True)
-        _write_atomic(table, vdir / VECTORS)
-        manifest_path.write_text(json.dumps({**identity, "dim": dim, "count": len(keep)}) + "\n")
+    keep_rows = np.array([row_of[c] for c in wanted], dtype=np.int64)
+    kept = stored[keep_rows]
+    manifest_path.unlink(missing_ok=True)
+    table = pa.table(
+        {
+            "content_id": pa.array(wanted, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(kept.reshape(-1), pa.float32()), kept.shape[1]
+            ),
+        }
+    )
+    _write_atomic(table, vdir / VECTORS)
+    manifest_path.write_text(
+        json.dumps({**identity, "dim": int(kept.shape[1]), "count": len(wanted)}) + "\n"
+    )
+    position = {cid: i for i, cid in enumerate(wanted)}
+    vectors = kept[np.array([position[c] for c in unit_contents], dtype=np.int64)]
     stats = {
         "unique": len(wanted),
         "embedded": len(new_ids),
@@ -348,20 +367,20 @@ def update_vectors(
         "embed_seconds": round(seconds, 3),
         "codes_per_s": round(len(new_ids) / seconds, 1) if new_ids and seconds else None,
     }
-    return {c: cached[c] for c in keep}, stats
+    return vectors, stats
 
 
 # ------------------------------------------------------------------ 4. index and outputs
 
 
 def build_index(
-    units: pa.Table, vectors: dict[str, np.ndarray], model: str, cfg: RepoIndexConfig, out: Path
+    units: pa.Table, emb: np.ndarray, model: str, cfg: RepoIndexConfig, out: Path
 ) -> CodeIndex:
-    """The faiss index over every unit, with the manifest `ensure_index` checks."""
+    """The faiss index over every unit (`emb` [len(units), d]), with the manifest
+    `ensure_index` checks."""
     from r2ps.embed import EmbedConfig, max_code_len
 
     ids = units["code_id"].to_pylist()
-    emb = np.stack([vectors[c] for c in units["content_id"].to_pylist()]).astype(np.float32)
     manifest = {
         "model_fingerprint": model_fingerprint(model),
         "corpus_fingerprint": corpus_fingerprint(ids),
@@ -466,30 +485,39 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
     t_walk = time.perf_counter()
     # 2. extract what changed
     fingerprint = state_fingerprint(cfg)
-    previous = {} if cfg.full else load_state(out, fingerprint)
+    previous = None if cfg.full else load_state(out, fingerprint)
+    old_files = (
+        {r["path"]: r for r in previous[0].select(["path", "size", "mtime_ns"]).to_pylist()}
+        if previous
+        else {}
+    )
     reused, to_read = [], []
     for f in keep:
-        old = previous.get(f.path)
+        old = old_files.get(f.path)
         if old and old["size"] == f.size and old["mtime_ns"] == f.mtime_ns:
-            reused.append(old)
+            reused.append(f.path)
         else:
             to_read.append(asdict(f))
-    deleted = sorted(set(previous) - {f.path for f in keep})
+    deleted = sorted(set(old_files) - {f.path for f in keep})
     log.info("%d files: %d to read, %d unchanged, %d deleted since the last run",
              len(keep), len(to_read), len(reused), len(deleted))  # fmt: skip
-    fresh = read_files(to_read, cfg)
-    files = pa.concat_tables([pa.Table.from_pylist(reused, FILE_SCHEMA), fresh])
+    fresh_files, fresh_units = read_files(to_read, cfg)
+    files, units = fresh_files, fresh_units
+    if previous and reused:
+        same = pa.array(reused, pa.string())
+        files = pa.concat_tables([previous[0].filter(pc.is_in(previous[0]["path"], same)), files])
+        units = pa.concat_tables([previous[1].filter(pc.is_in(previous[1]["path"], same)), units])
     files = files.sort_by([("path", "ascending")])
-    t_extract = time.perf_counter()
-    unit_rows = [u for units in files["units"].to_pylist() for u in units]
-    units = pa.Table.from_pylist(unit_rows, UNIT_SCHEMA).sort_by(
+    units = units.sort_by(
         [
             ("path", "ascending"),
             ("start_line", "ascending"),
             ("end_line", "descending"),
             ("symbol", "ascending"),
-        ]  # fmt: skip
+            ("kind", "ascending"),
+        ]
     )
+    t_extract = time.perf_counter()
     if units.num_rows == 0:
         raise ValueError(f"{cfg.source}: no function, method or class found to index")
     _write_atomic(units, out / CODES)
@@ -503,8 +531,6 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
     state = files.replace_schema_metadata({"r2ps_state": fingerprint})
     _write_atomic(state, out / FILES)
     t_end = time.perf_counter()
-    parsed = fresh.filter(pc.equal(fresh["status"], "indexed"))
-    fresh_units = sum(parsed["n_units"].to_pylist())
     summary, skipped = summarise(
         walk_skipped,
         files,
@@ -516,12 +542,12 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
             "serve_yaml": str(serve_yaml.resolve()),
             "index": {"kind": index.manifest["kind"], "count": len(index), "dim": index.dim},
             "run": {
-                "incremental": bool(previous),
+                "incremental": previous is not None,
                 "files_read": len(to_read),
                 "files_unchanged": len(reused),
                 "files_deleted": len(deleted),
                 "deleted": deleted,
-                "units_extracted": fresh_units,
+                "units_extracted": fresh_units.num_rows,
                 "codes": vec_stats,
             },
             "seconds": {
@@ -533,7 +559,9 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
             },
             "rates": {
                 "files_per_s": round(len(to_read) / (t_extract - t_walk), 1) if to_read else None,
-                "units_per_s": round(fresh_units / (t_extract - t_walk), 1) if to_read else None,
+                "units_per_s": (
+                    round(fresh_units.num_rows / (t_extract - t_walk), 1) if to_read else None
+                ),
                 "codes_per_s": vec_stats["codes_per_s"],
             },
         },
