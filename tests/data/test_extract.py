@@ -47,6 +47,7 @@ EXPECTED = {
         ("area", "function", True),
         ("double", "function", False),
         ("Circle", "class", True),
+        ("Circle.onResize", "method", True),  # a class field holding a function
         ("Circle.constructor", "method", False),
         ("Circle.area", "method", True),
         ("Circle.area.squared", "function", False),
@@ -58,6 +59,8 @@ EXPECTED = {
         ("Base", "class", False),
         ("Base.describe", "method", True),
         ("square", "function", False),
+        ("Button", "class", False),
+        ("Button.onClick", "method", True),
     ],
     "php/src/Shapes.php": [
         ("circle_area", "function", True),

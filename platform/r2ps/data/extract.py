@@ -128,7 +128,7 @@ def unit_name(node) -> str:
         return _text(node.child_by_field_name("left")).replace(".prototype.", ".")
     if t == "pair":  # { bar: function () {} }
         return _text(node.child_by_field_name("key")).strip("'\"")
-    name = node.child_by_field_name("name")
+    name = node.child_by_field_name("name") or node.child_by_field_name("property")
     text = _text(name).replace("::", ".")
     if t == "method_declaration" and node.child_by_field_name("receiver") is not None:
         receiver = _go_receiver(node)

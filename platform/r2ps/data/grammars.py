@@ -102,7 +102,12 @@ _JS_UNITS = """
 (pair value: [(arrow_function) (function_expression) (generator_function)]) @function
 (class_declaration) @class
 """
-_TS_UNITS = _JS_UNITS + "(abstract_class_declaration) @class\n"
+_FUNCTION_VALUE = "[(arrow_function) (function_expression) (generator_function)]"
+# class fields holding a function: `onClick = () => {...}` (JS) / `private onClick = ...` (TS)
+_JS_FIELDS = f"(field_definition value: {_FUNCTION_VALUE}) @function\n"
+_TS_FIELDS = f"(public_field_definition value: {_FUNCTION_VALUE}) @function\n"
+_TS_UNITS = _JS_UNITS + _TS_FIELDS + "(abstract_class_declaration) @class\n"
+_JS_UNITS += _JS_FIELDS
 
 GRAMMARS: dict[str, Grammar] = {
     g.name: g
