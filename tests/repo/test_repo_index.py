@@ -122,3 +122,28 @@ def test_ray_fan_out_gives_the_same_index(ray_local, source_repo, tiny_bert_dir,
     inc = index_repo(_cfg(source_repo, out, tiny_bert_dir, local_below=0, files_per_task=4))
     assert inc["run"]["files_read"] == 2
     _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path, local_below=0)
+
+
+def test_the_command_line_job(source_repo, tiny_bert_dir, tmp_path):
+    """jobs/index.py as a user runs it (small: no Ray started), then a bad source."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "platform")}
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "jobs/index.py", "--source", str(source_repo), "--out", str(out)]
+    done = subprocess.run(
+        [*cmd, "--model", str(tiny_bert_dir), "rules.max_file_bytes=2000000"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "serve: R2PS_SERVE_CONFIG=" in done.stdout and "(full run" in done.stdout
+    summary = json.loads((out / SUMMARY).read_text())
+    assert "python/big.py" not in summary["skipped_files"].get(OVERSIZE, [])  # key=value took
+    bad = subprocess.run(
+        [sys.executable, "jobs/index.py", "--source", str(tmp_path / "missing"), "--out", str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "missing" in bad.stderr and "is not a folder" in bad.stderr
