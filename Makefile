@@ -13,7 +13,7 @@ DEMO_OUT ?= runs/demo
 COSQA ?= ../shared/data/cosqa
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format demo corpus bench clean ray-head ray-stop
+.PHONY: venv test lint format demo corpus bench clean browser ray-head ray-stop
 
 venv: $(STAMP)
 
@@ -39,7 +39,21 @@ format: $(STAMP)
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
 
-test: lint
+# The search-page test drives a real headless Chromium (Debian's chromium + chromium-driver).
+# Installed here when missing and apt-get runs as root; never fails the run: without a
+# browser that one test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's chromium + chromium-driver (search-page test)"; \
+		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null ) \
+			|| echo "==> could not install chromium: the search-page test will skip"; \
+	else \
+		echo "==> no chromium and no root apt-get: the search-page test will skip"; \
+	fi
+
+test: lint browser
 	@echo "==> pytest (slow tests excluded; 'make test PYTEST_ARGS=\"-m slow\"' runs them)"
 	@$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 

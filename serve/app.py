@@ -20,11 +20,13 @@ from collections import deque
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from r2ps.bm25 import BM25
 from r2ps.cascade import cascade_ids, fuse
+from r2ps.hybrid import rrf
 from r2ps.log import get_logger, setup_logging
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
@@ -45,6 +47,7 @@ from r2ps.serving import (
     resolve_model,
     staged_config,
 )
+from r2ps.web import search_page
 
 log = get_logger("r2ps.serve")
 
@@ -88,6 +91,10 @@ class Retriever:
             )
         self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
         self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
+        self.retrieval, self.hybrid_depth, self.rrf_k = cfg.retrieval, cfg.hybrid_depth, cfg.rrf_k
+        self._bm25 = None  # built at start for a hybrid default, else at the first hybrid query
+        if cfg.retrieval == "hybrid":
+            self._lexical()
         log.info(
             "retriever ready: %s (trained: %s), %d codes, index %s",
             self.model_dir,
@@ -96,22 +103,40 @@ class Retriever:
             self.index.manifest.get("kind"),
         )
 
-    async def retrieve(self, query: str, k: int) -> dict:
-        """The top `k` codes: ids, code text, language, source and cosine scores."""
-        return await self._search_batch((query, k))
+    async def retrieve(self, query: str, k: int, retrieval: str | None = None) -> dict:
+        """The top `k` codes: ids, code text, language, source, location and scores
+        (cosines; RRF scores for `retrieval="hybrid"`)."""
+        return await self._search_batch((query, k, retrieval or self.retrieval))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _search_batch(self, items: list[tuple[str, int]]) -> list[dict]:
+    async def _search_batch(self, items: list[tuple[str, int, str]]) -> list[dict]:
         # Off the event loop, so readiness probes answer while a batch encodes.
         return await asyncio.to_thread(self._search, items)
 
-    def _search(self, items: list[tuple[str, int]]) -> list[dict]:
-        k_max = min(max(k for _, k in items), len(self.index.code_ids))
-        embeddings = self.model.embed_queries([q for q, _ in items])
-        scores, positions = self.index.search(embeddings, k_max)
+    def _lexical(self) -> BM25:
+        if self._bm25 is None:
+            start = time.perf_counter()
+            self._bm25 = BM25([self.store.get(i)[0] for i in self.index.code_ids])
+            log.info("BM25 over %d codes built in %.1f s", len(self.index.code_ids),
+                     time.perf_counter() - start)  # fmt: skip
+        return self._bm25
+
+    def _search(self, items: list[tuple[str, int, str]]) -> list[dict]:
+        n = len(self.index.code_ids)
+        depth = [k if mode == "dense" else max(k, self.hybrid_depth) for _, k, mode in items]
+        embeddings = self.model.embed_queries([q for q, _, _ in items])
+        scores, positions = self.index.search(embeddings, min(max(depth), n))
         out = []
-        for (_, k), s_row, p_row in zip(items, scores, positions, strict=True):
-            keep = [(float(s), int(p)) for s, p in zip(s_row[:k], p_row[:k], strict=True) if p >= 0]
+        for (query, k, mode), d, s_row, p_row in zip(items, depth, scores, positions, strict=True):
+            if mode == "hybrid":  # BM25's and the dense list fused by rank (r2ps.hybrid)
+                lexical, lex_scores = self._lexical().top_k(query, min(d, n))
+                lexical = lexical[lex_scores > 0]  # no shared term: not in BM25's list
+                ids, fused = rrf([p_row[:d], lexical], k=self.rrf_k, top=k)
+                keep = list(zip(fused.tolist(), ids.tolist(), strict=True))
+            else:
+                keep = [
+                    (float(s), int(p)) for s, p in zip(s_row[:k], p_row[:k], strict=True) if p >= 0
+                ]
             ids = [self.index.code_ids[p] for _, p in keep]
             rows = [self.store.get(i) for i in ids]
             out.append(
@@ -120,7 +145,9 @@ class Retriever:
                     "codes": [r[0] for r in rows],
                     "languages": [r[1] for r in rows],
                     "sources": [r[2] for r in rows],
+                    "locations": [self.store.location(i) for i in ids],
                     "scores": [s for s, _ in keep],
+                    "retrieval": mode,
                 }
             )
         return out
@@ -219,7 +246,9 @@ class Cascade:
     async def answer(self, req: SearchRequest) -> SearchResponse | JSONResponse:
         t0 = time.perf_counter()
         try:
-            found = await self.retriever.retrieve.remote(req.query, max(req.top_k, req.rerank_k))
+            found = await self.retriever.retrieve.remote(
+                req.query, max(req.top_k, req.rerank_k), req.retrieval
+            )
         except Exception as e:  # the retriever is the one stage the answer cannot do without
             log.error("retriever failed: %r", e)
             return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
@@ -247,6 +276,7 @@ class Cascade:
                 retriever_score=float(de[p]),
                 retriever_rank=int(p) + 1,
                 ranker_score=float(ce_arr[p]) if p < len(ce_arr) else None,
+                **found["locations"][p],
             )
             for rank, p in enumerate(order.tolist(), start=1)
         ]
@@ -263,6 +293,7 @@ class Cascade:
             reranked_count=len(ce_arr),
             degraded_reason=reason,
             timings_ms=timings,
+            retrieval=found.get("retrieval"),
         )
 
     async def _rerank(self, query: str, codes: list[str]) -> tuple[list[float] | None, str | None]:
@@ -283,6 +314,11 @@ class Cascade:
             log.error("ranker returned %d scores for %d codes", len(scores), len(codes))
             return None, "error"
         return scores, None
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The search page (r2ps/web/search.html): a query box over POST /search."""
+        return HTMLResponse(search_page())
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

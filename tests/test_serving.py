@@ -410,3 +410,35 @@ def test_replicas_stage_uri_settings_for_their_life(tmp_path, monkeypatch):
             path = Path(getattr(local, name))
             assert path.is_relative_to(tmp_path / "staging") and (path / "config.json").exists()
     assert not Path(local.retriever).exists()  # the replica's copy goes with it
+
+
+def test_code_store_keeps_locations_when_the_codes_have_them(tmp_path):
+    from r2ps.serving import load_code_store
+
+    table = {
+        "code_id": ["u1", "u2"],
+        "code": ["def a():\n    pass", "func B() {}"],
+        "language": ["python", "go"],
+        "source": ["a.py", "b/b.go"],
+    }
+    pq.write_table(pa.table(table), tmp_path / "plain.parquet")
+    assert load_code_store(str(tmp_path / "plain.parquet")).location("u1") == {}
+    located = {**table, "path": ["a.py", "b/b.go"], "start_line": [3, 10], "end_line": [4, 10]}
+    located["symbol"] = ["a", "B"]
+    pq.write_table(pa.table(located), tmp_path / "located.parquet")
+    store = load_code_store(str(tmp_path / "located.parquet"))
+    assert store.location("u2") == {
+        "path": "b/b.go",
+        "start_line": 10,
+        "end_line": 10,
+        "symbol": "B",
+    }
+
+
+def test_retrieval_setting_and_request_field_are_checked():
+    with pytest.raises(ConfigError, match="retrieval"):
+        ServeConfig(retrieval="sparse")
+    assert parse_search_request(b'{"query": "q", "retrieval": "hybrid"}', 100).retrieval == "hybrid"
+    with pytest.raises(RequestError) as err:
+        parse_search_request(b'{"query": "q", "retrieval": "bm25"}', 100)
+    assert err.value.status == 422 and "retrieval" in str(err.value.detail)

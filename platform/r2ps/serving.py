@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,6 +49,7 @@ _OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA", "R2PS_STORAGE"}
 
 MAX_TOP_K = 100
 MAX_RERANK_K = 100
+RETRIEVAL_MODES = ("dense", "hybrid")
 
 
 @dataclass
@@ -97,6 +98,16 @@ class ServeConfig:
     torch_threads: int = field(
         default=0, metadata={"help": "torch threads per replica; 0: as Ray sets them"}
     )
+    retrieval: str = field(
+        default="dense",
+        metadata={
+            "help": "first stage when a request names none: dense | hybrid (BM25 + dense, RRF)"
+        },
+    )
+    hybrid_depth: int = field(
+        default=100, metadata={"help": "hybrid: candidates from each list before fusion"}
+    )
+    rrf_k: int = field(default=60, metadata={"help": "hybrid: RRF's k (r2ps.hybrid)"})
 
     def __post_init__(self) -> None:
         checks = {
@@ -108,6 +119,9 @@ class ServeConfig:
             "ranker_min_replicas": 0 <= self.ranker_min_replicas <= self.ranker_max_replicas,
             "ranker_max_replicas": self.ranker_max_replicas >= 1,
             "alpha": 0.0 <= self.alpha <= 1.0,
+            "retrieval": self.retrieval in RETRIEVAL_MODES,
+            "hybrid_depth": self.hybrid_depth >= 1,
+            "rrf_k": self.rrf_k >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -182,6 +196,11 @@ class SearchRequest(BaseModel):
         le=MAX_RERANK_K,
         description="retriever candidates the ranker rescores (0: retriever only)",
     )
+    retrieval: Literal["dense", "hybrid"] | None = Field(
+        default=None,
+        description="first stage: dense, or hybrid (BM25 + dense by reciprocal rank "
+        "fusion; scores are then RRF scores); null: the server's setting",
+    )
 
     @field_validator("query")
     @classmethod
@@ -201,6 +220,12 @@ class Hit(BaseModel):
     retriever_score: float
     retriever_rank: int = Field(description="1-based position in the retriever's list")
     ranker_score: float | None = Field(description="raw cross-encoder score; null if not reranked")
+    # Where the code is, when the code store knows (an index of a source tree,
+    # jobs/index.py); null for a corpus split.
+    path: str | None = Field(default=None, description="file, relative to the indexed folder")
+    start_line: int | None = Field(default=None, description="1-based first line of `code`")
+    end_line: int | None = Field(default=None, description="1-based last line of `code`")
+    symbol: str | None = Field(default=None, description="qualified name, e.g. Circle.area")
 
 
 class SearchResponse(BaseModel):
@@ -210,6 +235,7 @@ class SearchResponse(BaseModel):
     reranked_count: int
     degraded_reason: str | None = None
     timings_ms: dict[str, float] = Field(description="retrieve, rerank, total")
+    retrieval: str | None = Field(default=None, description="the first stage used")
 
 
 class RequestError(Exception):
@@ -334,12 +360,18 @@ def codes_file(codes: str) -> Path:
     return path
 
 
+# Columns of a source-tree index's codes.parquet (jobs/index.py) that hits carry along.
+LOCATION_FIELDS = ("path", "start_line", "end_line", "symbol")
+
+
 @dataclass
 class CodeStore:
     """Code text and metadata by code id: what the retriever returns besides scores."""
 
     rows: dict[str, tuple[str, str, str]]  # code_id -> (code, language, source)
     path: str
+    # code_id -> {path, start_line, end_line, symbol}, when the store has those columns
+    locations: dict[str, dict] = field(default_factory=dict)
 
     def get(self, code_id: str) -> tuple[str, str, str]:
         try:
@@ -347,23 +379,34 @@ class CodeStore:
         except KeyError:
             raise KeyError(f"code id {code_id!r} is in the index but not in {self.path}") from None
 
+    def location(self, code_id: str) -> dict:
+        """Where the code is (LOCATION_FIELDS), or {} for a store without locations."""
+        return self.locations.get(code_id, {})
+
 
 def load_code_store(codes: str) -> CodeStore:
-    """Read codes.parquet (code_id, code, language, source) into memory."""
+    """Read codes.parquet (code_id, code, language, source, and LOCATION_FIELDS when
+    present) into memory."""
     path = codes_file(codes)
     names = ["code_id", "code", "language", "source"]
     schema_names = pq.read_schema(path).names
     missing = [n for n in names if n not in schema_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; has {schema_names}")
-    table = pq.read_table(path, columns=names).to_pydict()
+    located = all(n in schema_names for n in LOCATION_FIELDS)
+    table = pq.read_table(path, columns=names + (list(LOCATION_FIELDS) if located else []))
+    table = table.to_pydict()
     rows = {
         cid: (code, lang, src)
         for cid, code, lang, src in zip(
             table["code_id"], table["code"], table["language"], table["source"], strict=True
         )
     }
-    return CodeStore(rows=rows, path=str(path))
+    locations = {}
+    if located:
+        for i, cid in enumerate(table["code_id"]):
+            locations[cid] = {name: table[name][i] for name in LOCATION_FIELDS}
+    return CodeStore(rows=rows, path=str(path), locations=locations)
 
 
 def load_index(cfg: ServeConfig, model_dir: str):

@@ -18,10 +18,13 @@ from r2ps.data.corpus import (
     dedupe,
     discover_sources,
     exclude,
+    extract_files,
 )
+from r2ps.data.pysource import ExtractConfig
 from r2ps.data.schema import RetrievalSet
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "repos"
 
 
 def rows(codes, packages=None):
@@ -101,7 +104,40 @@ def source_tree(tmp_path):
         shutil.copy(STDLIB / name, root / name)
     shutil.copytree(STDLIB / "json", root / "vendored" / "json")  # duplicates of json/
     (root / "broken.py").write_text("def f(:\n    pass\n")
+    # documented Go, Java, JS, TS, PHP and Ruby code: pairs through tree-sitter
+    shutil.copytree(FIXTURES, root / "polyglot", ignore=shutil.ignore_patterns("*.py", "blob.*"))
     return root
+
+
+def test_roots_give_codesearchnet_pairs_in_every_language():
+    files = discover_sources(CorpusConfig(stdlib=False, site_packages=False, roots=[str(FIXTURES)]))
+    assert {Path(f["path"]).suffix for f in files} >= {
+        ".py",
+        ".go",
+        ".java",
+        ".js",
+        ".ts",
+        ".php",
+        ".rb",
+    }
+    good = [f for f in files if not Path(f["path"]).name.startswith(("blob", "broken"))]
+    pairs, file_rows = extract_files(good, ExtractConfig(min_code_lines=2))
+    assert set(pairs["language"].to_pylist()) == {
+        "python", "go", "java", "javascript", "typescript", "php", "ruby"
+    }  # fmt: skip
+    rows = {(r["language"], r["func_name"]): r for r in pairs.to_pylist()}
+    java = rows[("java", "circleArea")]
+    assert java["query"] == "Returns the area of a circle with the given radius."
+    assert java["code"].startswith("public static double circleArea") and java["line"] == 14
+    assert java["path"] == "java/src/geo/Shapes.java" and java["package"] == "java"
+    ruby = rows[("ruby", "area")]
+    assert ruby["query"] == "The area of the circle, pi r squared."
+    assert ruby["code"] == "def area\n  Math::PI * @r * @r\nend"
+    # the binary and broken files: Python's are reported, the others' recovered or empty
+    bad = [f for f in files if Path(f["path"]).name.startswith(("blob", "broken"))]
+    _, bad_rows = extract_files(bad, ExtractConfig())
+    errors = [e for e in bad_rows["error"].to_pylist() if e]
+    assert len(errors) == 2 and all(".py" in e for e in errors)
 
 
 @pytest.mark.ray
@@ -147,6 +183,8 @@ def test_build_corpus_on_a_real_tree(ray_local, source_tree, tmp_path):
     all_ids = [i for r in splits.values() for i in r.codes["code_id"].to_pylist()]
     assert len(all_ids) == len(set(all_ids))  # no code twice, not even across splits
     assert "vendored" not in packages["train"] | packages["valid"] | packages["test"]
+    languages = {lang for r in splits.values() for lang in r.codes["language"].to_pylist()}
+    assert languages == {"python", "go", "java", "javascript", "typescript", "php", "ruby"}
     assert stats["dedupe"]["exact_duplicates"] >= 10
     assert stats["excluded"] == {str(pool / "codes.parquet"): 1}
     assert codetext.code_match_key(excluded_code) not in set(all_ids)

@@ -68,13 +68,22 @@ def content_hash(text: str, prefix: str = "") -> str:
     return prefix + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
-def code_id(code: str) -> str:
-    """Stable id of a code: hash of its normalised text (docstrings kept)."""
+def code_id(code: str, language: str = "python") -> str:
+    """Stable id of a code: hash of its normalised text (docstrings kept).
+
+    Python is normalised by its tokens; other languages by whitespace alone (Python's
+    tokenizer would read `#` or `'` in them wrongly).
+    """
+    if language != "python":
+        return content_hash(_WS_RE.sub(" ", code).strip(), "c")
     return content_hash(normalize_code(code), "c")
 
 
-def code_match_key(code: str) -> str:
-    """Docstring-insensitive id, used to find a corpus code inside an evaluation pool."""
+def code_match_key(code: str, language: str = "python") -> str:
+    """Docstring-insensitive id, used to find a corpus code inside an evaluation pool
+    (other languages' codes carry no doc comment inside them: their code id)."""
+    if language != "python":
+        return code_id(code, language)
     return content_hash(normalize_code(code, strip_docstrings=True), "c")
 
 

@@ -3,9 +3,13 @@
 Stages, each a function so a test can run it alone:
 1. `discover_sources`: list the .py files of the standard library (one package per
    top-level module), of every installed distribution (one package per distribution),
-   and of any extra source roots (one package per top-level entry).
+   and the source files of any extra roots in the six CodeSearchNet languages (one
+   package per top-level entry).
 2. `extract`: fan the files out over Ray Data tasks; each returns its pairs (with code
    ids computed in the worker) and one record per file saying what it dropped and why.
+   Python goes through `r2ps.data.pysource` (ast); Go, Java, JavaScript/TypeScript, PHP
+   and Ruby through the tree-sitter extractor (`r2ps.data.extract`), whose doc comments
+   (Javadoc, JSDoc, PHPDoc, Go doc comments, RDoc/YARD) give the queries.
 3. `dedupe`: one row per normalised code (exact and whitespace/comment-insensitive
    duplicates collapse to one code id); the copy kept is the first by package and path,
    so vendored copies never straddle two splits.
@@ -34,7 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from r2ps.data import codetext
-from r2ps.data.pysource import ExtractConfig, extract_pairs
+from r2ps.data.extract import extract_units, pairs_from_units
+from r2ps.data.grammars import BY_EXTENSION, LANGUAGE_LABEL, grammar_for
+from r2ps.data.pysource import ExtractConfig, Extracted, extract_pairs
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.log import get_logger
 from r2ps.storage import input_file
@@ -56,6 +62,7 @@ EXTRACTED_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("line", pa.int64()),
         ("func_name", pa.string()),
+        ("language", pa.string()),
     ]
 )
 FILE_SCHEMA = pa.schema(
@@ -106,14 +113,16 @@ class CorpusConfig:
 # ---------------------------------------------------------------- 1. discovery
 
 
-def _root_files(root: Path, prefix: str = "") -> list[dict]:
-    """.py files under `root`, packaged by their top-level entry (skipping test folders)."""
+def _root_files(root: Path, prefix: str = "", suffixes: tuple[str, ...] = (".py",)) -> list[dict]:
+    """Source files under `root` (by suffix), packaged by their top-level entry (skipping
+    test folders)."""
     out = []
-    for path in sorted(root.rglob("*.py")):
+    paths = (p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    for path in sorted(paths):
         rel = path.relative_to(root)
         if TEST_DIRS & set(rel.parts[:-1]) or "site-packages" in rel.parts:
             continue
-        top = rel.parts[0].removesuffix(".py")
+        top = rel.parts[0].removesuffix(path.suffix) if len(rel.parts) == 1 else rel.parts[0]
         out.append({"path": str(path), "package": prefix + top, "relpath": str(rel)})
     return out
 
@@ -144,7 +153,7 @@ def discover_sources(cfg: CorpusConfig) -> list[dict]:
     for root in cfg.roots:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"source root {root!r} is not a directory")
-        files += _root_files(Path(root))
+        files += _root_files(Path(root), suffixes=tuple(BY_EXTENSION))
     # A file reachable twice (a distribution inside a root) is read once.
     unique = list({f["path"]: f for f in files}.values())
     return unique[: cfg.max_files] if cfg.max_files else unique
@@ -173,9 +182,13 @@ def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.T
     """Pairs of a batch of files, and one row per file: its parse error or drop counts."""
     pairs, file_rows = [], []
     for f in files:
+        grammar = grammar_for(f["path"])
+        language = LANGUAGE_LABEL[grammar.name] if grammar else "python"
         try:
-            source = read_source(f["path"])
-            result = extract_pairs(source, f["path"], cfg)
+            if language == "python":
+                result = extract_pairs(read_source(f["path"]), f["path"], cfg)
+            else:
+                result = _tree_sitter_pairs(f, grammar, cfg)
         except (SyntaxError, ValueError, UnicodeDecodeError, OSError) as e:
             line = getattr(e, "lineno", None)
             where = f"{f['path']}:{line}" if line else f["path"]
@@ -190,19 +203,33 @@ def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.T
                 {
                     "query": p["query"],
                     "code": code,
-                    "code_id": codetext.code_id(code),
-                    "match_key": codetext.code_match_key(code),
+                    "code_id": codetext.code_id(code, language),
+                    "match_key": codetext.code_match_key(code, language),
                     "raw_hash": codetext.content_hash(code),
                     "package": f["package"],
                     "path": f["relpath"],
                     "line": p["line"],
                     "func_name": p["func_name"],
+                    "language": language,
                 }
             )
     return (
         pa.Table.from_pylist(pairs, EXTRACTED_SCHEMA),
         pa.Table.from_pylist(file_rows, FILE_SCHEMA),
     )
+
+
+def _tree_sitter_pairs(f: dict, grammar, cfg: ExtractConfig) -> Extracted:
+    """Pairs of a Go/Java/JS/TS/PHP/Ruby file; syntax errors are recovered, not raised."""
+    found = input_file(f["path"])
+    if isinstance(found, str):
+        with open(found, "rb") as fh:
+            data = fh.read()
+    else:
+        with found:
+            data = found.read()
+    pairs, dropped = pairs_from_units(extract_units(data, f["relpath"], grammar).units, cfg)
+    return Extracted(pairs=pairs, dropped=dropped)
 
 
 def _file_key(f: dict) -> dict:
@@ -351,7 +378,7 @@ def to_pairs(extracted: pa.Table) -> pa.Table:
             "query": extracted["query"],
             "code_id": extracted["code_id"],
             "code": extracted["code"],
-            "language": pa.array(["python"] * extracted.num_rows, pa.string()),
+            "language": pc.fill_null(extracted["language"], "python"),
             "source": extracted["package"],
         },
         schema=PAIR_SCHEMA,

@@ -1,0 +1,149 @@
+"""jobs/index.py's job: a real index of the fixture repository, then add/change/delete
+files and check that the incremental run reads and embeds only what changed and ends
+equal to a full rebuild; the Serve app loads what it wrote as it is."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from r2ps.index import CodeIndex
+from r2ps.repo.files import BINARY, GENERATED, IGNORED, MINIFIED, OVERSIZE, VENDORED
+from r2ps.repo.indexer import CODES, SUMMARY, RepoIndexConfig, index_repo
+
+
+def _cfg(src, out, model, **kw):
+    return RepoIndexConfig(source=str(src), out=str(out), model=str(model), **kw)
+
+
+def _vectors(out):
+    index = CodeIndex.load(out / "index")
+    return index.code_ids, index._cpu.reconstruct_n(0, len(index))
+
+
+def _change_tree(src):
+    """Add a Go file, change a Python function, delete a Ruby file."""
+    (src / "go" / "shapes" / "square.go").write_text(
+        "package shapes\n\n// Square of a number.\nfunc Square(x float64) float64 {\n"
+        "\treturn x * x\n}\n"
+    )
+    py = src / "python" / "pkg" / "shapes.py"
+    py.write_text(py.read_text().replace("return x * 2", "return x * 3"))
+    st = py.stat()
+    os.utime(py, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a coarse clock too
+    (src / "ruby" / "lib" / "broken.rb").unlink()
+
+
+def _check_equal_to_full_rebuild(src, out, model, tmp_path, **kw):
+    full_out = tmp_path / "full"
+    index_repo(_cfg(src, full_out, model, full=True, **kw))
+    inc, full = pq.read_table(out / CODES), pq.read_table(full_out / CODES)
+    assert inc.equals(full)
+    ids_inc, vec_inc = _vectors(out)
+    ids_full, vec_full = _vectors(full_out)
+    assert ids_inc == ids_full
+    # embedded in other batches (other padding): equal up to float rounding
+    np.testing.assert_allclose(vec_inc, vec_full, atol=1e-5)
+
+
+def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    first = index_repo(_cfg(source_repo, out, tiny_bert_dir))
+    assert first["run"]["incremental"] is False
+    codes = pq.read_table(out / CODES)
+    assert set(codes["language"].to_pylist()) == {
+        "python", "go", "java", "javascript", "typescript", "php", "ruby"
+    }  # fmt: skip
+    # every row's lines are the file's lines
+    for row in codes.to_pylist():
+        lines = (source_repo / row["path"]).read_text().split("\n")
+        assert "\n".join(lines[row["start_line"] - 1 : row["end_line"]]) == row["code"]
+    named = first["skipped_files"]
+    assert "python/ignored/" in named[IGNORED] and "build/" in named[IGNORED]
+    assert {"go/vendor/", "javascript/node_modules/"} <= set(named[VENDORED])
+    assert "go/blob.go" in named[BINARY] and "go/shapes/zz_gen.go" in named[GENERATED]
+    assert {"javascript/lib/app.min.js", "javascript/lib/packed.js"} <= set(named[MINIFIED])
+    assert named[OVERSIZE] == ["python/big.py"]
+    assert "python/pkg/broken.py" in first["syntax_errors"]
+    assert first["units"]["total"] == codes.num_rows == first["index"]["count"]
+    assert json.loads((out / SUMMARY).read_text())["units"] == first["units"]
+
+    # nothing changed: nothing read, nothing embedded
+    again = index_repo(_cfg(source_repo, out, tiny_bert_dir))
+    assert again["run"]["incremental"] is True
+    assert (again["run"]["files_read"], again["run"]["codes"]["embedded"]) == (0, 0)
+    assert pq.read_table(out / CODES).equals(codes)
+
+    old_contents = set(codes["content_id"].to_pylist())
+    _change_tree(source_repo)
+    inc = index_repo(_cfg(source_repo, out, tiny_bert_dir))
+    run = inc["run"]
+    assert run["files_read"] == 2  # the new Go file and the changed Python file
+    assert run["deleted"] == ["ruby/lib/broken.rb"]
+    new_codes = pq.read_table(out / CODES)
+    new_contents = set(new_codes["content_id"].to_pylist())
+    assert run["codes"]["embedded"] == len(new_contents - old_contents) == 2  # Square, undocumented
+    assert "ruby/lib/broken.rb" not in set(new_codes["path"].to_pylist())
+    assert "Square" in new_codes["symbol"].to_pylist()
+    _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path)
+
+    # the Serve app's loader takes the written index as it is (no re-embedding)
+    from r2ps.serving import ServeConfig, load_code_store, load_index
+
+    serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / "serve.yaml").read_text()))
+    index = load_index(serve_cfg, serve_cfg.retriever)
+    assert not (out / "embeddings").exists()
+    assert index.code_ids == new_codes["code_id"].to_pylist()
+    store = load_code_store(serve_cfg.codes)
+    assert len(store.rows) == new_codes.num_rows
+
+
+@pytest.mark.ray
+def test_ray_fan_out_gives_the_same_index(ray_local, source_repo, tiny_bert_dir, tmp_path):
+    """Files over Ray Data tasks and codes over the embedding actor pool (local_below=0)
+    give the index the in-process path gives."""
+    out = tmp_path / "ray"
+    summary = index_repo(_cfg(source_repo, out, tiny_bert_dir, local_below=0, files_per_task=4))
+    assert summary["run"]["codes"]["embedded"] == summary["run"]["codes"]["unique"]
+    local = tmp_path / "local"
+    index_repo(_cfg(source_repo, local, tiny_bert_dir))
+    assert pq.read_table(out / CODES).equals(pq.read_table(local / CODES))
+    ids_r, vec_r = _vectors(out)
+    ids_l, vec_l = _vectors(local)
+    assert ids_r == ids_l
+    np.testing.assert_allclose(vec_r, vec_l, atol=1e-5)
+    shutil.rmtree(local)
+    # incremental over Ray too
+    _change_tree(source_repo)
+    inc = index_repo(_cfg(source_repo, out, tiny_bert_dir, local_below=0, files_per_task=4))
+    assert inc["run"]["files_read"] == 2
+    _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path, local_below=0)
+
+
+def test_the_command_line_job(source_repo, tiny_bert_dir, tmp_path):
+    """jobs/index.py as a user runs it (small: no Ray started), then a bad source."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "platform")}
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "jobs/index.py", "--source", str(source_repo), "--out", str(out)]
+    done = subprocess.run(
+        [*cmd, "--model", str(tiny_bert_dir), "rules.max_file_bytes=2000000"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "serve: R2PS_SERVE_CONFIG=" in done.stdout and "(full run" in done.stdout
+    summary = json.loads((out / SUMMARY).read_text())
+    assert "python/big.py" not in summary["skipped_files"].get(OVERSIZE, [])  # key=value took
+    bad = subprocess.run(
+        [sys.executable, "jobs/index.py", "--source", str(tmp_path / "missing"), "--out", str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "missing" in bad.stderr and "is not a folder" in bad.stderr

@@ -1,0 +1,193 @@
+"""Serving a source-tree index: hits carry path/lines/symbol/language, the hybrid first
+stage is BM25 + dense by RRF, and the search page at GET / works in a real headless
+Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+import torch
+import yaml
+from conftest import make_source_repo
+
+from r2ps.bm25 import BM25
+from r2ps.hybrid import rrf
+from r2ps.index import CodeIndex
+from r2ps.models.cross import CrossEncoder
+from r2ps.models.dual import DualEncoder
+from r2ps.repo.indexer import CODES, RepoIndexConfig, index_repo
+from r2ps.serving import ServeConfig
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("page")
+    src = make_source_repo(root / "repo")
+    out = root / "index"
+    index_repo(RepoIndexConfig(source=str(src), out=str(out), model=str(tiny_bert_dir)))
+    torch.manual_seed(0)
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(root / "ranker")
+    return {"src": src, "out": out, "ranker": root / "ranker", "model": tiny_bert_dir}
+
+
+@pytest.fixture(scope="module")
+def live(ray_local, indexed):
+    """The real app (serve/app.py) on the settings jobs/index.py wrote, small resources."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    settings = yaml.safe_load((indexed["out"] / "serve.yaml").read_text())
+    settings.update(
+        ranker=str(indexed["ranker"]),
+        retriever_cpus=0.1,
+        ranker_cpus=0.1,
+        ingress_cpus=0.1,
+        ranker_gpus=0.0,
+        ranker_min_replicas=1,
+        ranker_max_replicas=1,
+        ranker_timeout_s=30.0,
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeConfig.from_mapping(settings)), name="repo", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _search(url, **body):
+    r = requests.post(f"{url}/search", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_hits_carry_path_lines_symbol_and_language(live, indexed):
+    codes = pq.read_table(indexed["out"] / CODES).to_pylist()
+    target = next(c for c in codes if c["symbol"] == "Shapes.circleArea")
+    body = _search(live, query=target["code"], top_k=5, rerank_k=0)
+    hit = body["results"][0]
+    assert body["retrieval"] == "dense"
+    assert {k: hit[k] for k in ("path", "start_line", "end_line", "symbol", "language")} == {
+        "path": "java/src/geo/Shapes.java",
+        "start_line": target["start_line"],
+        "end_line": target["end_line"],
+        "symbol": "Shapes.circleArea",
+        "language": "java",
+    }
+    lines = (indexed["src"] / hit["path"]).read_text().split("\n")
+    assert "\n".join(lines[hit["start_line"] - 1 : hit["end_line"]]) == hit["code"]
+
+
+def test_hybrid_is_bm25_and_dense_fused_by_rrf(live, indexed):
+    query = "circle area radius"
+    body = _search(live, query=query, top_k=8, rerank_k=0, retrieval="hybrid")
+    assert body["retrieval"] == "hybrid"
+    # the same fusion computed here from the saved index and the same model
+    index = CodeIndex.load(indexed["out"] / "index")
+    store = {c["code_id"]: c["code"] for c in pq.read_table(indexed["out"] / CODES).to_pylist()}
+    model = DualEncoder.from_pretrained(indexed["model"])
+    n = len(index)
+    _, dense = index.search(model.embed_queries([query]), min(100, n))
+    lexical, lex_scores = BM25([store[i] for i in index.code_ids]).top_k(query, min(100, n))
+    ids, scores = rrf([dense[0], lexical[lex_scores > 0]], k=60, top=8)
+    assert [h["code_id"] for h in body["results"]] == [index.code_ids[i] for i in ids]
+    np.testing.assert_allclose([h["retriever_score"] for h in body["results"]], scores, rtol=1e-6)
+    r = requests.post(f"{live}/search", json={"query": "x", "retrieval": "sparse"}, timeout=30)
+    assert r.status_code == 422 and "retrieval" in r.text
+
+
+def _browser():
+    """(chromium, chromedriver) paths, or pytest.skip saying what is missing."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    chromium = next(
+        (
+            shutil.which(n)
+            for n in ("chromium", "chromium-browser", "google-chrome")
+            if shutil.which(n)
+        ),
+        None,
+    )
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip(
+            "no headless browser here: the search-page test needs Debian's chromium and "
+            "chromium-driver (`make test` installs them where apt-get runs as root)"
+        )
+    return chromium, driver
+
+
+def test_search_page_in_headless_chromium(live, tmp_path):
+    chromium, driver_path = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1400",
+    ):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(f"{live}/")
+        assert "r2ps code search" in browser.title
+        box = browser.find_element(By.ID, "q")
+        box.send_keys("area of a circle")
+        Select(browser.find_element(By.ID, "top_k")).select_by_visible_text("20")
+        Select(browser.find_element(By.ID, "rerank_k")).select_by_visible_text("10")
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".hit")))
+        WebDriverWait(browser, 10).until(
+            lambda b: "results in" in b.find_element(By.ID, "status").text
+        )
+        hits = browser.find_elements(By.CSS_SELECTOR, ".hit")
+        assert len(hits) == 20
+        locations = [h.find_element(By.CSS_SELECTOR, ".loc").text for h in hits]
+        # path:start-end of a real unit, as the API gave it
+        api = _search(live, query="area of a circle", top_k=20, rerank_k=10)
+        want = [f"{h['path']}:{h['start_line']}" for h in api["results"]]
+        assert [loc.split("-")[0] for loc in locations] == want
+        # hits 11-20 were not rescored by the ranker: each is marked
+        badges = [len(h.find_elements(By.CSS_SELECTOR, ".badge")) for h in hits]
+        assert badges == [0] * 10 + [1] * 10
+        # the code is highlighted and numbered from the hit's first line
+        first = hits[0]
+        assert first.find_elements(By.CSS_SELECTOR, "code .k")
+        assert first.find_element(By.CSS_SELECTOR, ".ln").text == str(
+            api["results"][0]["start_line"]
+        )
+        assert "#q=area%20of%20a%20circle" in browser.current_url
+        shot = Path(os.environ.get("R2PS_PAGE_SCREENSHOT", tmp_path / "search-page.png"))
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        # a bad request shows the server's message
+        box.clear()
+        box.send_keys("x" * 2100)
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 30).until(lambda b: "422" in b.find_element(By.ID, "status").text)
+    finally:
+        browser.quit()
