@@ -45,6 +45,7 @@ from r2ps.serving import (
     parse_search_request,
     read_limited_body,
     resolve_model,
+    search_body_openapi,
     staged_config,
 )
 from r2ps.web import search_page
@@ -204,12 +205,7 @@ api = FastAPI(
     version="0.1.0",
 )
 
-_SEARCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
-    }
-}
+_SEARCH_BODY = search_body_openapi(ServeConfig().max_query_chars)
 
 
 @serve.deployment
@@ -225,6 +221,9 @@ class Cascade:
         self.ranker = ranker
         self.cfg = cfg
         self.metrics = CascadeMetrics()
+        # the document states this replica's own query length limit
+        _SEARCH_BODY.update(search_body_openapi(cfg.max_query_chars))
+        api.openapi_schema = None
 
     @api.post(
         "/search",

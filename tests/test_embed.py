@@ -167,3 +167,25 @@ def test_read_embeddings_puts_rows_in_place_and_refuses_an_incomplete_set(tmp_pa
         read_embeddings(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no embedding shards"):
         read_embeddings(str(tmp_path / "empty"))
+
+
+def test_the_embedding_actor_refuses_nan_vectors_naming_the_codes(tiny_bert_dir, tmp_path):
+    # An overflowing or broken model: its NaN rows must not reach the shards and index.
+    from safetensors.torch import load_file, save_file
+
+    from r2ps.embed import CodeEmbedder
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    state = load_file(weights)
+    for name in state:
+        if "word_embeddings" in name:
+            state[name][:] = float("nan")
+    save_file(state, weights)
+    actor = CodeEmbedder(str(broken), batch_size=2, threads=1)
+    batch = pa.table(
+        {"pos": [0, 1], "code_id": ["a", "b"], "input_ids": [[101, 7, 102], [101, 102]]}
+    )
+    with pytest.raises(ValueError, match=r"embeddings: 2 of 2 rows .* e.g. \['a', 'b'\]"):
+        actor(batch)

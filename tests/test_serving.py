@@ -8,18 +8,22 @@ HTTP on 127.0.0.1. Serve is shut down at the end of the module.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from r2ps.cascade import rerank
 from r2ps.config import ConfigError
@@ -34,6 +38,7 @@ from r2ps.serving import (
     pair_chunks,
     parse_search_request,
     read_limited_body,
+    search_request_schema,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +148,71 @@ def test_body_limit_checks_header_and_stream():
         assert err.value.status == 413
 
 
+def test_bytes_that_are_not_utf8_or_json_cannot_write_get_a_422_never_a_500():
+    # The 422 once echoed the input and failed to serialise the very bytes it reported.
+    from starlette.responses import JSONResponse
+
+    bodies = {
+        b'{"query": "\xff\xfe"}': "byte 0xff at offset 11",
+        b'{"\xff": 1}': "not valid utf-8",
+        b"\xff\xfe": "not valid utf-8",
+        b'{"query": 1e400}': "valid string",  # inf: JSON cannot write it back
+        b'{"query": "ok", "top_k": 1e400}': "top_k",
+        b'{"query": "\\ud800"}': "json",  # a lone surrogate
+    }
+    for body, needle in bodies.items():
+        with pytest.raises(RequestError) as err:
+            parse_search_request(body, max_query_chars=50)
+        assert err.value.status == 422
+        rendered = JSONResponse(err.value.detail, status_code=422).body.decode()
+        assert needle in rendered.lower(), (body, rendered)
+
+
+def test_the_body_limit_fits_every_request_the_document_allows():
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        ServeConfig(max_query_chars=2000, max_body_bytes=16384)
+    cfg = ServeConfig()
+    longest = json.dumps(
+        {"query": "\U0001f600" * cfg.max_query_chars, "top_k": 100, "rerank_k": 100}
+    )
+    assert len(longest.encode()) <= cfg.max_body_bytes
+
+
+def _schema_accepts(schema: dict, body: dict) -> bool:
+    return not list(jsonschema.Draft202012Validator(schema).iter_errors(body))
+
+
+def _server_accepts(body: dict, max_query_chars: int) -> bool:
+    try:
+        parse_search_request(json.dumps(body).encode(), max_query_chars)
+    except RequestError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    query=st.text(
+        st.characters(codec="utf-8", categories=["Zs", "Cc", "Cf", "Zl", "Zp", "Ll"]), max_size=12
+    ),
+    top_k=st.one_of(st.integers(-5, 120), st.floats(allow_nan=False, allow_infinity=False)),
+)
+def test_the_openapi_schema_states_exactly_what_the_server_enforces(query, top_k):
+    # A client generated from /openapi.json must know every rule on `query` (not blank,
+    # length bounds) and on the numbers: schema-valid <=> accepted, for any input.
+    schema = search_request_schema(max_query_chars=8)
+    body = {"query": query, "top_k": top_k}
+    assert _schema_accepts(schema, body) == _server_accepts(body, 8), body
+
+
+def test_the_schema_names_the_query_rules():
+    query = search_request_schema(max_query_chars=42)["properties"]["query"]
+    assert (query["minLength"], query["maxLength"]) == (1, 42)
+    for blank in ["", " ", "\x1c\x1d\x1e\x1f", "\x85\xa0\u3000\u2028", "\t\n\r\x0b\x0c"]:
+        assert not _schema_accepts(search_request_schema(42), {"query": blank})
+    assert _schema_accepts(search_request_schema(42), {"query": "\ufeff"})  # not Python space
+
+
 # --- the live app ---------------------------------------------------------------------
 
 
@@ -195,7 +265,7 @@ def _settings(models, **over) -> ServeConfig:
         "codes": str(models["codes"]),
         "embed_out": str(models["root"] / "embed"),
         "max_query_chars": 200,
-        "max_body_bytes": 2048,
+        "max_body_bytes": 4096,
         "ranker_pair_budget": 8,
         "ranker_batch_wait_s": 0.1,
         "ranker_timeout_s": 30.0,
@@ -310,7 +380,7 @@ def test_every_bad_input_gets_a_4xx_with_a_message(live):
         assert needle in r.text.lower(), (name, r.text)
     r = requests.post(f"{live}/search", data=b"{not json", timeout=30)
     assert r.status_code == 422 and "json" in r.text.lower()
-    big = b'{"query": "' + b"y" * 4000 + b'"}'
+    big = b'{"query": "' + b"y" * 5000 + b'"}'
     r = requests.post(f"{live}/search", data=big, timeout=30)
     assert r.status_code == 413 and "limit" in r.text
     r = requests.post(f"{live}/search", data=iter([big[:1000], big[1000:]]), timeout=30)
@@ -442,3 +512,68 @@ def test_retrieval_setting_and_request_field_are_checked():
     with pytest.raises(RequestError) as err:
         parse_search_request(b'{"query": "q", "retrieval": "bm25"}', 100)
     assert err.value.status == 422 and "retrieval" in str(err.value.detail)
+
+
+# --- fuzzing the live endpoint from its own OpenAPI document ------------------------
+
+FUZZ_EXAMPLES = 25  # per mode; the run stops sending once FUZZ_SECONDS have passed
+FUZZ_SECONDS = 60.0
+
+
+def _fuzz(strategy, send, check) -> int:
+    """Send up to FUZZ_EXAMPLES generated requests (at most FUZZ_SECONDS); returns how many."""
+    stop, sent = time.monotonic() + FUZZ_SECONDS, []
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,  # the same examples every run
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def run(example):
+        if time.monotonic() > stop:
+            return
+        response = send(example)
+        sent.append(response.status_code)
+        check(example, response)
+
+    run()
+    return len(sent)
+
+
+def test_fuzz_search_from_the_openapi_document(live):
+    # Every request the document allows is answered (200); every one it does not is a
+    # 4xx; any bytes at all get no 5xx.
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{live}/openapi.json", timeout=30)
+    search = schema["/search"]["POST"]
+
+    def valid(case, r):
+        assert r.status_code == 200, (case.body, r.status_code, r.text)
+        assert len(r.json()["results"]) == min(case.body.get("top_k", 10), len(CODES))
+
+    def invalid(case, r):
+        assert 400 <= r.status_code < 500, (case.body, r.status_code, r.text)
+
+    def call(case):
+        return case.call(base_url=live, timeout=60)
+
+    modes = schemathesis.GenerationMode
+    assert _fuzz(search.as_strategy(modes.POSITIVE), call, valid) >= 5
+    assert _fuzz(search.as_strategy(modes.NEGATIVE), call, invalid) >= 5
+
+    def raw(body):
+        headers = {"content-type": "application/json"}
+        return requests.post(f"{live}/search", data=body, headers=headers, timeout=60)
+
+    def no_5xx(body, r):
+        assert r.status_code < 500, (body, r.status_code, r.text)
+
+    near_json = st.builds(
+        lambda a, b: b'{"query": "' + a + b'"' + b, st.binary(max_size=40), st.binary(max_size=8)
+    )
+    assert _fuzz(st.one_of(st.binary(max_size=200), near_json), raw, no_5xx) >= 5
+    assert raw(b'{"query": "\xff\xfe"}').status_code == 422

@@ -50,6 +50,14 @@ _OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA", "R2PS_STORAGE"}
 MAX_TOP_K = 100
 MAX_RERANK_K = 100
 RETRIEVAL_MODES = ("dense", "hybrid")
+BODY_BYTES_PER_CHAR = 12  # a character outside the BMP, JSON-escaped: a surrogate pair
+BODY_OVERHEAD = 256  # braces, keys, top_k and rerank_k
+# A query is blank when `str.strip()` leaves nothing. The OpenAPI document states the same
+# rule as a pattern: one character outside Python's whitespace, written out as \uXXXX
+# escapes, which ECMA-262, Python `re` and JSON Schema validators all read alike (their
+# own `\s` classes differ from Python's: \x1c-\x1f, \x85, \ufeff).
+_SPACES = [c for c in range(0x110000) if chr(c).isspace()]
+NOT_BLANK = "[^" + "".join(f"\\u{c:04x}" for c in _SPACES) + "]"
 
 
 @dataclass
@@ -75,7 +83,10 @@ class ServeConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     alpha: float = field(default=0.0, metadata={"help": "fusion weight (cascade.fuse)"})
     max_query_chars: int = 2000
-    max_body_bytes: int = 16384
+    max_body_bytes: int = field(
+        default=32768,
+        metadata={"help": "body size limit; must fit the longest query JSON-escaped"},
+    )
     ranker_timeout_s: float = field(
         default=10.0, metadata={"help": "past this the answer is the retriever's alone"}
     )
@@ -112,7 +123,10 @@ class ServeConfig:
     def __post_init__(self) -> None:
         checks = {
             "max_query_chars": self.max_query_chars >= 1,
-            "max_body_bytes": self.max_body_bytes >= 64,
+            # a request the OpenAPI document allows must fit: every character of a
+            # longest query may arrive escaped (a surrogate pair, 12 bytes)
+            "max_body_bytes": self.max_body_bytes
+            >= BODY_BYTES_PER_CHAR * self.max_query_chars + BODY_OVERHEAD,
             "ranker_timeout_s": self.ranker_timeout_s > 0,
             "retriever_batch_size": self.retriever_batch_size >= 1,
             "ranker_pair_budget": self.ranker_pair_budget >= 1,
@@ -188,7 +202,13 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(description="natural-language query", examples=["read a json file"])
+    query: str = Field(
+        description="natural-language query: not blank (some character other than "
+        "whitespace); at most the server's max_query_chars characters (see maxLength)",
+        examples=["read a json file"],
+        # stated for clients; enforced by `_not_blank` and `parse_search_request`
+        json_schema_extra={"minLength": 1, "pattern": NOT_BLANK},
+    )
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, description="codes to return")
     rerank_k: int = Field(
         default=10,
@@ -208,6 +228,27 @@ class SearchRequest(BaseModel):
         if not value.strip():
             raise ValueError("query is empty or only whitespace")
         return value
+
+    @field_validator("top_k", "rerank_k", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 5.0; strict mode would refuse it
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+def search_request_schema(max_query_chars: int) -> dict:
+    """SearchRequest's JSON schema with this server's query length limit (`maxLength`)."""
+    schema = SearchRequest.model_json_schema()
+    schema["properties"]["query"]["maxLength"] = max_query_chars
+    return schema
+
+
+def search_body_openapi(max_query_chars: int) -> dict:
+    """The `openapi_extra` of POST /search: its body is read by hand, so it is stated here."""
+    schema = search_request_schema(max_query_chars)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class Hit(BaseModel):
@@ -269,11 +310,20 @@ async def read_limited_body(chunks, limit: int, content_length: str | None) -> b
 
 
 def parse_search_request(body: bytes, max_query_chars: int) -> SearchRequest:
-    """Validate a JSON body into a SearchRequest, or RequestError(422) naming the field."""
+    """Validate a JSON body into a SearchRequest, or RequestError(422) naming the field.
+
+    The error never echoes the input: an error message must not fail on the bytes it
+    reports (invalid UTF-8, a number JSON cannot write back such as 1e400).
+    """
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        msg = f"body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})"
+        raise RequestError(422, [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]) from None
     try:
         req = SearchRequest.model_validate_json(body)
     except ValidationError as e:
-        raise RequestError(422, json.loads(e.json(include_url=False))) from None
+        raise RequestError(422, _validation_detail(e)) from None
     if len(req.query) > max_query_chars:
         raise RequestError(
             422,
@@ -287,6 +337,17 @@ def parse_search_request(body: bytes, max_query_chars: int) -> SearchRequest:
             ],
         )
     return req
+
+
+def _validation_detail(e: ValidationError) -> list[dict]:
+    """pydantic's errors as JSON-safe dicts: loc, msg, type (and ctx), without the input."""
+    try:
+        return json.loads(e.json(include_url=False, include_input=False))
+    except ValueError:  # a ctx or loc that JSON cannot hold: keep the plain facts
+        return [
+            {"loc": [str(p) for p in err["loc"]], "msg": str(err["msg"]), "type": err["type"]}
+            for err in e.errors(include_url=False, include_input=False, include_context=False)
+        ]
 
 
 # --- batching the ranker by pairs ---
