@@ -397,6 +397,8 @@ def test_health_readiness_and_openapi(live, models):
     spec = requests.get(f"{live}/openapi.json", timeout=30).json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
     assert set(schema["schema"]["properties"]) == {"query", "top_k", "rerank_k"}
+    query = schema["schema"]["properties"]["query"]  # this server's own limits
+    assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200
 
 

@@ -29,6 +29,7 @@ from test_training import (
     train_cli,
 )
 
+from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import (
@@ -364,3 +365,35 @@ def test_top_candidates_keep_pool_order_in_ties_and_refuse_nan():
     c[5, 1] = np.nan
     with pytest.raises(ValueError, match=r"code embeddings: 1 of 6 rows .* \(rows 5\)"):
         top_candidates(q, c, 4)
+
+
+def test_ps_rows_remove_golds_of_the_same_query_text_under_another_id(
+    corpus_dir, tiny_bert_dir, tmp_path
+):
+    # One text, two ids (two records of one docstring): each id's gold code is the
+    # other's false negative, whatever the miner wrote.
+    text, codes = "Return the user name.", ["def a():\n    return 1", "def b():\n    return 2"]
+    rows = [
+        {"query_id": qid, "query": text, "code_id": codetext.code_id(c), "code": c,
+         "language": "python", "source": "t"}
+        for qid, c in zip(["q1", "q2"], codes, strict=True)
+    ] + [{"query_id": "q3", "query": "Other.", "code_id": "c3", "code": "x = 3",
+          "language": "python", "source": "t"}]  # fmt: skip
+    split_pairs(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)).write(tmp_path / "pairs")
+    ids = [r["code_id"] for r in rows]
+    mined = [
+        {"query_id": "q1", "code_id": ids[0], "cand_ids": [ids[1], "c3"]},
+        {"query_id": "q2", "code_id": ids[1], "cand_ids": [ids[0], "c3"]},
+    ]
+    (tmp_path / "mined" / "negatives").mkdir(parents=True)
+    table = pa.Table.from_pylist(
+        [{**m, "cand_ranks": [1, 2], "cand_scores": [0.8, 0.1], "pos_score": 0.9} for m in mined],
+        schema=NEGATIVES_SCHEMA,
+    )
+    pq.write_table(table, tmp_path / "mined" / "negatives" / "part-00000.parquet")
+    summary = {"pairs": str(tmp_path / "pairs"), "queries": 2}
+    (tmp_path / "mined" / "mine_summary.json").write_text(json.dumps(summary))
+    cfg = ranker_config(corpus_dir, tiny_bert_dir, tmp_path, "unused", negatives=tmp_path / "mined")
+    out, report = ps_rows(cfg)
+    assert out["cand_ids"].to_pylist() == [["c3"], ["c3"]]
+    assert report["gold_candidates_removed"] == 2
