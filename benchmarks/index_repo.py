@@ -2,8 +2,9 @@
 index against an incremental re-index after one file changed. Prints a table, writes JSON.
 
 1. extraction (walk + read + tree-sitter) of every file of `--source` (default: this
-   environment's site-packages), with 1 and 2 Ray Data workers, no embedding: files/s
-   and units (functions, methods, classes)/s;
+   environment's site-packages; `--max-files` spread over it, 8,000 by default), with
+   1 and 2 Ray Data workers, no embedding: files/s and units (functions, methods,
+   classes)/s;
 2. on `--subset` packages of that tree copied to a scratch folder (embedding all of
    site-packages is hours on 2 CPUs: see the JSON's `extrapolated_full_embed_hours`):
    a full index (embedding every unit with the bundled MiniLM over the Ray Data actor
@@ -41,10 +42,13 @@ def site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
-def extraction(source: str, workers: int) -> dict:
-    """One pass of walk + read + parse over Ray Data tasks (nothing embedded)."""
+def extraction(source: str, workers: int, max_files: int) -> dict:
+    """One pass of walk + read + parse over Ray Data tasks (nothing embedded); with
+    `max_files`, every n-th file of the walk, so the sample spans every package."""
     start = time.perf_counter()
     keep, skipped = walk_sources(source, FileRules())
+    if max_files and len(keep) > max_files:
+        keep = keep[:: -(-len(keep) // max_files)]
     walked = time.perf_counter()
     cfg = RepoIndexConfig(source=source, workers=workers, local_below=0)
     files, units = read_files([asdict(f) for f in keep], cfg)
@@ -76,6 +80,9 @@ def main() -> None:
     )
     parser.add_argument("--source", default=site_packages(), help="tree for the extraction rows")
     parser.add_argument("--subset", default=SUBSET, help="packages of --source for the index rows")
+    parser.add_argument(
+        "--max-files", type=int, default=8000, help="extraction rows: a spread sample (0: all)"
+    )
     parser.add_argument("--skip-extraction", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -90,7 +97,7 @@ def main() -> None:
             if path.is_file() and not path.is_symlink():
                 with open(path, "rb") as f:
                     f.read()
-        report["extraction"] = [extraction(args.source, w) for w in (1, 2)]
+        report["extraction"] = [extraction(args.source, w, args.max_files) for w in (1, 2)]
 
     scratch = Path(tempfile.mkdtemp(prefix="r2ps-index-bench-"))
     try:
@@ -118,7 +125,12 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     codes_per_s = full["run"]["codes"]["codes_per_s"]
-    units_full_tree = report["extraction"][-1]["units"] if "extraction" in report else None
+    units_full_tree = None
+    if "extraction" in report:  # units of the whole tree, from the sample's units per file
+        ex = report["extraction"][-1]
+        report["tree_files"] = len(walk_sources(args.source, FileRules())[0])
+        units_full_tree = round(ex["units"] / ex["files"] * report["tree_files"])
+        report["tree_units_estimated"] = units_full_tree
     report["index"] = {
         "subset": args.subset,
         "files": full["files"]["indexed"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from r2ps.repo.indexer import CODES, RepoIndexConfig, index_repo
 from r2ps.serving import ServeConfig
 
 pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
+    sys.path.insert(0, str(REPO))
 
 
 def _free_port() -> int:
