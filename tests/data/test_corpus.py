@@ -204,3 +204,37 @@ def test_build_corpus_on_a_real_tree(ray_local, source_tree, tmp_path):
 
     with pytest.raises(SyntaxError, match="broken.py"):
         build_corpus(CorpusConfig(**{**cfg.__dict__, "out": str(tmp_path / "s"), "strict": True}))
+
+
+def test_build_corpus_from_your_own_pairs(ray_local, tmp_path):
+    """A JSONL of (query, code) pairs becomes a three-split corpus: copies of one code stay
+    in one split, a bad record is skipped and named, nothing else is lost."""
+    from r2ps.data.corpus import CorpusConfig, build_corpus
+
+    rows = [
+        {"question": f"add {i} to a number", "snippet": f"def add_{i}(x):\n    return x + {i}"}
+        for i in range(400)
+    ]
+    rows.append({"question": "add 7 to a number again", "snippet": rows[7]["snippet"] + "  "})
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(10, '{"question": "no code here"}')
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = CorpusConfig(
+        out=str(tmp_path / "corpus"),
+        pairs=[str(tmp_path / "pairs.jsonl")],
+        query_field="question",
+        code_field="snippet",
+        skip_bad=True,
+    )
+    stats = build_corpus(cfg)
+    assert stats["files_unparsed"] == 1
+    skipped = (tmp_path / "corpus" / "skipped.jsonl").read_text()
+    assert "pairs.jsonl:11" in skipped and "snippet" in skipped
+    assert stats["dedupe"]["after"] == 400  # the respaced copy of add_7 is the same code
+    sizes = {s: stats["splits"][s]["pairs"] for s in ("train", "valid", "test")}
+    assert sum(sizes.values()) == 400 and sizes["valid"] > 0 and sizes["test"] > 0
+    codes = {
+        s: set(RetrievalSet.read(tmp_path / "corpus" / s).codes["code_id"].to_pylist())
+        for s in sizes
+    }
+    assert not (codes["train"] & codes["valid"]) and not (codes["train"] & codes["test"])

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from r2ps.data import codetext
+from r2ps.data.errors import BadRecord
 from r2ps.data.extract import extract_units, pairs_from_units
 from r2ps.data.grammars import BY_EXTENSION, LANGUAGE_LABEL, grammar_for
 from r2ps.data.pysource import ExtractConfig, Extracted, extract_pairs
@@ -108,6 +109,28 @@ class CorpusConfig:
         metadata={"help": "fail on a source file that does not parse (default: report it)"},
     )
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    # your own pairs instead of source trees
+    pairs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "files or folders of (query, code) pairs: the corpus is built from "
+                  "them instead of source trees"},
+    )  # fmt: skip
+    pairs_format: str = field(
+        default="jsonl", metadata={"help": "pairs: csn (CodeSearchNet JSONL) | jsonl | parquet"}
+    )
+    query_field: str = field(default="query", metadata={"help": "pairs: the query column"})
+    code_field: str = field(default="code", metadata={"help": "pairs: the code column"})
+    pairs_language: str = field(
+        default="python", metadata={"help": "pairs (jsonl/parquet): the code's language"}
+    )
+    skip_bad: bool = field(
+        default=False, metadata={"help": "pairs: skip (and count) bad records instead of failing"}
+    )
+    pair_buckets: int = field(
+        default=100,
+        metadata={"help": "pairs: split in this many seeded buckets of codes (a file is not "
+                  "a package)"},
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- 1. discovery
@@ -446,16 +469,78 @@ def write_corpus(table: pa.Table, split_of: dict[str, str], out: Path) -> dict[s
     return by_split
 
 
+def read_pair_files(cfg: CorpusConfig) -> tuple[pa.Table, pa.Table]:
+    """Users' own (query, code) pairs, read over Ray Data (one task per file, readers of
+    `r2ps.data.readers`), in the extracted rows' schema; and one row per bad record.
+
+    A file is not a package: each pair goes to a seeded bucket by its code's match key, so
+    `assign_splits` splits by bucket and every copy of a code lands in the same split.
+    """
+    from r2ps.data import readers
+
+    kwargs = {}
+    if cfg.pairs_format != "csn":
+        kwargs = {
+            "query_field": cfg.query_field,
+            "code_field": cfg.code_field,
+            "language": cfg.pairs_language,
+        }
+    ds = readers.pairs_dataset(cfg.pairs, cfg.pairs_format, skip_bad=cfg.skip_bad, **kwargs)
+    pairs, skipped = readers.collect_pairs(ds)
+    rows = []
+    for r in pairs.to_pylist():
+        key = codetext.code_match_key(r["code"], r["language"])
+        bucket = int(codetext.content_hash(f"{cfg.seed}:{key}")[:8], 16) % cfg.pair_buckets
+        rows.append(
+            {
+                "query": r["query"],
+                "code": r["code"],
+                "code_id": r["code_id"],
+                "match_key": key,
+                "raw_hash": codetext.content_hash(r["code"]),
+                "package": f"bucket-{bucket:03d}",
+                "path": r["source"],
+                "line": None,
+                "func_name": None,
+                "language": r["language"],
+            }
+        )
+    bad = pa.Table.from_pylist(
+        [
+            {
+                "package": "",
+                "path": s.file,
+                "error": str(BadRecord(s.file, s.line, s.field, s.message)),
+                "dropped": "{}",
+            }
+            for s in skipped.skipped
+        ],
+        schema=FILE_SCHEMA,
+    )
+    return pa.Table.from_pylist(rows, schema=EXTRACTED_SCHEMA), bad
+
+
 def build_corpus(cfg: CorpusConfig) -> dict:
     """Run every stage; returns the statistics (also written to `<out>/stats.json`)."""
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.pairs:
+        log.info("reading pairs from %s (%s)", cfg.pairs, cfg.pairs_format)
+        extracted, file_rows = read_pair_files(cfg)
+        return _finish(cfg, out, start, extracted, file_rows, files=len(cfg.pairs))
     files = discover_sources(cfg)
     if not files:
         raise ValueError("no Python source files found: check --stdlib/--site-packages/--roots")
     log.info("extracting from %d files over Ray Data", len(files))
     extracted, file_rows = extract(files, cfg)
+    return _finish(cfg, out, start, extracted, file_rows, files=len(files))
+
+
+def _finish(
+    cfg: CorpusConfig, out: Path, start: float, extracted: pa.Table, file_rows: pa.Table, files: int
+) -> dict:
+    """Stages 3-6 on extracted rows: dedupe, exclude, split, write, statistics."""
     errors = [e for e in file_rows["error"].to_pylist() if e]
     with open(out / "skipped.jsonl", "w") as f:
         for e in errors:
@@ -475,7 +560,7 @@ def build_corpus(cfg: CorpusConfig) -> dict:
         "out": str(out),
         "config": asdict(cfg),
         "python": sys.version.split()[0],
-        "files": len(files),
+        "files": files,
         "files_unparsed": len(errors),
         "dropped": dict(dropped.most_common()),
         "extracted_pairs": extracted.num_rows,
