@@ -26,8 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from r2ps.cascade import cascade_ids, fuse
 from r2ps.log import get_logger, setup_logging
-from r2ps.models.cross import CrossEncoder
-from r2ps.models.dual import DualEncoder
+from r2ps.models.onnx import load_ranker, load_retriever
 from r2ps.resources import cluster_has_gpus
 from r2ps.serving import (
     CascadeMetrics,
@@ -42,8 +41,11 @@ from r2ps.serving import (
     pair_chunks,
     parse_search_request,
     read_limited_body,
+    replica_threads,
     resolve_model,
     staged_config,
+    warm_up_ranker,
+    warm_up_retriever,
 )
 
 log = get_logger("r2ps.serve")
@@ -64,8 +66,6 @@ async def _wait(response):
 
 def _replica_setup(cfg: ServeConfig) -> None:
     setup_logging()
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
 
 
 @serve.deployment
@@ -76,8 +76,12 @@ class Retriever:
         _replica_setup(cfg)
         self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
         cfg = staged_config(cfg, self._staged)
+        self.cpus = cfg.retriever_cpus
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
-        self.model = DualEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        threads = replica_threads(cfg.threads, cfg.retriever_cpus)
+        self.loaded = load_retriever(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
+        self.warmup_ms = warm_up_retriever(self.model)  # before Serve counts it ready
         self.store = load_code_store(cfg.codes)
         self.index = load_index(cfg, self.model_dir)
         missing = [c for c in self.index.code_ids if c not in self.store.rows]
@@ -89,11 +93,12 @@ class Retriever:
         self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
         self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
         log.info(
-            "retriever ready: %s (trained: %s), %d codes, index %s",
+            "retriever ready: %s (trained: %s), %d codes, index %s, %s",
             self.model_dir,
             self.trained,
             len(self.index.code_ids),
             self.index.manifest.get("kind"),
+            self.runtime(),
         )
 
     async def retrieve(self, query: str, k: int) -> dict:
@@ -125,8 +130,17 @@ class Retriever:
             )
         return out
 
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
     def ready(self) -> dict:
-        return {"model": self.model_dir, "trained": self.trained, "codes": len(self.index.code_ids)}
+        return {
+            "model": self.model_dir,
+            "trained": self.trained,
+            "codes": len(self.index.code_ids),
+            **self.runtime(),
+        }
 
 
 @serve.deployment
@@ -138,12 +152,16 @@ class Ranker:
         self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
         cfg = staged_config(cfg, self._staged)
         self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
-        self.model = CrossEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        self.cpus = cfg.ranker_cpus
+        threads = replica_threads(cfg.threads, cfg.ranker_cpus)
+        self.loaded = load_ranker(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
         self.budget = cfg.ranker_pair_budget
+        self.warmup_ms = warm_up_ranker(self.model, self.budget)  # before Serve counts it ready
         self._score_batch.set_max_batch_size(self.budget)
         self._score_batch.set_batch_wait_timeout_s(cfg.ranker_batch_wait_s)
         self.batches: deque[list[int]] = deque(maxlen=256)  # pairs per item, per batch
-        log.info("ranker ready: %s (trained: %s)", self.model_dir, self.trained)
+        log.info("ranker ready: %s (trained: %s), %s", self.model_dir, self.trained, self.runtime())
 
     async def score(self, query: str, codes: list[str]) -> list[float]:
         """Raw cross-encoder scores of (query, code) for each code, in order."""
@@ -167,8 +185,12 @@ class Ranker:
         """Recent batch compositions and the replica's pid (the fault benchmark kills it)."""
         return {"batches": list(self.batches), "pid": os.getpid(), "budget": self.budget}
 
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
     def ready(self) -> dict:
-        return {"model": self.model_dir, "trained": self.trained}
+        return {"model": self.model_dir, "trained": self.trained, **self.runtime()}
 
 
 api = FastAPI(
@@ -291,7 +313,8 @@ class Cascade:
 
     @api.get("/readyz")
     async def readyz(self):
-        """Ready when the retriever answers; the ranker's state is reported beside it."""
+        """Ready when the retriever answers; the ranker's state is reported beside it, and
+        each one's backend, CPU threads, reserved CPUs and warm-up time."""
         state = {}
         for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
             try:
