@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,39 @@ def onnx_dir(model_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportConfig:
+    """Settings of `jobs/export_onnx.py`."""
+
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "model dirs (retrievers and/or saved rankers) to export"},
+    )
+    int8: bool = field(default=True, metadata={"help": "also write the dynamic int8 graph"})
+    optimize: bool = field(default=True, metadata={"help": "ORT's offline BERT graph fusion"})
+    force: bool = field(default=False, metadata={"help": "export even when up to date"})
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: give at least one model dir")
+
+
+def export_all(cfg: ExportConfig) -> dict[str, dict]:
+    """Export each model of `cfg` (or reuse its current export); manifests by model dir."""
+    out = {}
+    for model in cfg.models:
+        wanted = "onnx-int8" if cfg.int8 else "onnx"
+        try:
+            if cfg.force:
+                raise StaleExportError("forced")
+            out[model] = read_export(model, wanted)[0]
+            log.info("%s: ONNX export up to date", model)
+        except (FileNotFoundError, StaleExportError) as e:
+            log.info("%s: exporting (%s)", model, e)
+            out[model] = export_onnx(model, int8=cfg.int8, optimize=cfg.optimize)
+    return out
 
 
 class _DualGraph(nn.Module):
