@@ -14,14 +14,15 @@ pool's index in the driver first so no embedding runs inside a replica.
 
     python benchmarks/serve_load.py [--pool 100] [--clients 4] [--seconds 20]
 
-Backend comparison (`--backends` with more than one): the same app, models, pool and
+Backend comparison (`backends` with more than one): the same app, models, pool and
 queries deployed once per backend (torch, onnx, onnx-int8; ONNX exports made first when
-missing), the cascade (K = 10) measured at each of `--client-counts`, in `rounds` rounds
+missing), the cascade (K = 10) measured at each of `client_counts`, in `rounds` rounds
 whose backend order alternates, so drift in the machine's load hits every backend alike.
 Each round redeploys the app; latencies are pooled over the rounds.
 
-    python benchmarks/serve_load.py --backends torch onnx onnx-int8 --client-counts 1 8 \
-        --serve.ranker serve.retriever ... --out benchmarks/results/serve_backends.json
+    python benchmarks/serve_load.py "backends=[torch,onnx,onnx-int8]" "client_counts=[1,8]" \
+        serve.retriever=runs/demo/pipeline/retriever serve.ranker=runs/demo/pipeline/ranker_ps \
+        --corpus runs/demo/pipeline/corpus/test --out benchmarks/results/serve_backends.json
 """
 
 from __future__ import annotations

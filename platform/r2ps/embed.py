@@ -336,7 +336,7 @@ def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan)
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
-        batch_size=cfg.block_rows,
+        batch_size=None,  # one block per call: blocks are already cut (block_count)
         batch_format="pyarrow",
     )
 
