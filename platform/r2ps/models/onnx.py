@@ -319,7 +319,9 @@ def session(path: str | Path, threads: int):
     """An ONNX Runtime CPU session with `threads` intra-op threads (0: ORT's default).
 
     One inter-op thread and sequential execution: an encoder's graph is a chain, and
-    the replica's reserved CPUs are all given to the intra-op pool.
+    the replica's reserved CPUs are all given to the intra-op pool. Idle pool threads
+    sleep instead of spinning (ORT's default): replicas share a machine's cores, and a
+    spinning thread takes a core another replica reserved.
     """
     import onnxruntime as ort
 
@@ -328,6 +330,7 @@ def session(path: str | Path, threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
