@@ -1,16 +1,20 @@
 """Embedding throughput: codes/s of the Ray Data job against a plain single-process loop.
 
 Same model (MiniLM by default), same codes (a seeded sample of a corpus split), same
-torch threads in total. Two claims:
+threads in total. Claims:
 - the Ray Data actor pool costs little over a plain loop on one machine (and is what
-  scales out to more machines and GPUs);
-- length-grouped batches beat batches in input order (padding is not computed).
+  scales out to more machines and GPUs); rows with `tokenise in tasks` are the job's
+  earlier layout (tokenising in Ray tasks of their own, as GPU pools still do), rows with
+  `in actors` the CPU default;
+- length-grouped batches beat batches in input order (padding is not computed);
+- the ONNX Runtime backends (`--backends`), in the plain loop and in the Ray Data job.
 Rows run in one process, round robin, best of `--repeats`, so a burst of load on a
 shared machine hits every row alike. Ray rows include
 starting the actors and loading the model in each; the plain loop's model is loaded
 once beforehand (its load time is printed apart). Prints a table and writes JSON.
 
     python benchmarks/embed_throughput.py [--codes runs/demo/corpus/train] [--n 1000]
+    python benchmarks/embed_throughput.py --codes runs/corpus_full/train --n 5000 --repeats 1
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from r2ps.embed import EmbedConfig, codes_file, embed_corpus
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, pad_batch, pad_token_id
+from r2ps.models.onnx import ensure_export, load_retriever
 
 
 @torch.no_grad()
@@ -69,7 +74,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="codes to embed (seeded sample)")
     parser.add_argument("--model", default="", help="retriever dir ('' = bundled MiniLM)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--block-rows", type=int, default=128, help="rows per Ray Data block")
+    parser.add_argument(
+        "--block-rows", type=int, default=EmbedConfig.block_rows, help="rows per Ray Data block"
+    )
+    parser.add_argument(
+        "--backends", nargs="*", default=["onnx", "onnx-int8"], help="ONNX rows (plain + Ray)"
+    )
+    parser.add_argument(
+        "--no-input-order", action="store_true", help="skip the plain loop in input order"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
     parser.add_argument("--out", default="benchmarks/results")
@@ -91,7 +104,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    def ray_run(actors: int) -> float:
+    def ray_run(actors: int, tokenize: str = "auto", backend: str = "torch") -> float:
         cfg = EmbedConfig(
             model=model_path,
             codes=str(work),
@@ -100,6 +113,8 @@ def main() -> None:
             threads=max(1, args.threads // actors),
             batch_size=args.batch_size,
             block_rows=args.block_rows,
+            tokenize=tokenize,
+            backend=backend,
         )
         start = time.perf_counter()
         embed_corpus(cfg)
@@ -110,12 +125,27 @@ def main() -> None:
         fn()
         return time.perf_counter() - start
 
+    half = max(1, args.threads // 2)
     runs = {
         "plain loop, length-grouped": lambda: timed(lambda: model.embed_codes(texts, args.batch_size)),
         "plain loop, input order": lambda: timed(lambda: unsorted_loop(model, texts, args.batch_size)),
-        f"Ray Data, 1 actor x {args.threads} threads": lambda: ray_run(1),
-        f"Ray Data, 2 actors x {max(1, args.threads // 2)} thread(s)": lambda: ray_run(2),
+        f"Ray 1 actor x {args.threads}, tokenise in tasks": lambda: ray_run(1, "task"),
+        f"Ray 1 actor x {args.threads}, in actors": lambda: ray_run(1, "actor"),
+        f"Ray 2 actors x {half}, tokenise in tasks": lambda: ray_run(2, "task"),
+        f"Ray 2 actors x {half}, in actors": lambda: ray_run(2, "actor"),
     }  # fmt: skip
+    if args.no_input_order:
+        del runs["plain loop, input order"]
+    for backend in args.backends:  # exported once, before anything is timed
+        ensure_export(model_path, backend)
+        ort = load_retriever(model_path, backend, args.threads).model
+        runs[f"plain loop, {backend}"] = lambda m=ort: timed(
+            lambda: m.embed_codes(texts, args.batch_size)
+        )
+        runs[f"Ray 2 actors x {half}, in actors, {backend}"] = lambda b=backend: ray_run(
+            2, "actor", b
+        )
+    torch.set_num_threads(args.threads)
     best: dict[str, float] = {}
     for rep in range(args.repeats):  # round robin: a burst of machine load hits every row
         for name, fn in runs.items():
@@ -137,10 +167,10 @@ def main() -> None:
         f"{args.batch_size}, {args.threads} torch threads, {os.cpu_count()} CPUs, best of "
         f"{args.repeats} (load average {load:.1f})"
     )
-    print(f"{'run':<40} {'seconds':>8} {'codes/s':>8} {'vs plain':>8}")
+    print(f"{'run':<46} {'seconds':>8} {'codes/s':>8} {'vs plain':>8}")
     for r in results:
         print(
-            f"{r['run']:<40} {r['seconds']:>8.1f} {r['codes_per_s']:>8.1f} {r['vs_plain_grouped']:>7.2f}x"
+            f"{r['run']:<46} {r['seconds']:>8.1f} {r['codes_per_s']:>8.1f} {r['vs_plain_grouped']:>7.2f}x"
         )
     print(
         f"padding computed: {grouped_pad:.0%} of positions length-grouped, "
@@ -156,14 +186,16 @@ def main() -> None:
         "block_rows": args.block_rows,
         "threads": args.threads,
         "repeats": args.repeats,
+        "sample_seed": 0,
         "cpus": os.cpu_count(),
         "load_average_1m": load,
         "model_load_s": load_s,
         "padding_share": {"length_grouped": grouped_pad, "input_order": unsorted_pad},
         "results": results,
     }
-    (out / "embed_throughput.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'embed_throughput.json'}")
+    name = f"embed_throughput_n{len(texts)}.json"
+    (out / name).write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

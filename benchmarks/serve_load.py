@@ -13,10 +13,21 @@ or the bundled MiniLM when they are absent) over a small pool of codes, building
 pool's index in the driver first so no embedding runs inside a replica.
 
     python benchmarks/serve_load.py [--pool 100] [--clients 4] [--seconds 20]
+
+Backend comparison (`backends` with more than one): the same app, models, pool and
+queries deployed once per backend (torch, onnx, onnx-int8; ONNX exports made first when
+missing), the cascade (K = 10) measured at each of `client_counts`, in `rounds` rounds
+whose backend order alternates, so drift in the machine's load hits every backend alike.
+Each round redeploys the app; latencies are pooled over the rounds.
+
+    python benchmarks/serve_load.py "backends=[torch,onnx,onnx-int8]" "client_counts=[1,8]" \
+        serve.retriever=runs/demo/pipeline/retriever serve.ranker=runs/demo/pipeline/ranker_ps \
+        --corpus runs/demo/pipeline/corpus/test --out benchmarks/results/serve_backends.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -51,6 +62,14 @@ class LoadConfig:
     kill_after_s: float = 8.0
     work: str = field(default="runs/bench_serve", metadata={"help": "pool + index folder"})
     out: str = "benchmarks/results/serve_load.json"
+    backends: list[str] = field(
+        default_factory=lambda: ["torch"],
+        metadata={"help": "more than one: compare them (cascade K=10 only, no fault test)"},
+    )
+    client_counts: list[int] = field(
+        default_factory=lambda: [1, 8], metadata={"help": "backend comparison: clients"}
+    )
+    rounds: int = field(default=2, metadata={"help": "backend comparison: rounds"})
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 
@@ -146,6 +165,77 @@ def fault_test(url: str, body_for, cfg: LoadConfig) -> dict:
     return out
 
 
+def pooled(records: list[list[dict]], seconds: float) -> dict:
+    """`summarise` over several runs of `seconds` each, records pooled."""
+    out = summarise([r for run in records for r in run], seconds * len(records))
+    out["qps_by_round"] = [summarise(run, seconds)["qps"] for run in records]
+    return out
+
+
+def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], port: int) -> dict:
+    """Cascade K=10 per backend and client count; rounds alternate the backend order."""
+    from ray import serve
+
+    from r2ps.models.onnx import ensure_export
+    from serve.app import build_app
+
+    ranker, _ = resolve_model(scfg.ranker, "ranker")
+    for backend in cfg.backends:  # exports first, outside the timed part
+        if backend != "torch":
+            ensure_export(scfg.retriever, backend)
+            ensure_export(ranker, backend)
+    url = f"http://127.0.0.1:{port}"
+
+    def body(i, n):
+        return {"query": queries[(i * 7919 + n) % len(queries)], "top_k": 10, "rerank_k": 10}
+
+    runs: dict[str, dict[int, list]] = {b: {c: [] for c in cfg.client_counts} for b in cfg.backends}
+    info: dict[str, list] = {b: [] for b in cfg.backends}
+    for rnd in range(cfg.rounds):
+        order = cfg.backends if rnd % 2 == 0 else list(reversed(cfg.backends))
+        for backend in order:
+            t0 = time.perf_counter()
+            app = build_app(dataclasses.replace(scfg, backend=backend))
+            serve.run(app, name="r2ps", route_prefix="/")
+            ready = requests.get(f"{url}/readyz", timeout=60).json()
+            info[backend].append({"startup_s": round(time.perf_counter() - t0, 1), **ready})
+            # the first request after start (warm-up is done by the replicas themselves)
+            start = time.perf_counter()
+            requests.post(f"{url}/search", json=body(0, 0), timeout=120).raise_for_status()
+            info[backend][-1]["first_request_ms"] = round((time.perf_counter() - start) * 1e3)
+            for clients in cfg.client_counts:
+                records = run_load(url, body, clients, cfg.seconds)
+                runs[backend][clients].append(records)
+                log.info("round %d %s %d clients: %s", rnd + 1, backend, clients,
+                         summarise(records, cfg.seconds))  # fmt: skip
+            serve.delete("r2ps")
+    results = {
+        b: {str(c): pooled(runs[b][c], cfg.seconds) for c in cfg.client_counts}
+        for b in cfg.backends
+    }
+    base = results[cfg.backends[0]]
+    for b in cfg.backends:
+        for c in map(str, cfg.client_counts):
+            r = results[b][c]
+            r["qps_vs_first"] = round(r["qps"] / base[c]["qps"], 2) if base[c]["qps"] else None
+            r["p99_vs_first"] = (
+                round(r["p99_ms"] / base[c]["p99_ms"], 2) if base[c]["p99_ms"] else None
+            )
+    return {"results": results, "replicas": info}
+
+
+def print_comparison(cfg: LoadConfig, report: dict) -> None:
+    print(f"\ncascade K=10, pool {cfg.pool} codes, {cfg.seconds:.0f} s x {cfg.rounds} rounds per "
+          f"row, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+    print(f"{'backend':<10} {'clients':>7} {'QPS':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'QPS x':>6} {'p99 x':>6} {'errors':>6}")  # fmt: skip
+    for backend, by_clients in report["results"].items():
+        for clients, r in by_clients.items():
+            print(f"{backend:<10} {clients:>7} {r['qps']:>6} {r['p50_ms']:>7} {r['p95_ms']:>7} "
+                  f"{r['p99_ms']:>7} {r['qps_vs_first']:>6} {r['p99_vs_first']:>6} "
+                  f"{r['errors']:>6}")  # fmt: skip
+
+
 def main() -> None:
     setup_logging()
     cfg = parse_config(LoadConfig, description=__doc__)
@@ -174,6 +264,19 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    if len(cfg.backends) > 1:
+        report = compare_backends(cfg, scfg, queries, port)
+        serve.shutdown()
+        ray.shutdown()
+        print_comparison(cfg, report)
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"settings": asdict(cfg), "cpus": os.cpu_count(),
+                                   "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+                                   **report}, indent=1) + "\n")  # fmt: skip
+        print(f"wrote {out}")
+        return
+    scfg = dataclasses.replace(scfg, backend=cfg.backends[0])
     t0 = time.perf_counter()
     serve.run(build_app(scfg), name="r2ps", route_prefix="/")
     startup = time.perf_counter() - t0

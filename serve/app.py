@@ -28,8 +28,7 @@ from r2ps.bm25 import BM25
 from r2ps.cascade import cascade_ids, fuse
 from r2ps.hybrid import rrf
 from r2ps.log import get_logger, setup_logging
-from r2ps.models.cross import CrossEncoder
-from r2ps.models.dual import DualEncoder
+from r2ps.models.onnx import load_ranker, load_retriever
 from r2ps.resources import cluster_has_gpus
 from r2ps.serving import (
     CascadeMetrics,
@@ -44,9 +43,12 @@ from r2ps.serving import (
     pair_chunks,
     parse_search_request,
     read_limited_body,
+    replica_threads,
     resolve_model,
     search_body_openapi,
     staged_config,
+    warm_up_ranker,
+    warm_up_retriever,
 )
 from r2ps.web import search_page
 
@@ -68,8 +70,6 @@ async def _wait(response):
 
 def _replica_setup(cfg: ServeConfig) -> None:
     setup_logging()
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
 
 
 @serve.deployment
@@ -80,8 +80,12 @@ class Retriever:
         _replica_setup(cfg)
         self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
         cfg = staged_config(cfg, self._staged)
+        self.cpus = cfg.retriever_cpus
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
-        self.model = DualEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        threads = replica_threads(cfg.threads, cfg.retriever_cpus)
+        self.loaded = load_retriever(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
+        self.warmup_ms = warm_up_retriever(self.model)  # before Serve counts it ready
         self.store = load_code_store(cfg.codes)
         self.index = load_index(cfg, self.model_dir)
         missing = [c for c in self.index.code_ids if c not in self.store.rows]
@@ -97,11 +101,12 @@ class Retriever:
         if cfg.retrieval == "hybrid":
             self._lexical()
         log.info(
-            "retriever ready: %s (trained: %s), %d codes, index %s",
+            "retriever ready: %s (trained: %s), %d codes, index %s, %s",
             self.model_dir,
             self.trained,
             len(self.index.code_ids),
             self.index.manifest.get("kind"),
+            self.runtime(),
         )
 
     async def retrieve(self, query: str, k: int, retrieval: str | None = None) -> dict:
@@ -153,8 +158,17 @@ class Retriever:
             )
         return out
 
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
     def ready(self) -> dict:
-        return {"model": self.model_dir, "trained": self.trained, "codes": len(self.index.code_ids)}
+        return {
+            "model": self.model_dir,
+            "trained": self.trained,
+            "codes": len(self.index.code_ids),
+            **self.runtime(),
+        }
 
 
 @serve.deployment
@@ -166,12 +180,16 @@ class Ranker:
         self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
         cfg = staged_config(cfg, self._staged)
         self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
-        self.model = CrossEncoder.from_pretrained(self.model_dir).to(_device()).eval()
+        self.cpus = cfg.ranker_cpus
+        threads = replica_threads(cfg.threads, cfg.ranker_cpus)
+        self.loaded = load_ranker(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
         self.budget = cfg.ranker_pair_budget
+        self.warmup_ms = warm_up_ranker(self.model, self.budget)  # before Serve counts it ready
         self._score_batch.set_max_batch_size(self.budget)
         self._score_batch.set_batch_wait_timeout_s(cfg.ranker_batch_wait_s)
         self.batches: deque[list[int]] = deque(maxlen=256)  # pairs per item, per batch
-        log.info("ranker ready: %s (trained: %s)", self.model_dir, self.trained)
+        log.info("ranker ready: %s (trained: %s), %s", self.model_dir, self.trained, self.runtime())
 
     async def score(self, query: str, codes: list[str]) -> list[float]:
         """Raw cross-encoder scores of (query, code) for each code, in order."""
@@ -195,8 +213,12 @@ class Ranker:
         """Recent batch compositions and the replica's pid (the fault benchmark kills it)."""
         return {"batches": list(self.batches), "pid": os.getpid(), "budget": self.budget}
 
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
     def ready(self) -> dict:
-        return {"model": self.model_dir, "trained": self.trained}
+        return {"model": self.model_dir, "trained": self.trained, **self.runtime()}
 
 
 api = FastAPI(
@@ -326,7 +348,8 @@ class Cascade:
 
     @api.get("/readyz")
     async def readyz(self):
-        """Ready when the retriever answers; the ranker's state is reported beside it."""
+        """Ready when the retriever answers; the ranker's state is reported beside it, and
+        each one's backend, CPU threads, reserved CPUs and warm-up time."""
         state = {}
         for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
             try:

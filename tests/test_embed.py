@@ -12,7 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r2ps.embed import EmbedConfig, codes_file, embed_corpus, ensure_index, plan_pool
+from r2ps.embed import (
+    EmbedConfig,
+    block_count,
+    codes_file,
+    embed_corpus,
+    ensure_index,
+    plan_pool,
+)
 from r2ps.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
 from r2ps.models.dual import DualEncoder
 
@@ -52,10 +59,13 @@ def mtime(path: Path) -> int:
     return path.stat().st_mtime_ns
 
 
-def test_embeddings_equal_the_single_process_ones(ray_local, tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("tokenize", ["actor", "task"])
+def test_embeddings_equal_the_single_process_ones(ray_local, tiny_bert_dir, tmp_path, tokenize):
     table = make_codes(40)
     split = write_split(tmp_path / "split", table)
-    manifest = embed_corpus(small_cfg(tiny_bert_dir, split, tmp_path / "out", actors=2))
+    cfg = small_cfg(tiny_bert_dir, split, tmp_path / "out", actors=2, tokenize=tokenize)
+    manifest = embed_corpus(cfg)
+    assert manifest["tokenize"] == f"{tokenize}s" and manifest["backend"] == "torch"
 
     ids, emb = read_embeddings(str(tmp_path / "out" / "embeddings"))
     want = DualEncoder.from_pretrained(tiny_bert_dir).embed_codes(table["code"].to_pylist())
@@ -116,6 +126,35 @@ def test_ensure_index_reuses_what_matches_and_rebuilds_what_is_stale(
     retrained = ensure_index(small_cfg(model, split, out))
     assert retrained.manifest["max_code_len"] == 16
     assert mtime(emb_manifest) != stamps[0]
+
+
+def test_onnx_actors_embed_as_torch_and_int8_vectors_are_kept_apart(
+    ray_local, tiny_bert_dir, tmp_path
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)  # the export is written beside the model
+    table = make_codes(24)
+    split = write_split(tmp_path / "split", table)
+    out = tmp_path / "out"
+    fp32 = ensure_index(small_cfg(model, split, out, backend="onnx"))  # exports, then embeds
+    assert (model / "onnx" / "manifest.json").exists() and fp32.manifest["backend"] == "onnx"
+    _, emb = read_embeddings(str(out / "embeddings"))
+    want = DualEncoder.from_pretrained(model).embed_codes(table["code"].to_pylist())
+    np.testing.assert_allclose(emb, want, atol=1e-5)
+
+    int8 = ensure_index(small_cfg(model, split, out, backend="onnx-int8"))  # not the fp32 set
+    assert int8.manifest["backend"] == "onnx-int8"
+    _, emb8 = read_embeddings(str(out / "embeddings"))
+    assert np.einsum("ij,ij->i", emb8, want).min() > 0.95 and not np.allclose(emb8, want)
+    with pytest.raises(ValueError, match="backend"):
+        EmbedConfig(backend="fp8")
+
+
+def test_blocks_divide_evenly_among_the_actors():
+    assert block_count(5000, 1024, 1) == 5
+    assert block_count(5000, 1024, 2) == 6  # 5 would leave one actor idle at the end
+    assert block_count(3, 1024, 4) == 3  # never an empty block
+    assert block_count(40, 8, 2) == 6
 
 
 def test_the_pool_leaves_cpus_for_the_read_tasks(ray_local):

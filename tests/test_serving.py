@@ -31,6 +31,7 @@ from r2ps.embed import EmbedConfig, max_code_len
 from r2ps.index import CodeIndex, IndexConfig, model_fingerprint
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
+from r2ps.models.onnx import export_onnx
 from r2ps.serving import (
     RequestError,
     ServeConfig,
@@ -38,6 +39,7 @@ from r2ps.serving import (
     pair_chunks,
     parse_search_request,
     read_limited_body,
+    replica_threads,
     search_request_schema,
 )
 
@@ -321,6 +323,10 @@ def live(ray_local, models):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(_settings(models)), name="main", route_prefix="/")
+    # the same models through ONNX Runtime (the export job's output beside each model)
+    export_onnx(models["retriever"])
+    export_onnx(models["ranker"])
+    serve.run(build_app(_settings(models, backend="onnx")), name="onnx", route_prefix="/onnx")
     faulty = _settings(models, ranker_timeout_s=1.0)
     serve.run(build_app(faulty, ranker=FaultyRanker), name="faulty", route_prefix="/faulty")
     yield f"http://127.0.0.1:{port}"
@@ -400,6 +406,34 @@ def test_health_readiness_and_openapi(live, models):
     query = schema["schema"]["properties"]["query"]  # this server's own limits
     assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200
+
+
+def test_readiness_reports_backend_threads_and_warm_up(live):
+    for url, backend in ((live, "torch"), (f"{live}/onnx", "onnx")):
+        state = requests.get(f"{url}/readyz", timeout=30).json()
+        for role in ("retriever", "ranker"):
+            runtime = state[role]
+            assert runtime["backend"] == backend, (role, runtime)
+            # 0.1 reserved CPUs: one thread, not as many as the machine has
+            assert runtime["threads"] == 1 and runtime["reserved_cpus"] == 0.1
+            assert runtime["warmup_ms"] > 0, "warmed up before it reported ready"
+
+
+def test_the_onnx_app_answers_as_the_torch_one(live):
+    query = {"query": "sort a list of numbers", "top_k": 4, "rerank_k": 4}
+    torch_hits = _search(live, **query).json()["results"]
+    onnx_hits = _search(f"{live}/onnx", **query).json()["results"]
+    assert [h["code_id"] for h in onnx_hits] == [h["code_id"] for h in torch_hits]
+    for a, b in zip(onnx_hits, torch_hits, strict=True):
+        assert a["retriever_score"] == pytest.approx(b["retriever_score"], abs=1e-5)
+        assert a["ranker_score"] == pytest.approx(b["ranker_score"], abs=1e-4)
+
+
+def test_replica_threads_and_backend_setting():
+    assert replica_threads(0, 0.5) == 1 and replica_threads(0, 2.0) == 2
+    assert replica_threads(3, 0.5) == 3
+    with pytest.raises(ConfigError, match="backend"):
+        ServeConfig(backend="tensorrt")
 
 
 def test_a_failing_or_stalled_ranker_degrades_to_the_retriever(live):

@@ -3,10 +3,14 @@
 The stream, one stage per Ray Data operator:
 1. read tasks: `codes.parquet` row groups, cut into blocks of `block_rows`, each row
    tagged with its corpus position `pos` (Ray Data does not keep order across blocks);
-2. tokenise tasks: code text -> truncated token ids, so the model actors only run the
-   model (tokenising is CPU work that would otherwise sit on the actors' critical path);
-3. `CodeEmbedder` actors: the DualEncoder, loaded once per actor, embeds each block in
-   length-grouped batches (little padding computed), autocast to bf16/fp16 on GPU only;
+2. on GPUs, tokenise tasks: code text -> truncated token ids, so the GPU actors only run
+   the model (tokenising is CPU work that would otherwise idle the GPU). On CPUs the
+   actors tokenise their own blocks: the same cores would do it anyway, and as separate
+   tasks it competed with the model's threads and sent every block through the object
+   store once more (`benchmarks/embed_throughput.py`, docs/SCALING.md);
+3. `CodeEmbedder` actors: the retriever, loaded once per actor (torch, or ONNX Runtime
+   fp32 / int8 on CPUs: `backend`), embeds each block in length-grouped batches (little
+   padding computed), autocast to bf16/fp16 on GPU only;
 4. the driver writes each embedded block as `<out>/embeddings/part-*.parquet` (pos,
    code_id, embedding) as it arrives, then `manifest.json`, written last, so a cut-short
    run never looks finished.
@@ -51,7 +55,6 @@ from r2ps.index import (
     read_manifest,
 )
 from r2ps.log import get_logger
-from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import (
     batches_by_length,
     default_model_path,
@@ -60,6 +63,7 @@ from r2ps.models.encoder import (
     pad_token_id,
     read_meta,
 )
+from r2ps.models.onnx import check_backend, ensure_export, load_retriever
 from r2ps.storage import input_file, on_this_node
 
 log = get_logger(__name__)
@@ -88,6 +92,18 @@ class EmbedConfig:
     )
     threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: CPUs/actors"})
     max_code_len: int = field(default=0, metadata={"help": "code tokens; 0: the model's own"})
+    backend: str = field(
+        default="torch",
+        metadata={
+            "help": "CPU actors: torch | onnx | onnx-int8 (the export beside the model, made "
+            "here when missing); GPU actors always run torch"
+        },
+    )
+    tokenize: str = field(
+        default="auto",
+        metadata={"help": "where codes are tokenised: auto (actors on CPU, tasks on GPU) | "
+                  "actor | task"},
+    )  # fmt: skip
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -97,6 +113,9 @@ class EmbedConfig:
         for name in ("actors", "threads", "max_code_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        check_backend(self.backend)
+        if self.tokenize not in ("auto", "actor", "task"):
+            raise ValueError(f"tokenize: expected auto, actor or task, got {self.tokenize!r}")
 
 
 # ------------------------------------------------------------------ inputs
@@ -171,20 +190,22 @@ def tokenize_codes(batch: pa.Table, tokenizer, max_len: int) -> pa.Table:
 
 
 class CodeEmbedder:
-    """Actor: holds one DualEncoder and turns token id blocks into unit embeddings.
+    """Actor: holds one retriever and turns blocks of codes (or of their token ids) into
+    unit embeddings.
 
     Loading the model once per actor (not once per block) is why this is a callable
     class in an actor pool rather than a task.
     """
 
-    def __init__(self, model: str, batch_size: int, threads: int) -> None:
+    def __init__(
+        self, model: str, batch_size: int, threads: int, backend: str = "torch", max_len: int = 0
+    ) -> None:
         # the model folder on this actor's node, for the actor's life (r2ps.storage)
         self._inputs = contextlib.ExitStack()
         self._inputs.enter_context(on_this_node(model))
-        if threads:
-            torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = DualEncoder.from_pretrained(model).to(self.device).eval()
+        self.model = load_retriever(model, backend, threads, self.device).model
+        self.max_len = max_len or self.model.max_code_len
         self.batch_size = batch_size
         self.pad_id = pad_token_id(self.model.tokenizer)
         if self.device.type == "cuda":
@@ -193,6 +214,8 @@ class CodeEmbedder:
             self.dtype = None  # full precision on CPU: results match the single-process path
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if "input_ids" not in batch.column_names:  # codes come as text: tokenise here
+            batch = tokenize_codes(batch, self.model.tokenizer, self.max_len)
         seqs = batch["input_ids"].to_pylist()
         out = np.zeros((len(seqs), self.model.dim), dtype=np.float32)
         autocast = torch.autocast(
@@ -258,6 +281,24 @@ def _row_groups(path: Path) -> tuple[list[dict], int]:
     return groups, int(offsets[-1])
 
 
+def tokenize_in_tasks(cfg: EmbedConfig, plan: PoolPlan) -> bool:
+    """Tokenise in tasks of their own (GPU pools by default) or in the actors (CPU pools)."""
+    if cfg.tokenize == "auto":
+        return plan.num_gpus > 0
+    return cfg.tokenize == "task"
+
+
+def block_count(n_rows: int, block_rows: int, actors: int) -> int:
+    """Blocks of at most about `block_rows` rows, a multiple of `actors` in number.
+
+    The pool hands out whole blocks: 5 blocks on 2 actors leave one actor idle for the
+    last block's time (a fifth of the job); 6 smaller blocks keep both busy to the end.
+    """
+    per_round = max(1, actors)
+    rounds = max(1, -(-n_rows // (block_rows * per_round)))
+    return min(max(1, n_rows), rounds * per_round)
+
+
 def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan):
     """The lazy Ray Dataset of (pos, code_id, embedding) for every code of `codes`.
 
@@ -278,25 +319,29 @@ def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan)
         batch_format="numpy",
         num_cpus=plan.task_cpus,
     )
-    ds = ds.repartition(max(1, -(-n_rows // cfg.block_rows)))
-    ds = ds.map_batches(
-        tokenize_codes,
-        fn_kwargs={"tokenizer": load_tokenizer(model), "max_len": max_code_len(cfg, model)},
-        batch_size=None,  # one block in, one block out
-        batch_format="pyarrow",
-        num_cpus=plan.task_cpus,
-    )
+    ds = ds.repartition(block_count(n_rows, cfg.block_rows, plan.actors))
+    max_len = max_code_len(cfg, model)
+    if tokenize_in_tasks(cfg, plan):
+        ds = ds.map_batches(
+            tokenize_codes,
+            fn_kwargs={"tokenizer": load_tokenizer(model), "max_len": max_len},
+            batch_size=None,  # one block in, one block out
+            batch_format="pyarrow",
+            num_cpus=plan.task_cpus,
+        )
     return ds.map_batches(
         CodeEmbedder,
         fn_constructor_kwargs={
             "model": model,
             "batch_size": cfg.batch_size,
             "threads": plan.threads,
+            "backend": cfg.backend,
+            "max_len": max_len,
         },
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
-        batch_size=cfg.block_rows,
+        batch_size=None,  # one block per call: blocks are already cut (block_count)
         batch_format="pyarrow",
     )
 
@@ -325,6 +370,7 @@ def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
             "corpus_fingerprint": corpus_fingerprint(ids),
             "count": len(ids),
             "max_code_len": max_code_len(cfg, model),  # truncation changes the vectors too
+            "backend": cfg.backend,  # int8 vectors are not the fp32 ones
         },
     )
 
@@ -333,6 +379,13 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
     import ray
 
     plan = plan_pool(cfg)
+    if cfg.backend != "torch":
+        if plan.num_gpus:
+            raise ValueError(
+                f"backend={cfg.backend!r} is for CPU actors; this cluster has GPUs, whose "
+                "actors run torch (bf16/fp16): set backend=torch"
+            )
+        ensure_export(model, cfg.backend)  # once, on the driver, before the actors load it
     final = _embeddings_dir(cfg)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -359,6 +412,7 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
         "actors": plan.actors,
         "threads_per_actor": plan.threads,
         "embed_device": "gpu" if plan.num_gpus else "cpu",
+        "tokenize": "tasks" if tokenize_in_tasks(cfg, plan) else "actors",
         "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
         "seconds": round(seconds, 3),
         "codes_per_s": round(len(ids) / seconds, 1) if seconds else None,

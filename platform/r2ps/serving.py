@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r2ps.config import ConfigError, from_dict, load_config
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
+from r2ps.models.onnx import BACKENDS
 from r2ps.storage import is_uri, staged
 
 log = get_logger(__name__)
@@ -106,8 +108,17 @@ class ServeConfig:
     ranker_target_ongoing: float = 2.0
     ranker_max_ongoing: int = 16
     ingress_cpus: float = 0.1
-    torch_threads: int = field(
-        default=0, metadata={"help": "torch threads per replica; 0: as Ray sets them"}
+    backend: str = field(
+        default="torch",
+        metadata={
+            "help": "CPU inference of the retriever's query encoder and the ranker: torch | "
+            "onnx | onnx-int8 (the export beside each model: jobs/export_onnx.py); GPU "
+            "replicas always run torch"
+        },
+    )
+    threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads per replica (torch or ONNX Runtime); 0: its reserved CPUs"},
     )
     retrieval: str = field(
         default="dense",
@@ -136,6 +147,8 @@ class ServeConfig:
             "retrieval": self.retrieval in RETRIEVAL_MODES,
             "hybrid_depth": self.hybrid_depth >= 1,
             "rrf_k": self.rrf_k >= 0,
+            "backend": self.backend in BACKENDS,
+            "threads": self.threads >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -493,6 +506,42 @@ def load_index(cfg: ServeConfig, model_dir: str):
         model=model_dir, codes=cfg.codes, out=cfg.embed_out, index=dataclasses.replace(cfg.index)
     )
     return ensure_index(embed_cfg)
+
+
+# --- replicas: threads and warm-up ---
+
+
+def replica_threads(threads: int, reserved_cpus: float) -> int:
+    """CPU threads of a replica: `threads` when set, else its reserved CPUs (at least 1).
+
+    More threads than the CPUs Ray reserved for the replica would compete for the cores
+    it gave the other replicas (the ranker's second replica, the retriever); it is also
+    what Ray itself sets (OMP_NUM_THREADS) for an actor's CPUs.
+    """
+    return threads if threads > 0 else max(1, int(reserved_cpus))
+
+
+def warm_up_retriever(model) -> float:
+    """Embed one query at the longest configured length and one short one; milliseconds.
+
+    The first call of a fresh model (torch's kernels, ONNX Runtime's arena) costs several
+    times a normal one; done before the replica reports ready, no user pays it.
+    """
+    start = time.perf_counter()
+    model.embed_queries([" ".join(["token"] * model.max_query_len), "read a file"])
+    return (time.perf_counter() - start) * 1e3
+
+
+def warm_up_ranker(model, pair_budget: int) -> float:
+    """Score pairs at the configured pair length (one CPU slice of them) and one short pair;
+    milliseconds. See `warm_up_retriever`."""
+    from r2ps.models.encoder import CPU_MAX_TOKENS
+
+    long = " ".join(["token"] * model.max_len)
+    n = max(1, min(pair_budget, CPU_MAX_TOKENS // model.max_len))
+    start = time.perf_counter()
+    model.score_pairs([long] * n + ["read a file"], [long] * n + ["open(p).read()"], pair_budget)
+    return (time.perf_counter() - start) * 1e3
 
 
 # --- metrics ---

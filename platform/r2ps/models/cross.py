@@ -22,6 +22,7 @@ from r2ps.models.encoder import (
     batches_by_length,
     by_length,
     load_encoder,
+    module_device,
     pad_batch,
     pad_token_id,
     read_meta,
@@ -171,32 +172,11 @@ class CrossEncoder(nn.Module):
             self._need_tokenizer(), queries, codes, self.max_query_len, self.max_len
         )
 
-    @torch.no_grad()
     def score_pairs(
         self, queries: Sequence[str], codes: Sequence[str], batch_size: int = 64
     ) -> np.ndarray:
-        """Scores [len(queries)] float32 in input order; eval mode, batched by length.
-
-        Raises ValueError naming the pairs whose score is NaN or inf.
-        """
-        tokenizer = self._need_tokenizer()
-        pairs = encode_pairs(tokenizer, queries, codes, self.max_query_len, self.max_len)
-        out = np.zeros(len(pairs), dtype=np.float32)
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
-            for idx in batches_by_length([len(p[0]) for p in pairs], batch_size):
-                batch = pad_batch(
-                    [pairs[i][0] for i in idx],
-                    pad_token_id(tokenizer),
-                    type_ids=[pairs[i][1] for i in idx],
-                )
-                out[idx] = self(**{k: v.to(device) for k, v in batch.items()}).cpu().numpy()
-        finally:
-            self.train(was_training)
-        check_finite(out, "ranker scores", queries)
-        return out
+        """Scores [len(queries)] float32 in input order; eval mode, batched by length."""
+        return score_pairs(self, queries, codes, batch_size)
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
@@ -246,3 +226,37 @@ class CrossEncoder(nn.Module):
         else:
             log.info("no ranker head in %s: starting from a fresh head", directory)
         return model
+
+
+@torch.no_grad()
+def score_pairs(
+    model: nn.Module, queries: Sequence[str], codes: Sequence[str], batch_size: int = 64
+) -> np.ndarray:
+    """Scores [len(queries)] float32 of `model(input_ids, attention_mask, token_type_ids)`,
+    in input order; pairs tokenised once, batched by length, in eval mode (restored after).
+
+    `model` is a CrossEncoder or anything with its inference attributes (`tokenizer`,
+    `max_query_len`, `max_len`, forward -> [B]): the ONNX Runtime ranker
+    (`r2ps.models.onnx.OrtCrossEncoder`) runs through this same loop.
+    Raises ValueError naming the pairs whose score is NaN or inf.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"this {type(model).__name__} has no tokenizer; pass one to it")
+    pairs = encode_pairs(tokenizer, queries, codes, model.max_query_len, model.max_len)
+    out = np.zeros(len(pairs), dtype=np.float32)
+    device = module_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in batches_by_length([len(p[0]) for p in pairs], batch_size):
+            batch = pad_batch(
+                [pairs[i][0] for i in idx],
+                pad_token_id(tokenizer),
+                type_ids=[pairs[i][1] for i in idx],
+            )
+            out[idx] = model(**{k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+    finally:
+        model.train(was_training)
+    check_finite(out, "ranker scores", queries)
+    return out

@@ -22,6 +22,7 @@ from r2ps.models.encoder import (
     by_length,
     load_encoder,
     mean_pool,
+    module_device,
     pad_batch,
     pad_token_id,
     read_meta,
@@ -141,7 +142,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int) -> dict[str, torch.T
 
 @torch.no_grad()
 def embed_texts(
-    model: DualEncoder,
+    model: nn.Module,
     tokenizer,
     texts: Sequence[str],
     max_len: int,
@@ -149,6 +150,8 @@ def embed_texts(
 ) -> np.ndarray:
     """Embeddings [len(texts), h] float32 in input order; eval mode, no gradients.
 
+    `model` is a DualEncoder or anything with its `encode` and `dim` (the ONNX Runtime
+    retriever, `r2ps.models.onnx.OrtDualEncoder`, runs through this same loop).
     Texts are tokenised once, then batched by length (little padding) and the
     results are written back to their input positions. The model's train/eval
     mode is restored afterwards, so this can run in the middle of training. Raises
@@ -159,7 +162,7 @@ def embed_texts(
         return np.zeros((0, model.dim), dtype=np.float32)
     ids = tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
     out = np.zeros((len(ids), model.dim), dtype=np.float32)
-    device = next(model.parameters()).device
+    device = module_device(model)
     was_training = model.training
     model.eval()
     try:

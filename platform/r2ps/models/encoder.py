@@ -201,6 +201,12 @@ def pad_batch(
     return out
 
 
+def module_device(model: torch.nn.Module) -> torch.device:
+    """The device of a module's parameters; CPU for one without any (an ONNX Runtime model)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id; 0 when it has none (the attention mask hides it anyway)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
