@@ -43,9 +43,10 @@ import pyarrow.parquet as pq
 import requests
 
 from r2ps.config import parse_config
+from r2ps.data.schema import codes_file
 from r2ps.embed import EmbedConfig, ensure_index
 from r2ps.log import get_logger, setup_logging
-from r2ps.serving import ServeConfig, codes_file, resolve_model
+from r2ps.serving import ServeConfig, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

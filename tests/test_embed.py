@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from r2ps.data.schema import codes_file
 from r2ps.embed import (
     EmbedConfig,
     block_count,
-    codes_file,
     embed_corpus,
     ensure_index,
     plan_pool,

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from r2ps.data.schema import codes_file
 from r2ps.finite import check_finite
 from r2ps.index import (
     MANIFEST,
@@ -123,25 +124,6 @@ class EmbedConfig:
 
 def model_dir(cfg: EmbedConfig) -> str:
     return str(Path(cfg.model).resolve()) if cfg.model else default_model_path()
-
-
-def codes_file(codes: str) -> Path:
-    """The codes Parquet file of `codes` (a split folder or a file), checked for its columns."""
-    if not codes:
-        raise ValueError("codes: no split folder or codes .parquet file given")
-    path = Path(codes)
-    if path.is_dir():
-        path = path / "codes.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: codes file not found")
-    try:
-        names = pq.read_schema(path).names
-    except pa.ArrowException as e:  # its message names no file
-        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
-    missing = [c for c in ("code_id", "code") if c not in names]
-    if missing:
-        raise ValueError(f"{path}: field(s) {missing} missing; columns are {names}")
-    return path.resolve()
 
 
 def read_code_ids(path: Path) -> list[str]:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from r2ps.config import ConfigError, from_dict, load_config
+from r2ps.data.schema import codes_file
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
 from r2ps.models.onnx import BACKENDS
@@ -424,16 +425,6 @@ def resolve_model(path: str, role: str) -> tuple[str, bool]:
     return fallback, False
 
 
-def codes_file(codes: str) -> Path:
-    """The codes.parquet a `codes` setting names (a split folder or the file itself)."""
-    path = Path(codes)
-    if path.is_dir():
-        path = path / "codes.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"code store {codes!r}: {path} does not exist")
-    return path
-
-
 # Columns of a source-tree index's codes.parquet (jobs/index.py) that hits carry along.
 LOCATION_FIELDS = ("path", "start_line", "end_line", "symbol")
 
@@ -461,12 +452,9 @@ class CodeStore:
 def load_code_store(codes: str) -> CodeStore:
     """Read codes.parquet (code_id, code, language, source, and LOCATION_FIELDS when
     present) into memory."""
-    path = codes_file(codes)
     names = ["code_id", "code", "language", "source"]
+    path = codes_file(codes, columns=tuple(names))
     schema_names = pq.read_schema(path).names
-    missing = [n for n in names if n not in schema_names]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; has {schema_names}")
     located = all(n in schema_names for n in LOCATION_FIELDS)
     table = pq.read_table(path, columns=names + (list(LOCATION_FIELDS) if located else []))
     table = table.to_pydict()

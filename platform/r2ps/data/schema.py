@@ -56,6 +56,29 @@ PAIR_SCHEMA = pa.schema(
 TABLE_FILES = {"codes": CODE_SCHEMA, "queries": QUERY_SCHEMA, "qrels": QREL_SCHEMA}
 
 
+def codes_file(codes: str | Path, columns: tuple[str, ...] = ("code_id", "code")) -> Path:
+    """The codes Parquet file a `codes` setting names (a split folder or the file itself),
+    checked to exist, to be Parquet and to hold `columns`; absolute.
+
+    Raises FileNotFoundError or ValueError naming the path (and the missing columns).
+    """
+    if not str(codes):
+        raise ValueError("codes: no split folder or codes .parquet file given")
+    path = Path(codes)
+    if path.is_dir():
+        path = path / "codes.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: codes file not found (codes setting {str(codes)!r})")
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException as e:  # its message names no file
+        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"{path}: field(s) {missing} missing; columns are {names}")
+    return path.resolve()
+
+
 @dataclass
 class RetrievalSet:
     """One split: the codes to search, the queries, and which codes answer which query."""
