@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +53,7 @@ from r2ps.index import (
     read_embeddings,
     read_manifest,
 )
-from r2ps.log import get_logger
+from r2ps.log import Progress, get_logger
 from r2ps.models.encoder import (
     batches_by_length,
     default_model_path,
@@ -65,7 +63,7 @@ from r2ps.models.encoder import (
     read_meta,
 )
 from r2ps.models.onnx import check_backend, ensure_export, load_retriever
-from r2ps.storage import input_file, on_this_node
+from r2ps.storage import atomic_path, input_file, on_this_node
 
 log = get_logger(__name__)
 
@@ -369,39 +367,38 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
             )
         ensure_export(model, cfg.backend)  # once, on the driver, before the actors load it
     final = _embeddings_dir(cfg)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "embedding %d codes of %s: %d actor(s) x %d thread(s), %.2f CPU, %.0f GPU each",
         identity["count"], codes, plan.actors, plan.threads, plan.num_cpus, plan.num_gpus,
     )  # fmt: skip
-    start = time.perf_counter()
-    ds = embedding_dataset(cfg, codes, model, plan)
-    tmp.mkdir(parents=True)
-    blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")  # a block at a time
-    for i, block in enumerate(blocks):
-        pq.write_table(block, tmp / f"part-{i:06d}.parquet")
-    seconds = time.perf_counter() - start
-    ids, dim = embedding_layout(tmp)  # every position arrived exactly once (no vectors read)
-    if len(ids) != identity["count"]:
-        raise RuntimeError(f"{tmp}: {len(ids)} embeddings written for {identity['count']} codes")
-    manifest = {
-        **identity,
-        "model_path": model,
-        "codes": str(codes),
-        "dim": dim,
-        "shards": len(list(tmp.glob("part-*.parquet"))),
-        "actors": plan.actors,
-        "threads_per_actor": plan.threads,
-        "embed_device": "gpu" if plan.num_gpus else "cpu",
-        "tokenize": "tasks" if tokenize_in_tasks(cfg, plan) else "actors",
-        "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-        "seconds": round(seconds, 3),
-        "codes_per_s": round(len(ids) / seconds, 1) if seconds else None,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        start = time.perf_counter()
+        ds = embedding_dataset(cfg, codes, model, plan)
+        tmp.mkdir(parents=True)
+        progress = Progress(log, "embedding", identity["count"], "codes")
+        blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")  # a block at a time
+        for i, block in enumerate(blocks):
+            pq.write_table(block, tmp / f"part-{i:06d}.parquet")
+            progress.update(block.num_rows)
+        seconds = time.perf_counter() - start
+        ids, dim = embedding_layout(tmp)  # every position arrived exactly once (no vectors read)
+        if len(ids) != identity["count"]:
+            raise RuntimeError(f"{tmp}: {len(ids)} embeddings for {identity['count']} codes")
+        manifest = {
+            **identity,
+            "model_path": model,
+            "codes": str(codes),
+            "dim": dim,
+            "shards": len(list(tmp.glob("part-*.parquet"))),
+            "actors": plan.actors,
+            "threads_per_actor": plan.threads,
+            "embed_device": "gpu" if plan.num_gpus else "cpu",
+            "tokenize": "tasks" if tokenize_in_tasks(cfg, plan) else "actors",
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "seconds": round(seconds, 3),
+            "codes_per_s": round(len(ids) / seconds, 1) if seconds else None,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     log.info("embedded %d codes in %.1f s (%.0f codes/s) -> %s", len(ids), seconds,
              manifest["codes_per_s"] or 0, final)  # fmt: skip
     return manifest

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +40,7 @@ from torch import nn
 
 from r2ps.log import get_logger
 from r2ps.models.encoder import by_length, load_tokenizer, read_meta
+from r2ps.storage import atomic_path
 
 log = get_logger(__name__)
 
@@ -177,8 +175,8 @@ def export_onnx(model_dir: str | Path, int8: bool = True, optimize: bool = True)
     example = _example_inputs(len(names))
     target = onnx_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".onnx-"))
-    try:
+    with atomic_path(target) as tmp:  # a half-written export is never loaded
+        tmp.mkdir(parents=True)
         raw = tmp / "raw.onnx"
         dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
         dynamic[output] = {0: "batch"}
@@ -232,10 +230,6 @@ def export_onnx(model_dir: str | Path, int8: bool = True, optimize: bool = True)
             "seconds": round(time.perf_counter() - start, 1),
         }
         (tmp / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%s) to %s in %.1f s", model_dir, kind, target, manifest["seconds"])
     return manifest
 

@@ -26,7 +26,6 @@ shaped: the state records their fingerprints.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from r2ps.data.grammars import grammar_for
 from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
 from r2ps.log import get_logger
 from r2ps.repo.files import OTHER_LANGUAGE, FileRules, Skipped, check_content, walk_sources
+from r2ps.storage import atomic_path
 
 log = get_logger(__name__)
 
@@ -249,9 +249,8 @@ def load_state(out: Path, fingerprint: str) -> tuple[pa.Table, pa.Table] | None:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # ------------------------------------------------------------------ 3. embedding
