@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from r2ps import __version__
+from r2ps.cascade import SERVED_FILE, ServedCascade
 from r2ps.config import from_dict, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
 from r2ps.data.schema import TABLE_FILES as TABLES
@@ -380,28 +381,35 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             evaluate,
             evaluation,
             ["corpus", "retriever", "ranker_ps", "ranker_rr"],
-            ["results.json", "results.md"],
+            ["results.json", "results.md", SERVED_FILE],
         ),
     ]
 
 
 def serve_config(stages: dict[str, Stage], where: Callable[[str], str] = str) -> ServeConfig:
-    """The endpoint over what the pipeline built: its index of the mined split, RR+PS.
+    """The endpoint over what the pipeline built: its index of the mined split, and the
+    cascade the evaluation chose on the valid split (`ServedCascade`, its served.json):
+    that ranker, K and fusion weight, or the retriever alone (`rerank_k` 0; the RR+PS
+    ranker stays deployed for requests that ask for a rerank_k).
 
     `where` maps each absolute local path to what serve.yaml names (a URI `--out`: the
     uploaded copy, so replicas anywhere stage what they read).
     """
     mined = stages["mine"].config
+    served = ServedCascade.read(stages["evaluate"].config.out)
 
     def absolute(path: str) -> str:
         return where(str(Path(path).resolve()))
 
     return ServeConfig(
         retriever=absolute(stages["retriever"].config.out),
-        ranker=absolute(stages["ranker_ps"].config.out),
+        ranker=absolute(served.ranker_path or stages["ranker_ps"].config.out),
         codes=absolute(mined.pairs),
         embed_out=absolute(mined.index_dir or mined.out),
         index=dataclasses.replace(mined.index),
+        rerank_k=served.rerank_k,
+        alpha=served.alpha,
+        served_reason=served.reason,
     )
 
 
@@ -475,6 +483,7 @@ def _run_local(
         "codes": serve.codes,
         "results": {kind: str(evaluation / f"results.{kind}") for kind in ("md", "json", "png")},
         "serve_config": str(serve_file),
+        "served": serve.served_reason,
         "serve_command": f"{CONFIG_ENV}={serve_file} serve run serve.app:cascade",
     }
 
@@ -489,6 +498,7 @@ def format_summary(summary: dict) -> str:
         "rankers:   " + ", ".join(f"{k} {v}" for k, v in summary["rankers"].items()),
         f"index:     {summary['index']} (codes of {summary['codes']})",
         f"results:   {summary['results']['md']} (also .json, .png)",
+        f"served:    {summary['served']}",
     ]
     if summary.get("uploaded_to"):
         lines.append(f"uploaded:  every stage and serve.yaml to {summary['uploaded_to']}")

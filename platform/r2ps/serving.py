@@ -66,6 +66,13 @@ class ServeConfig:
     )
     index: IndexConfig = field(default_factory=IndexConfig)
     alpha: float = field(default=0.0, metadata={"help": "fusion weight (cascade.fuse)"})
+    rerank_k: int = field(
+        default=10,
+        metadata={"help": "candidates the ranker rescores when a request names none (0: none)"},
+    )
+    served_reason: str = field(
+        default="", metadata={"help": "why these settings (the pipeline's choice on valid)"}
+    )
     max_query_chars: int = 2000
     max_body_bytes: int = 16384
     ranker_timeout_s: float = field(
@@ -101,6 +108,7 @@ class ServeConfig:
             "ranker_min_replicas": 0 <= self.ranker_min_replicas <= self.ranker_max_replicas,
             "ranker_max_replicas": self.ranker_max_replicas >= 1,
             "alpha": 0.0 <= self.alpha <= 1.0,
+            "rerank_k": 0 <= self.rerank_k <= MAX_RERANK_K,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -145,11 +153,12 @@ class SearchRequest(BaseModel):
 
     query: str = Field(description="natural-language query", examples=["read a json file"])
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, description="codes to return")
-    rerank_k: int = Field(
-        default=10,
+    rerank_k: int | None = Field(
+        default=None,
         ge=0,
         le=MAX_RERANK_K,
-        description="retriever candidates the ranker rescores (0: retriever only)",
+        description="retriever candidates the ranker rescores (0: retriever only; "
+        "default: the server's rerank_k, chosen on validation data)",
     )
 
     @field_validator("query")

@@ -94,6 +94,20 @@ class TrainConfig:
         default="", metadata={"help": "ranker validation: DualEncoder dir (default: MiniLM)"}
     )
     rerank_k: int = field(default=10, metadata={"help": "ranker validation: top K reranked"})
+    residual: bool = field(
+        default=False,
+        metadata={
+            "help": "ranker: learn a correction of the retriever's score (cascade score "
+            "DE + tanh(CE)); the zero head makes step 0 the retriever"
+        },
+    )
+    start_from_retriever: bool = field(
+        default=False, metadata={"help": "ranker: start the encoder from --retriever's weights"}
+    )
+    ps_random: int = field(
+        default=0,
+        metadata={"help": "ranker: of the m PS negatives, N drawn uniformly from the whole pool"},
+    )
 
 
 @dataclass
