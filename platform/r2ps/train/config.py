@@ -50,6 +50,12 @@ class TrainConfig:
         default="", metadata={"help": "column of extra negative code texts in the pairs (optional)"}
     )
     seed: int = 0
+    wise_ft: float = field(
+        default=1.0,
+        metadata={
+            "help": "retriever: export (1-w)*start + w*trained weights (WiSE-FT); 1: trained"
+        },
+    )
     # scale-out
     num_workers: int = 1
     threads_per_worker: int = 2

@@ -22,7 +22,12 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.losses import gathered_info_nce
 from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
-from r2ps.models.encoder import default_model_path, pad_batch, pad_token_id
+from r2ps.models.encoder import (
+    default_model_path,
+    interpolate_encoders,
+    pad_batch,
+    pad_token_id,
+)
 from r2ps.train.config import TrainConfig
 
 TOKENIZED_SCHEMA = pa.schema(
@@ -123,6 +128,11 @@ class RetrieverTask:
 
     def export(self, model: DualEncoder, directory: Path) -> None:
         model.save_pretrained(directory)
+
+    def after_export(self, cfg: TrainConfig, directory: Path) -> None:
+        """WiSE-FT: the exported encoder moved back toward the start by `wise_ft`."""
+        if cfg.wise_ft != 1.0:
+            interpolate_encoders(model_path(cfg), directory, cfg.wise_ft, directory)
 
 
 @functools.lru_cache(maxsize=2)
