@@ -446,3 +446,16 @@ def test_prefetched_raises_what_prepare_raised():
 
     with pytest.raises(ValueError, match="bad row 2"):
         list(prefetched(range(4), prepare))
+
+
+def test_web_register_rewrites_summaries_deterministically():
+    from r2ps.train.retriever import web_register
+
+    queries = [f"Return the value number {i} of `the` table." for i in range(300)]
+    out = [web_register(q) for q in queries]
+    assert out == [web_register(q) for q in queries]  # seeded by the text
+    assert all(q == q.lower() and not q.endswith(".") and "`" not in q for q in out)
+    dropped = sum("return" not in q for q in out) / len(out)
+    assert 0.55 < dropped < 0.78  # two thirds lose "Return the"
+    forms = [q.startswith("python ") for q in out], [q.startswith("how to ") for q in out]
+    assert 0.3 < np.mean(forms[0]) < 0.5 and 0.12 < np.mean(forms[1]) < 0.28

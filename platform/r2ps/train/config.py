@@ -50,6 +50,10 @@ class TrainConfig:
         default="", metadata={"help": "column of extra negative code texts in the pairs (optional)"}
     )
     seed: int = 0
+    web_queries: bool = field(
+        default=False,
+        metadata={"help": "retriever: train queries rewritten toward web-query register"},
+    )
     wise_ft: float = field(
         default=1.0,
         metadata={
