@@ -40,12 +40,14 @@ from r2ps.models.dual import DualEncoder  # noqa: E402
 from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
 from r2ps.train.ranker import MRR_CUTOFF, cascade_ranks, retrieve  # noqa: E402
 
-RES = {"residual": True, "start_from_retriever": True}
+# Every variant sets every lever, so a row does not depend on the preset's recipe.
+OFF = {"residual": False, "start_from_retriever": False, "ps_random": 0}
+RES = {"residual": True, "start_from_retriever": True, "ps_random": 0}
 # name -> (ranker overrides, mining overrides)
 VARIANTS: dict[str, tuple[dict, dict]] = {
-    "baseline": ({}, {}),
-    "residual": ({"residual": True}, {}),
-    "retriever_init": ({"start_from_retriever": True}, {}),
+    "baseline": (OFF, {}),
+    "residual": ({**OFF, "residual": True}, {}),
+    "retriever_init": ({**OFF, "start_from_retriever": True}, {}),
     "residual_init": (RES, {}),
     "residual_init_in_batch": ({**RES, "negatives_source": "in_batch"}, {}),
     "residual_init_random1": ({**RES, "ps_random": 1}, {}),
@@ -54,7 +56,6 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "residual_init_pair128_x2steps": ({**RES, "max_pair_len": 128, "max_steps": 60}, {}),
     "residual_init_group8_halfsteps": ({**RES, "num_negatives": 7, "max_steps": 15}, {}),
     "residual_init_lr5e-5": ({**RES, "lr": 5e-5}, {}),
-    "residual_init_head_lr1e-4": ({**RES, "head_lr": 1e-4}, {}),
 }
 
 
@@ -98,6 +99,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0", help="comma-separated ranker seeds")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--queries", type=int, default=0, help="valid queries scored (0: all)")
     p.add_argument("--json", default="", help="append rows to this JSON file")
     p.add_argument("overrides", nargs="*", help="ranker key=value for every variant")
     args = p.parse_args()
@@ -116,7 +118,7 @@ def main() -> None:
     valid = RetrievalSet.read(Path(ranker_cfg.corpus) / "valid")
     torch.set_num_threads(2)
     retriever = DualEncoder.from_pretrained(ranker_cfg.retriever).eval()
-    got = retrieve(retriever, valid, 0, 64)
+    got = retrieve(retriever, valid, args.queries, 64)
     del retriever
     codes = valid.codes["code"].to_pylist()
     base_ranks = cascade_ranks(got, np.zeros((len(got.queries), 0)), 0, 0.0)
@@ -149,7 +151,7 @@ def main() -> None:
                 out=str(out / f"{name}-s{seed}"),
                 run_name=f"abl-{name}-s{seed}-{int(t0)}",
                 storage=str((out / "ray_results").resolve()),
-                max_eval_queries=20,  # the loop's own checks; the row is scored below
+                max_eval_queries=5,  # the loop's own start/end checks; the row is scored below
             )
             model = last_model(cfg)
             seconds = time.time() - t0
