@@ -72,10 +72,21 @@ STAGE_FILE = "stage.json"
 #   measured 2026-11-26 (make demo, with CoSQA): 1,030 s = 17 min 10 s (retriever 233 s,
 #            mine 84 s, rankers 182 + 158 s, evaluate 350 s)
 # (the retriever's CoSQA validation stays off in demo: +250 s per validation).
-# full: the settings of the runs the README's results come from (about 3 h on 2 cores):
-# the retriever's defaults (250 steps of 32, CoSQA validation), a CoSQA-sized 20k-query
-# mining pool, the paper's 32-rank window, 80 ranker steps of 8 groups of 8 pairs
-# (128-token pairs: what 2 cores afford), evaluation at K = 5, 10, 20.
+# full: sized for < 2 h on 2 idle cores from the rates measured here (docs/RESULTS.md has
+# the derivation; not run yet): embedding ~37 codes/s, retriever training ~6.7 pairs/s,
+# ranker training ~8.7 pairs/s at <= 256 tokens, ranker scoring ~35 ms/pair.
+#   corpus (measured 82 s)                                                     ~1.5 min
+#   mine     22.5k codes / 37/s + 20k queries (CoSQA-sized pool)              ~12 min
+#   retriever 250 steps x 32 / 6.7 pairs/s (20 min) + 3 validations
+#            (3,019 codes + 500 queries: 1.5 min each) + start/trained on test ~28 min
+#   rankers  2 x [120 steps x 8 groups x 8 pairs of <= 128 tokens (~15 pairs/s,
+#            9 min) + residual priors (8 queries + 64 codes a step, 3.5 min)
+#            + 2 validations x 200 queries x K=10 (2.5 min) + valid pool 1.5 min] ~34 min
+#   evaluate 3 pools x 2 encoders (~9 min) + 2 rankers x 3 sets x 500 queries
+#            x K=10 pairs x 35 ms (17.5 min) + BM25, timing (~2 min)          ~29 min
+#   total                                                                     ~105 min
+# (CoSQA is evaluated once, by the evaluate stage; validating the retriever on it
+# too would add 3 x 6,267 codes, ~8.5 min, and choose nothing.)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         "corpus": {"max_files": 800},
@@ -110,10 +121,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 3e-5,
             "head_lr": 1e-3,
             "max_pair_len": 128,
-            "max_train_pairs": 640,
+            "max_train_pairs": 960,  # 120 steps of 8 groups
             "eval_every_steps": 0,
+            "residual": True,
+            "start_from_retriever": True,
         },
-        "evaluate": {"ks": [5, 10, 20], "max_embed_codes": 2000},
+        "evaluate": {"ks": [5, 10], "max_embed_codes": 2000},
     },
 }
 
@@ -311,8 +324,9 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             "out": str(out / "retriever"),
             "run_name": "retriever",
             "storage": storage,
-            # demo: a CoSQA validation embeds its 6,267 codes (~4 min on 2 cores) each time
-            "eval_cosqa": cosqa if cfg.preset == "full" else "",
+            # CoSQA is reported once, by the evaluate stage: a validation embeds its 6,267
+            # codes (~3 min on 2 cores) each time and chooses nothing
+            "eval_cosqa": "",
         },
     )
     mined = make(
