@@ -52,6 +52,13 @@ def test_bad_input_is_refused():
         cascade_ids([1], np.zeros(1), np.zeros(2))
 
 
+def test_non_finite_scores_are_refused_naming_the_candidates():
+    with pytest.raises(ValueError, match=r"ranker scores: 1 of 3 rows .* \(rows 2\)"):
+        cascade_ids([4, 5, 6], np.zeros(3), np.array([0.1, 0.2, np.nan]))
+    with pytest.raises(ValueError, match=r"retriever scores: 1 of 2 rows .* \(rows 0\)"):
+        fuse(np.array([np.inf, 0.0]), np.zeros(2))
+
+
 def test_choose_alpha_takes_the_best_validation_score_and_prefers_the_ranker_on_ties():
     best, scores = choose_alpha(lambda a: -((a - 0.3) ** 2))
     assert best == 0.3 and len(scores) == 11

@@ -203,6 +203,40 @@ def test_bad_input_is_refused_clearly():
         IndexConfig(kind="lsh")
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_non_finite_vectors_are_refused_naming_the_rows(kind):
+    # faiss indexes a NaN row silently and never returns it: a code counted but unfindable.
+    codes = unit_rows(20, 8, seed=5)
+    codes[7] = np.nan
+    codes[12, 3] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 20 rows .* \(rows 7, 12\); e.g. \['c7', 'c12'\]"):
+        CodeIndex.build(codes, [f"c{i}" for i in range(20)], IndexConfig(kind=kind), {})
+    index = CodeIndex.build(np.nan_to_num(codes), ids(20), IndexConfig(kind=kind), {})
+    with pytest.raises(ValueError, match=r"queries: 1 of 3 rows .* \(rows 1\)"):
+        index.search(codes[6:9], k=5)
+
+
+def test_a_memory_mapped_matrix_is_checked_chunk_by_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr("r2ps.index.ADD_CHUNK", 4)
+    codes = np.lib.format.open_memmap(
+        tmp_path / "e.npy", mode="w+", dtype=np.float32, shape=(10, 8)
+    )
+    codes[:] = unit_rows(10, 8, seed=6)
+    codes[9, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 of 10 rows .* \(rows 9\)"):
+        CodeIndex.build(codes, ids(10), IndexConfig(), {})
+
+
+def test_ties_are_listed_in_position_order():
+    # faiss flat lists a tied group last-first; the one tie rule (r2ps.metrics) is pool order.
+    same = np.ones((300, 8), np.float32) / np.sqrt(8)
+    index = CodeIndex.build(same, ids(300), IndexConfig(), {})
+    scores, pos = index.search(same[:2], 10)
+    assert pos.tolist() == [list(range(10))] * 2
+    _, pos = index.search(same[:1], 305)
+    assert pos[0, :300].tolist() == list(range(300)) and pos[0, 300:].tolist() == [-1] * 5
+
+
 @pytest.mark.skipif(gpu_available(), reason="checks the CPU-only refusal")
 def test_asking_for_a_gpu_index_without_gpu_faiss_fails_clearly():
     with pytest.raises(RuntimeError, match="use_gpu"):

@@ -14,17 +14,20 @@ import pytest
 from scipy.stats import chisquare
 
 from r2ps.data.codetext import code_id, code_match_key
+from r2ps.index import CodeIndex, IndexConfig
 from r2ps.mining import (
     NEGATIVES_SCHEMA,
     CandidateFilter,
     MineConfig,
     MiningSettingsError,
+    _Miner,
     match_groups,
     mine,
     read_negatives,
     resolve_window,
     sample_negatives,
     search_windows,
+    text_golds,
 )
 
 # ------------------------------------------------------------------ the filter, by hand
@@ -353,3 +356,32 @@ def _cfg_dict(split_dir: Path, out: Path, model: Path) -> dict:
         "actors": 2,
         "m": 4,
     }
+
+
+# ------------------------------------------------------------------ the guard's identity
+
+
+@pytest.mark.parametrize("one_shard", [True, False])
+def test_golds_of_the_same_query_text_under_other_ids_are_never_negatives(one_shard):
+    # Two records with one docstring: two query ids (q0, q1), one text, codes 0 and 1 both
+    # gold for it. Code 1 is the nearest to the text: it must not become q0's negative
+    # (nor code 0 q1's), also when the two ids are mined in different shards.
+    emb = np.eye(8, dtype=np.float32)
+    emb[1] = (emb[0] + 0.1 * emb[1]) / np.linalg.norm(emb[0] + 0.1 * emb[1])
+    code_ids = [f"c{i}" for i in range(8)]
+    index = CodeIndex.build(emb, code_ids, IndexConfig(), {})
+    queries = pa.table({"query_id": ["q0", "q1", "q2"], "query": ["Name.", " Name. ", "Other."]})
+    qrels = pa.table({"query_id": ["q0", "q1", "q2"], "code_id": ["c0", "c1", "c5"]})
+    filt = CandidateFilter(np.arange(8), np.zeros(8, bool), 0, 4)
+    shared = text_golds(queries, qrels, code_ids)
+    assert {k: sorted(v) for k, v in shared.items()} == {"Name.": [0, 1]}
+    miner = _Miner(MineConfig(m=2), index, emb, filt, lambda t: emb[[0] * len(t)], shared)
+    shards = (
+        [(queries, qrels)]
+        if one_shard
+        else [(queries[i : i + 1], qrels[i : i + 1]) for i in range(3)]
+    )
+    rows = [r for n, (q, r) in enumerate(shards) for r in miner.shard(q, r, n)[0].to_pylist()]
+    cands = {r["query_id"]: r["cand_ids"] for r in rows}
+    assert "c1" not in cands["q0"] and "c0" not in cands["q1"]
+    assert cands["q2"][:2] == ["c0", "c1"]  # another text: they are its nearest negatives

@@ -21,15 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
+from r2ps.finite import check_finite
+
 
 def fuse(de_scores: np.ndarray, ce_scores: np.ndarray, alpha: float = 0.0) -> np.ndarray:
-    """`alpha * de + (1 - alpha) * tanh(ce)`, elementwise, float32."""
+    """`alpha * de + (1 - alpha) * tanh(ce)`, elementwise, float32.
+
+    Raises ValueError naming the candidates whose score is NaN or inf (ordering by a NaN
+    is undefined).
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     de = np.asarray(de_scores, dtype=np.float32)
     ce = np.asarray(ce_scores, dtype=np.float32)
     if de.shape != ce.shape:
         raise ValueError(f"retriever scores {de.shape} and ranker scores {ce.shape} differ")
+    if de.ndim:
+        check_finite(de, "retriever scores")
+        check_finite(ce, "ranker scores")
     return (alpha * de + (1.0 - alpha) * np.tanh(ce)).astype(np.float32)
 
 

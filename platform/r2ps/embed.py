@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from r2ps.finite import check_finite
 from r2ps.index import (
     MANIFEST,
     CodeIndex,
@@ -201,6 +202,7 @@ class CodeEmbedder:
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
                 )
                 out[idx] = emb.float().cpu().numpy()
+        check_finite(out, "embeddings", batch["code_id"].to_pylist())
         return pa.table(
             {
                 "pos": batch["pos"],

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from r2ps.finite import check_finite
 from r2ps.log import get_logger
 
 log = get_logger(__name__)
@@ -156,6 +157,15 @@ def _check_matrix(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarra
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _check_rows_finite(x: np.ndarray, what: str, names: Sequence[str]) -> None:
+    """`check_finite` a chunk at a time: `x` may be a memory map larger than RAM.
+
+    faiss would index a NaN row without a word and never return it.
+    """
+    for start in range(0, len(x), ADD_CHUNK):
+        check_finite(x[start : start + ADD_CHUNK], what, names, first_row=start, total=len(x))
+
+
 def _new_index(embeddings: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dict]:
     """An empty-or-trained CPU index for `cfg`, and what was actually used (e.g. nlist)."""
     n, d = embeddings.shape
@@ -269,6 +279,7 @@ class CodeIndex:
             raise ValueError(f"{emb.shape[0]} embeddings but {len(code_ids)} code ids")
         if emb.shape[0] == 0:
             raise ValueError("cannot index an empty corpus (0 embeddings)")
+        _check_rows_finite(emb, "embeddings", code_ids)
         fp = corpus_fingerprint(code_ids)
         if manifest.get("corpus_fingerprint", fp) != fp:
             raise ValueError("manifest corpus_fingerprint does not match the code ids given")
@@ -294,8 +305,12 @@ class CodeIndex:
 
         Queries go through in chunks of `chunk` rows, so faiss's working memory does not
         grow with Q. A position of -1 (score -inf) means fewer than k codes were found.
+        Equal scores are listed in position order, the one tie rule of `r2ps.metrics`
+        (faiss keeps the lowest positions of a tied group but lists them last-first).
+        Raises ValueError naming the query rows that hold NaN or inf.
         """
         q = _check_matrix(queries, "queries", self.dim)
+        check_finite(q, "queries")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if chunk < 1:
@@ -307,7 +322,8 @@ class CodeIndex:
             s, p = index.search(q[start : start + chunk], k)
             scores[start : start + chunk], pos[start : start + chunk] = s, p
         scores[pos < 0] = -np.inf
-        return scores, pos
+        order = np.lexsort((pos, -scores), axis=1)  # score desc, then position
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(pos, order, axis=1)
 
     def save(self, directory: str | Path) -> None:
         """`index.faiss` + `code_ids.parquet`, then `manifest.json` last (a crash mid-save

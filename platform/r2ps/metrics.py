@@ -5,12 +5,19 @@ Everything goes through per-query gold ranks: one array per query holding the ra
 (outside a top-k list). Rankers, retrievers and cascades only differ in how they
 produce those ranks.
 
-Ties: a gold code's rank is 1 + the number of non-gold candidates scoring strictly
-higher (+ the number of better-placed gold codes, so several golds take distinct
-ranks). Ties with non-gold codes thus count in the gold's favour, which makes the
-metric deterministic instead of depending on a sort's tie order; with float scores of
-real models exact ties are rare, and a model scoring everything equal is caught by its
-other metrics, not rewarded by chance.
+Ties: one rule on every path. Candidates with equal scores are ordered by their pool
+position (lower first), as a stable sort by descending score orders them; this is the
+order `train.ranker.top_candidates`, `bm25.BM25.top_k`, the cascade and a faiss flat
+index produce, so a ranked list and a full score matrix give the same ranks. The rule
+never looks at which code is gold: a gold code tied with others gets no lucky rank, and
+a collapsed model that scores every code the same is at chance (a query whose gold sits
+at pool position p gets rank p + 1; one gold per query, each a different code: MRR =
+H_n / n, the expected MRR of a random order).
+
+Non-finite scores (NaN, +-inf) are no scores: such a candidate is never ranked ahead
+of another, and a gold code scored so is not ranked at all (rank `inf`, counting 0),
+so a NaN model scores 0, not 1 (every comparison with NaN is False). The boundaries
+that make vectors refuse them first (`r2ps.finite`); a metric only never rewards them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from r2ps.finite import describe_rows, nonfinite_rows
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
 
 Ranks = Sequence[float | Sequence[float] | np.ndarray]
 
@@ -37,20 +49,24 @@ def rank_of_gold(
     """Ranks of each query's gold codes from a full score matrix [Q, N] (higher = better).
 
     Returns, per query, the ascending ranks of its gold codes (see the module docstring
-    for ties).
+    for ties and non-finite scores).
     """
     scores = torch.as_tensor(scores)
     if scores.dim() != 2 or scores.shape[0] != len(gold):
         raise ValueError(f"scores {tuple(scores.shape)} do not match {len(gold)} gold sets")
+    positions = torch.arange(scores.shape[1], device=scores.device)
     out = []
     for i, g in enumerate(gold):
         idx = torch.from_numpy(_gold_array(g, i)).to(scores.device)
         row = scores[i]
-        gs = torch.sort(row[idx], descending=True).values
-        higher = (row.unsqueeze(0) > gs.unsqueeze(1)).sum(dim=1)  # all candidates
-        gold_higher = (gs.unsqueeze(0) > gs.unsqueeze(1)).sum(dim=1)
-        ranks = higher - gold_higher + torch.arange(1, gs.numel() + 1, device=row.device)
-        out.append(ranks.cpu().numpy().astype(np.float64))
+        gs = row[idx]
+        # rank = 1 + finite codes ahead in (score desc, position asc) order: distinct per gold
+        ahead = (row.unsqueeze(0) > gs.unsqueeze(1)) | (
+            (row.unsqueeze(0) == gs.unsqueeze(1)) & (positions.unsqueeze(0) < idx.unsqueeze(1))
+        )
+        ranks = (ahead & torch.isfinite(row).unsqueeze(0)).sum(dim=1) + 1
+        ranks = torch.where(torch.isfinite(gs), ranks.double(), math.inf)
+        out.append(np.sort(ranks.cpu().numpy().astype(np.float64)))
     return out
 
 
@@ -116,10 +132,15 @@ def evaluate_dense(
     """Exact inner-product retrieval metrics of queries [Q, d] against the whole pool [N, d].
 
     Scores are computed `chunk_size` queries at a time, so memory stays at
-    chunk_size x N scores whatever the number of queries.
+    chunk_size x N scores whatever the number of queries. Rows of either matrix holding
+    NaN or inf are named in a warning and never ranked (a NaN query scores 0).
     """
     q = torch.as_tensor(q_emb, dtype=torch.float32, device=device)
     c = torch.as_tensor(c_emb, dtype=torch.float32, device=device)
+    for x, what in ((q, "query embeddings"), (c, "code embeddings")):
+        rows = nonfinite_rows(x)
+        if rows.size:
+            log.warning("%s: never ranked", describe_rows(rows.tolist(), len(x), what))
     if q.shape[0] != len(gold):
         raise ValueError(f"{q.shape[0]} query embeddings but {len(gold)} gold sets")
     ranks: list[np.ndarray] = []

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from r2ps.config import to_dict
-from r2ps.data.codetext import code_match_key
+from r2ps.data.codetext import code_match_key, query_key
 from r2ps.data.schema import TABLE_FILES, conform
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
@@ -298,6 +298,7 @@ def _settings(cfg: MineConfig, manifest: dict, pool_hits: dict, n: int) -> dict:
     keep["model_fingerprint"] = manifest.get("model_fingerprint")
     keep["corpus_fingerprint"] = manifest.get("corpus_fingerprint")
     keep["candidates"] = n
+    keep["guard"] = "query text"  # golds of every id holding the query's text (was: the id)
     return keep
 
 
@@ -377,6 +378,25 @@ def code_keys(pairs_dir: str, code_ids: list[str], cache: Path, fingerprint: str
     return keys
 
 
+def text_golds(queries: pa.Table, qrels: pa.Table, code_ids: list[str]) -> dict[str, list[int]]:
+    """Index positions of the gold codes of each query text held by more than one query id.
+
+    Only those texts: a text with one id has its golds in its own shard already.
+    """
+    keys = [query_key(t) for t in queries["query"].to_pylist()]
+    key_of = dict(zip(queries["query_id"].to_pylist(), keys, strict=True))
+    seen: dict[str, int] = {}
+    for key in keys:
+        seen[key] = seen.get(key, 0) + 1
+    position = {cid: i for i, cid in enumerate(code_ids)}
+    out: dict[str, list[int]] = {}
+    for qid, cid in zip(qrels["query_id"].to_pylist(), qrels["code_id"].to_pylist(), strict=True):
+        key = key_of[qid]
+        if seen[key] > 1 and cid in position:
+            out.setdefault(key, []).append(position[cid])
+    return out
+
+
 def _read_shard_stats(path: Path) -> dict | None:
     """A finished shard's stats (kept in its Parquet metadata), or None if it is unreadable."""
     try:
@@ -427,8 +447,12 @@ class _Miner:
         code_emb: np.ndarray,
         filt: CandidateFilter,
         embed_queries: QueryEmbedder | None = None,
+        shared_golds: dict[str, list[int]] | None = None,
     ):
         self.cfg = cfg
+        # golds of query texts held by several query ids, over the whole split: a shard
+        # sees only its own ids (`text_golds`)
+        self.shared_golds = shared_golds or {}
         self.embed_queries = embed_queries or self._retriever_queries
         self.index = index
         self.code_emb = code_emb
@@ -455,6 +479,10 @@ class _Miner:
         q_emb = self.embed_queries(queries["query"].to_pylist())
         self.seconds["embed_queries"] += time.perf_counter() - t0
         row_of = {qid: i for i, qid in enumerate(queries["query_id"].to_pylist())}
+        texts = queries["query"].to_pylist()
+        key_of = dict(zip(queries["query_id"].to_pylist(), map(query_key, texts), strict=True))
+        # The guard's identity is the query text: every gold code of any query id holding
+        # the same text is a gold code of this query, never its negative.
         gold_of: dict[str, list[int]] = {}
         pairs = list(zip(qrels["query_id"].to_pylist(), qrels["code_id"].to_pylist(), strict=True))
         for qid, cid in pairs:
@@ -462,7 +490,10 @@ class _Miner:
                 raise ValueError(
                     f"{cfg.pairs}/qrels.parquet: code_id {cid} is not in codes.parquet"
                 )
-            gold_of.setdefault(qid, []).append(self.position[cid])
+            gold_of.setdefault(key_of[qid], []).append(self.position[cid])
+        for key, shared in self.shared_golds.items():
+            if key in gold_of:
+                gold_of[key] = gold_of[key] + shared
         rng = np.random.default_rng([cfg.seed, number])
         stats = _empty_stats()
         out = {"query_id": [], "code_id": [], "flat": [], "ranks": [], "scores": [], "pos": []}
@@ -473,7 +504,7 @@ class _Miner:
         order = queries["query_id"].to_pylist()
         for lo in range(0, len(order), cfg.query_chunk):
             chunk = order[lo : lo + cfg.query_chunk]
-            golds = [np.asarray(gold_of[q], dtype=np.int64) for q in chunk]
+            golds = [np.unique(np.asarray(gold_of[key_of[q]], dtype=np.int64)) for q in chunk]
             t0 = time.perf_counter()
             scores, positions, again = search_windows(
                 self.index, self.filt, q_emb[lo : lo + len(chunk)], golds
@@ -628,7 +659,8 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     settings = _settings(cfg, index.manifest, pool_hits, n_candidates)
     _check_settings(neg_dir, settings)
 
-    miner = _Miner(cfg, index, code_emb, filt, embed_queries)
+    shared = text_golds(queries, qrels, index.code_ids)
+    miner = _Miner(cfg, index, code_emb, filt, embed_queries, shared)
     totals: dict = {"removed": {}}
     n_shards = math.ceil(queries.num_rows / cfg.shard_queries)
     reused = 0

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from r2ps.data.pysource import docstring_summary, extract_pairs
+from r2ps.data.pysource import docstring_summary, extract_pairs, source_lines, strip_docstring
 
 SOURCE = textwrap.dedent(
     '''
@@ -104,3 +104,55 @@ def test_syntax_error_names_the_file_and_line():
     with pytest.raises(SyntaxError) as err:
         extract_pairs("def f(:\n    pass\n", origin="pkg/bad.py")
     assert err.value.filename == "pkg/bad.py" and err.value.lineno == 1
+
+
+FIRST = 'def first(items):\n    """Return the first element of the items."""\n    if not items:\n        return None\n    return items[0]\n'
+TOTAL = 'def total(values):\n    """Compute the sum of all the given values."""\n    acc = 0\n    for v in values:\n        acc += v\n    return acc\n'
+
+
+@pytest.mark.parametrize("line", ["\x0c", "# page\x0c", "# a\x0bb\x1cc\x85d\u2028e"])
+def test_line_breaks_ast_does_not_count_shift_nothing(line):
+    # str.splitlines breaks at these, ast does not: one line scheme for both.
+    plain = {p["func_name"]: p["code"] for p in extract_pairs(FIRST + TOTAL).pairs}
+    between = extract_pairs(FIRST + line + "\n" + TOTAL).pairs
+    assert {p["func_name"]: p["code"] for p in between} == plain
+    assert [p["line"] for p in between] == [1, 7]
+    (inside,) = extract_pairs(TOTAL.replace("    acc = 0\n", "    acc = 0\n" + line + "\n")).pairs
+    assert inside["code"].endswith("        acc += v\n    return acc")
+
+
+def test_a_form_feed_line_in_a_method_is_a_blank_line():
+    src = "class A:\n" + textwrap.indent(
+        TOTAL.replace("    acc = 0\n", "    acc = 0\n\x0c\n"), "    "
+    )
+    (pair,) = extract_pairs(src).pairs
+    assert pair["code"] == plain_total().replace("    acc = 0\n", "    acc = 0\n\n")
+
+
+def plain_total() -> str:
+    (pair,) = extract_pairs(TOTAL).pairs
+    return pair["code"]
+
+
+def test_source_lines_break_where_ast_does():
+    assert source_lines("a\r\nb\rc\nd\x0ce\u2028f") == ["a", "b", "c", "d\x0ce\u2028f"]
+
+
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ('def f(x):\n    """Doc."""\n    return x', "def f(x):\n    return x"),
+        ("def f(x):\n    return x", "def f(x):\n    return x"),  # no docstring
+        (
+            '@d\nasync def f(x):  # c\n    r"""A\n    b."""  # t\n    return x',
+            "@d\nasync def f(x):  # c\n    return x",
+        ),
+        # Python 2 (CodeSearchNet holds it): cut by tokens, indentation kept as it was
+        ("def f(x):\n        u'Doc.' 'more'\n        print x", "def f(x):\n        print x"),
+        ('def f(x): """Doc."""; return x', None),  # shares a line: cannot be cut cleanly
+        ("def f(x):\n    u'Doc' + x\n    print x", None),
+        ("x = 1", None),
+    ],
+)
+def test_strip_docstring(code, expected):
+    assert strip_docstring(code) == expected

@@ -95,6 +95,41 @@ def test_advtest_function_tokens(tmp_path):
     assert row["query"] == "Identity ."
 
 
+DOCUMENTED = (
+    'def add(a, b):\n    """Add two numbers.\n\n    Longer text.\n    """\n    return a + b'
+)
+
+
+@pytest.mark.parametrize("field", ["code", "original_string"])
+def test_csn_python_code_loses_its_docstring(tmp_path, field):
+    # Real CodeSearchNet python lines hold the docstring in `code` and `original_string`:
+    # kept, the query would sit inside its own gold code.
+    rec = csn(**{"code": ..., "original_string": ..., field: DOCUMENTED})
+    (row,) = iter_csn(write_lines(tmp_path / "t.jsonl", [rec]))
+    assert row["code"] == ADD
+    assert row["code_id"] == codetext.code_id(ADD)
+
+
+def test_csn_python2_code_loses_its_docstring_and_other_languages_keep_their_code(tmp_path):
+    py2 = "def show(x):\n        '''Print x.'''\n        print x\n        return x"
+    java = 'public int add(int a, int b) {\n    /** "not a docstring" */\n    return a + b;\n}'
+    recs = [csn(code=py2), csn(url="u2", code=java, language="java")]
+    rows = list(iter_csn(write_lines(tmp_path / "t.jsonl", recs)))
+    assert rows[0]["code"] == "def show(x):\n        print x\n        return x"
+    assert rows[1]["code"] == java
+
+
+def test_csn_docstring_on_the_def_line_falls_back_to_the_tokens(tmp_path):
+    one_line = 'def add(a, b): """Add two numbers."""; return a + b'
+    rec = csn(code=one_line, code_tokens=["def", "add", "(", ")", ":", "return", "a"])
+    (row,) = iter_csn(write_lines(tmp_path / "t.jsonl", [rec]))
+    assert row["code"] == "def add ( ) : return a"
+    log = SkipLog()
+    path = write_lines(tmp_path / "u.jsonl", [csn(code=one_line, code_tokens=...)])
+    assert list(iter_csn(path, log)) == []
+    assert "docstring cannot be cut out" in log.skipped[0].message
+
+
 MALFORMED = [
     ("{not json", None, "not valid JSON"),
     ("[1, 2]", None, "expected a JSON object"),

@@ -172,3 +172,10 @@ def test_loads_in_train_mode_and_scoring_restores_it(cross):
     first = cross.score_pairs(queries, codes)
     assert all(m.training for m in cross.modules())
     np.testing.assert_array_equal(first, cross.score_pairs(queries, codes))
+
+
+def test_nan_scores_are_refused_naming_the_pairs(cross):
+    with torch.no_grad():
+        cross.encoder.embeddings.word_embeddings.weight[:] = float("nan")
+    with pytest.raises(ValueError, match=r"ranker scores: 2 of 2 rows .* e.g. \['q1', 'q2'\]"):
+        cross.score_pairs(["q1", "q2"], ["def f(): pass", "x = 1"])

@@ -115,3 +115,13 @@ def test_loads_in_train_mode_and_embedding_restores_it(dual):
     first = dual.embed_codes(TEXTS)
     assert all(m.training for m in dual.modules())
     np.testing.assert_array_equal(first, dual.embed_codes(TEXTS))  # eval mode inside: no dropout
+
+
+def test_a_model_that_outputs_nan_is_refused_naming_the_texts(dual):
+    # A diverged or overflowing checkpoint: its NaN vectors must not reach an index.
+    with torch.no_grad():
+        dual.encoder.embeddings.word_embeddings.weight[:] = float("nan")
+    with pytest.raises(ValueError, match=r"embeddings: 4 of 4 rows .* e.g. \['sort a list"):
+        embed_texts(dual, dual.tokenizer, TEXTS, 16)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        dual.embed_queries(TEXTS[:1])

@@ -42,6 +42,7 @@ from r2ps.train.ranker import (
     pairs_folder,
     ps_rows,
     read_negatives,
+    top_candidates,
 )
 from r2ps.train.retriever import training_pairs
 
@@ -409,3 +410,14 @@ def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
     ]
     assert groups[1]["lr"] == 1e-3 and {id(p) for p in groups[1]["params"]} == head
     assert len(param_groups(model, RankerConfig(head_lr=0.0))) == 1
+
+
+def test_top_candidates_keep_pool_order_in_ties_and_refuse_nan():
+    q = np.ones((2, 4), np.float32)
+    c = np.ones((6, 4), np.float32)
+    c[3] = 2.0
+    ids, scores = top_candidates(q, c, 4)
+    assert ids.tolist() == [[3, 0, 1, 2]] * 2
+    c[5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"code embeddings: 1 of 6 rows .* \(rows 5\)"):
+        top_candidates(q, c, 4)

@@ -459,3 +459,29 @@ def test_web_register_rewrites_summaries_deterministically():
     assert 0.55 < dropped < 0.78  # two thirds lose "Return the"
     forms = [q.startswith("python ") for q in out], [q.startswith("how to ") for q in out]
     assert 0.3 < np.mean(forms[0]) < 0.5 and 0.12 < np.mean(forms[1]) < 0.28
+
+
+def test_group_keys_and_gold_sets_key_on_query_text_not_on_ids(tmp_path):
+    # Two CodeSearchNet records with one docstring get two namespaced query ids; both
+    # codes answer that text, so neither may be the other's in-batch negative, and in
+    # evaluation the text has both golds.
+    keys = group_keys(["Return the name.", "Return  the name. ", "Other."], ["c1", "c2", "c3"])
+    assert keys[0] == keys[1] != keys[2]
+    from r2ps.data.readers import load_pairs
+    from r2ps.train.retriever import eval_queries
+
+    text = ["Return", "the", "name", "of", "the", "user", "."]
+    recs = [
+        {"url": "u/a.py", "docstring_tokens": text, "code_tokens": ["def", "a", "(", ")"]},
+        {"url": "u/b.py", "docstring_tokens": text, "code_tokens": ["def", "b", "(", ")"]},
+        {"url": "u/c.py", "docstring_tokens": ["Other", "text", "here"], "code_tokens": ["x"]},
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    rset = split_pairs(load_pairs(path, "csn"))
+    assert rset.queries.num_rows == 3  # two ids for one text
+    texts, gold = eval_queries(rset, 0)
+    codes = rset.codes["code"].to_pylist()
+    by_text = {t: {codes[p] for p in g} for t, g in zip(texts, gold, strict=True)}
+    assert by_text == {" ".join(text): {"def a ( )", "def b ( )"}, "Other text here": {"x"}}
+    assert len(eval_queries(rset, 1)[0]) == 1

@@ -78,6 +78,15 @@ def code_match_key(code: str) -> str:
     return content_hash(normalize_code(code, strip_docstrings=True), "c")
 
 
+def query_key(query: str) -> str:
+    """The identity of a query's text, whatever its id: whitespace runs count as one space.
+
+    Ids are namespaced (two CodeSearchNet records with one docstring get two ids), so the
+    false-negative guard, in-batch masking and gold sets key on this, not on the id.
+    """
+    return " ".join(query.split())
+
+
 def query_id(query: str, namespace: str = "") -> str:
     """Stable id of a query text (namespaced, so two data sets never collide)."""
-    return content_hash(namespace + "\x00" + " ".join(query.split()), "q")
+    return content_hash(namespace + "\x00" + query_key(query), "q")

@@ -20,8 +20,10 @@ was dropped, so the corpus statistics account for every function seen:
 from __future__ import annotations
 
 import ast
+import io
 import re
 import textwrap
+import tokenize
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ _GENERATED_RE = re.compile(
 )
 _FIELD_START_RE = re.compile(r"^(:\w|@\w|>>>|\.\. |args:|arguments:|parameters\b|returns?:)", re.I)
 _TRIVIAL_BODY = ("pass", "...", "raise NotImplementedError", "raise NotImplementedError()")
+_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -81,6 +84,16 @@ def docstring_summary(doc: str, cfg: ExtractConfig | None = None) -> str | None:
     return text
 
 
+def source_lines(source: str) -> list[str]:
+    """The lines of `source` as `ast` and the tokenizer number them (line n is [n - 1]).
+
+    They break at `\\n`, `\\r\\n` and `\\r` only; `str.splitlines` also breaks at form
+    feeds, `\\v`, `\\x1c`-`\\x1e`, `\\x85`, `\\u2028` and `\\u2029`, so slicing its lines
+    with `ast` line numbers drops functions or cuts bodies short after any of those.
+    """
+    return _NEWLINE_RE.split(source)
+
+
 def _remove_docstring(lines: list[str], node: ast.AST) -> list[str] | None:
     """Source lines of `node` without its docstring; None if it cannot be cut cleanly."""
     first = node.body[0]
@@ -112,7 +125,7 @@ def extract_pairs(
     """
     cfg = cfg or ExtractConfig()
     tree = ast.parse(source, filename=origin)
-    src_lines = source.splitlines()
+    src_lines = source_lines(source)
     out = Extracted()
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -140,8 +153,11 @@ def extract_pairs(
         if code_lines is None:
             out.dropped["docstring not on its own lines"] += 1
             continue
+        # a whitespace-only line (a form feed: a page break) is a blank line, so that
+        # dedent still finds the body's margin
+        code_lines = [ln if ln.strip() else "" for ln in code_lines]
         code = textwrap.dedent("\n".join(code_lines)).strip("\n")
-        n_lines = sum(1 for ln in code.splitlines() if ln.strip())
+        n_lines = sum(1 for ln in source_lines(code) if ln.strip())
         if n_lines < cfg.min_code_lines:
             out.dropped["code too short"] += 1
             continue
@@ -150,6 +166,67 @@ def extract_pairs(
             continue
         out.pairs.append({"query": query, "code": code, "func_name": name, "line": node.lineno})
     return out
+
+
+def strip_docstring(code: str) -> str | None:
+    """One function's source (a CodeSearchNet `code` field) without its docstring.
+
+    The text is kept as it is otherwise (indentation, comments). Code this Python cannot
+    parse (CodeSearchNet holds Python 2) is cut with the tokenizer instead. Returns the
+    code unchanged when the function has no docstring, and None when the docstring
+    cannot be cut out cleanly (it shares a line with other code, or the text is not one
+    tokenizable function).
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return _strip_docstring_tokens(code)
+    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not funcs:
+        return None
+    node, lines = funcs[0], source_lines(code)
+    if ast.get_docstring(node, clean=False) is None:
+        return code
+    kept = _remove_docstring(lines[node.lineno - 1 : node.end_lineno], node)
+    if kept is None:
+        return None
+    return "\n".join(lines[: node.lineno - 1] + kept + lines[node.end_lineno :])
+
+
+def _strip_docstring_tokens(code: str) -> str | None:
+    """`strip_docstring` by tokens: the string statement first in the `def`'s body."""
+    skip = {tokenize.NL, tokenize.COMMENT, tokenize.NEWLINE, tokenize.INDENT}
+    depth, state, span = 0, "def", None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if state == "def" and tok.type == tokenize.NAME and tok.string == "def":
+                state = "signature"
+            elif state == "signature" and tok.type == tokenize.OP:
+                depth += tok.string in "([{"
+                depth -= tok.string in ")]}"
+                if tok.string == ":" and depth == 0:
+                    state = "body"
+            elif state == "body" and tok.type not in skip:
+                if tok.type != tokenize.STRING:
+                    return code  # no docstring
+                state, span = "doc", [tok.start, tok.end]
+            elif state == "doc":
+                if tok.type == tokenize.STRING:  # implicitly concatenated parts
+                    span[1] = tok.end
+                elif tok.type in (tokenize.NEWLINE, tokenize.COMMENT):
+                    break
+                else:
+                    return None  # `"doc" + x` or `"doc"; x`: not a plain docstring
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    if span is None:
+        return None
+    (srow, scol), (erow, ecol) = span
+    lines = source_lines(code)
+    tail = lines[erow - 1][ecol:].strip()
+    if lines[srow - 1][:scol].strip() or (tail and not tail.startswith("#")):
+        return None  # docstring shares a line with other code
+    return "\n".join(lines[: srow - 1] + lines[erow:])
 
 
 def iter_functions(source: str) -> Iterator[str]:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from r2ps.data.codetext import code_id, query_id
 from r2ps.data.errors import BadRecord, SkipLog, Skipped, handle
+from r2ps.data.pysource import strip_docstring
 from r2ps.data.schema import CODE_SCHEMA, PAIR_SCHEMA, QREL_SCHEMA, QUERY_SCHEMA, RetrievalSet
 
 Row = dict[str, str]
@@ -133,20 +134,35 @@ def _csn_query(rec: dict, file: PathLike, line: int) -> str:
 # un-renamed `function`/`original_string` would leak the names the benchmark hides.
 _CODE_SOURCES = (("function_tokens", _opt_tokens), ("code", _opt_str),
                  ("original_string", _opt_str), ("code_tokens", _opt_tokens))  # fmt: skip
+# What each field holds in the released files: CodeSearchNet's function_parser takes the
+# whole function span for `code` / `original_string`, so a Python function keeps its
+# docstring there (the query would sit inside its own gold code); the token lists leave it
+# out. Other languages document a function in a comment before it, outside the span.
+_WITH_DOCSTRING = ("code", "original_string")
 
 
-def _csn_code(rec: dict, file: PathLike, line: int) -> str:
+def _csn_code(rec: dict, language: str, file: PathLike, line: int) -> str:
     for key, get in _CODE_SOURCES:
         value = get(rec, key, file, line)
-        if value is not None:
-            return _nonempty(value, key, file, line)
+        if value is None:
+            continue
+        value = _nonempty(value, key, file, line)
+        if key in _WITH_DOCSTRING and language == "python":
+            stripped = strip_docstring(value)
+            if stripped is None:  # the docstring shares a line with code: take the tokens
+                tokens = _opt_tokens(rec, "code_tokens", file, line)
+                if tokens is None:
+                    raise BadRecord(file, line, key, "its docstring cannot be cut out")
+                return _nonempty(tokens, "code_tokens", file, line)
+            value = _nonempty(stripped, key, file, line)
+        return value
     raise BadRecord(file, line, "code", "missing (and no original_string/code_tokens)")
 
 
 def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
     url = _required_str(rec, "url", file, line)
-    query, code = _csn_query(rec, file, line), _csn_code(rec, file, line)
     language = _opt_str(rec, "language", file, line) or "python"
+    query, code = _csn_query(rec, file, line), _csn_code(rec, language, file, line)
     source = _opt_str(rec, "repo", file, line) or url
     return _pair(query, query_id(query, namespace=url), code, language, source)
 
@@ -154,7 +170,9 @@ def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
 def iter_csn(path: PathLike, skip_log: SkipLog | None = None) -> Iterator[Row]:
     """Pair rows of a CodeSearchNet/GraphCodeBERT or AdvTest JSONL(.gz) file.
 
-    AdvTest is recognised by its `function_tokens` field. Query ids are namespaced by
+    AdvTest is recognised by its `function_tokens` field. A Python `code` or
+    `original_string` loses its docstring (`pysource.strip_docstring`), as the corpus
+    builder's codes do: CodeSearchNet keeps it there. Query ids are namespaced by
     `url`, so two records share one only when they have the same url and text.
     """
     return _iter_rows(path, _csn_row, skip_log)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.models.encoder import (
     batches_by_length,
@@ -186,7 +187,10 @@ class CrossEncoder(nn.Module):
     def score_pairs(
         self, queries: Sequence[str], codes: Sequence[str], batch_size: int = 64
     ) -> np.ndarray:
-        """Scores [len(queries)] float32 in input order; eval mode, batched by length."""
+        """Scores [len(queries)] float32 in input order; eval mode, batched by length.
+
+        Raises ValueError naming the pairs whose score is NaN or inf.
+        """
         tokenizer = self._need_tokenizer()
         pairs = encode_pairs(tokenizer, queries, codes, self.max_query_len, self.max_len)
         out = np.zeros(len(pairs), dtype=np.float32)
@@ -203,6 +207,7 @@ class CrossEncoder(nn.Module):
                 out[idx] = self(**{k: v.to(device) for k, v in batch.items()}).cpu().numpy()
         finally:
             self.train(was_training)
+        check_finite(out, "ranker scores", queries)
         return out
 
     def _need_tokenizer(self):

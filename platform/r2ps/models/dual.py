@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.models.encoder import (
     batches_by_length,
@@ -150,7 +151,9 @@ def embed_texts(
 
     Texts are tokenised once, then batched by length (little padding) and the
     results are written back to their input positions. The model's train/eval
-    mode is restored afterwards, so this can run in the middle of training.
+    mode is restored afterwards, so this can run in the middle of training. Raises
+    ValueError naming the texts whose embedding holds NaN or inf (a diverged or
+    overflowing model), so no stage downstream indexes or ranks them.
     """
     if len(texts) == 0:  # HF tokenizers fail on an empty batch
         return np.zeros((0, model.dim), dtype=np.float32)
@@ -166,4 +169,5 @@ def embed_texts(
             out[idx] = emb.float().cpu().numpy()
     finally:
         model.train(was_training)
+    check_finite(out, "embeddings", texts)
     return out

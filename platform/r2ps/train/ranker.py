@@ -41,7 +41,9 @@ import torch
 import torch.distributed as dist
 
 from r2ps.cascade import cascade_ids, choose_alpha
+from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
+from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
@@ -138,7 +140,8 @@ def read_negatives(negatives: str | Path) -> pa.Table:
 def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     """Mined rows joined with their texts; and a report of what could not be used.
 
-    Candidates that are a gold code of the query (the positive included) are removed
+    Candidates that are a gold code of the query's text (the positive included; any
+    query id holding the same text counts, `codetext.query_key`) are removed
     (the miner should already have done so; a false negative must never reach the loss).
     Rows left with no candidate cannot make a group: they are counted and named in the
     report, never silently dropped.
@@ -153,11 +156,11 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     code_text = dict(
         zip(rset.codes["code_id"].to_pylist(), rset.codes["code"].to_pylist(), strict=True)
     )
-    gold: dict[str, set[str]] = {}
+    gold: dict[str, set[str]] = {}  # by query text: one text under two ids is one query
     for q, c in zip(
         rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
     ):
-        gold.setdefault(q, set()).add(c)
+        gold.setdefault(query_key(query_text[q]), set()).add(c)
 
     where = Path(cfg.negatives) / "negatives"
     rows: dict[str, list] = {name: [] for name in PS_SCHEMA.names}
@@ -179,7 +182,7 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
             raise ValueError(
                 f"{where}: query_id {qid!r}: {len(cands)} cand_ids but {len(scores)} cand_scores"
             )
-        golds = gold.get(qid, set()) | {cid}
+        golds = gold.get(query_key(query_text[qid]), set()) | {cid}
         keep = [i for i, c in enumerate(cands) if c not in golds]
         removed += len(cands) - len(keep)
         unknown = [cands[i] for i in keep if cands[i] not in code_ids]
@@ -391,7 +394,13 @@ def _rank_world() -> tuple[int, int]:
 
 
 def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int = 256):
-    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time."""
+    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time.
+
+    Ties keep pool order (`r2ps.metrics`' rule). Raises ValueError naming the rows of
+    either matrix that hold NaN or inf.
+    """
+    check_finite(q_emb, "query embeddings")
+    check_finite(c_emb, "code embeddings")
     depth = min(depth, c_emb.shape[0])
     ids = np.empty((q_emb.shape[0], depth), dtype=np.int64)
     scores = np.empty((q_emb.shape[0], depth), dtype=np.float32)

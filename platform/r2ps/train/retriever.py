@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
 from r2ps.losses import gathered_info_nce
 from r2ps.metrics import evaluate_dense
@@ -37,8 +38,12 @@ TOKENIZED_SCHEMA = pa.schema(
 )
 
 
-def group_keys(query_ids: list[str], code_ids: list[str]) -> np.ndarray:
-    """Connected components of the pair graph (pairs linked by a shared query or code)."""
+def group_keys(queries: list[str], code_ids: list[str]) -> np.ndarray:
+    """Connected components of the pair graph (pairs linked by a shared query or code).
+
+    `queries` are query texts (compared by `codetext.query_key`), not ids: one text
+    under two ids (two records of one docstring) is one query whose codes are both gold.
+    """
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -48,10 +53,11 @@ def group_keys(query_ids: list[str], code_ids: list[str]) -> np.ndarray:
             x = parent[x]
         return x
 
-    for q, c in zip(query_ids, code_ids, strict=True):
+    keys = [query_key(q) for q in queries]
+    for q, c in zip(keys, code_ids, strict=True):
         parent[find("q" + q)] = find("c" + c)
     roots: dict[str, int] = {}
-    return np.array([roots.setdefault(find("q" + q), len(roots)) for q in query_ids], np.int64)
+    return np.array([roots.setdefault(find("q" + q), len(roots)) for q in keys], np.int64)
 
 
 _VERB = re.compile(r"^(returns?|gets?|computes?|calculates?|creates?)\s+((the|a|an)\s+)?")
@@ -84,9 +90,9 @@ def web_register(query: str) -> str:
 def training_pairs(cfg: TrainConfig) -> pa.Table:
     """The train split as (query, code, group) rows, seeded-shuffled (and sampled); with
     `web_queries`, each query rewritten by `web_register` (groups are computed before,
-    from the ids, so duplicates stay masked)."""
+    from the original texts, so duplicates stay masked)."""
     pairs = RetrievalSet.read(Path(cfg.corpus) / "train").pairs()
-    groups = group_keys(pairs["query_id"].to_pylist(), pairs["code_id"].to_pylist())
+    groups = group_keys(pairs["query"].to_pylist(), pairs["code_id"].to_pylist())
     queries = pairs["query"]
     if cfg.web_queries:
         queries = pa.array([web_register(q) for q in queries.to_pylist()], pa.string())
@@ -184,19 +190,29 @@ def _load_cosqa(directory: str) -> RetrievalSet:
 def eval_queries(rset: RetrievalSet, max_queries: int) -> tuple[list[str], list[set[int]]]:
     """Query texts and, for each, the pool positions of its gold codes.
 
-    With `max_queries`, a fixed subset (lowest query ids): the same queries at every
-    evaluation, so scores of different steps compare. The pool is always whole.
+    One text is one query: the golds of every query id holding it (`codetext.query_key`)
+    are that text's golds, so the same text is never scored against its own answers.
+    With `max_queries`, a fixed subset (the texts of the lowest query ids): the same
+    queries at every evaluation, so scores of different steps compare. The pool is
+    always whole.
     """
     queries = rset.queries.sort_by("query_id")
-    if max_queries:
-        queries = queries.slice(0, max_queries)
     position = {cid: i for i, cid in enumerate(rset.codes["code_id"].to_pylist())}
+    key_of = {q: query_key(t) for q, t in zip(*_columns(queries, "query_id", "query"), strict=True)}
     gold: dict[str, set[int]] = {}
-    for qid, cid in zip(
-        rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
-    ):
-        gold.setdefault(qid, set()).add(position[cid])
-    return queries["query"].to_pylist(), [gold[q] for q in queries["query_id"].to_pylist()]
+    for qid, cid in zip(*_columns(rset.qrels, "query_id", "code_id"), strict=True):
+        if qid in key_of:
+            gold.setdefault(key_of[qid], set()).add(position[cid])
+    texts: dict[str, str] = {}  # key -> the text of its lowest query id
+    for qid, text in zip(*_columns(queries, "query_id", "query"), strict=True):
+        if key_of[qid] in gold:
+            texts.setdefault(key_of[qid], text)
+    chosen = list(texts.items())[: max_queries or None]
+    return [t for _, t in chosen], [gold[k] for k, _ in chosen]
+
+
+def _columns(table: pa.Table, *names: str) -> list[list]:
+    return [table[n].to_pylist() for n in names]
 
 
 def evaluate_retriever(
