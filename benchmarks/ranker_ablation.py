@@ -52,10 +52,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "residual_init_in_batch": ({**RES, "negatives_source": "in_batch"}, {}),
     "residual_init_random1": ({**RES, "ps_random": 1}, {}),
     "residual_init_window3": (RES, {"window_start": 3}),
+    "residual_init_window10": (RES, {"window_end": 10}),  # what a K = 10 cascade reranks
     "residual_init_margin": (RES, {"margin": 0.05}),
     "residual_init_pair128_x2steps": ({**RES, "max_pair_len": 128, "max_steps": 60}, {}),
     "residual_init_group8_halfsteps": ({**RES, "num_negatives": 7, "max_steps": 15}, {}),
     "residual_init_lr5e-5": ({**RES, "lr": 5e-5}, {}),
+    "residual_init_head_lr1e-4": ({**RES, "head_lr": 1e-4}, {}),
 }
 
 
