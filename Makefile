@@ -12,6 +12,7 @@ EXTRAS := $(if $(HAS_CUDA),gpu,cpu),dev
 DEMO_OUT ?= runs/demo
 COSQA ?= ../shared/data/cosqa
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv test lint format demo corpus bench clean browser ray-head ray-stop
 
@@ -60,7 +61,7 @@ test: lint browser
 demo: $(STAMP)
 	@echo "==> the whole pipeline (demo preset) into $(DEMO_OUT)/pipeline"
 	@$(PY) jobs/pipeline.py --preset demo --out $(DEMO_OUT)/pipeline \
-		$(if $(wildcard $(COSQA)/code_idx_map.txt),--cosqa $(COSQA),)
+		$(if $(wildcard $(COSQA)/code_idx_map.txt),--cosqa $(COSQA),) $(DEMO_ARGS)
 
 corpus: $(STAMP)
 	@echo "==> building the corpus from this machine's Python sources into $(DEMO_OUT)/corpus"

@@ -266,16 +266,17 @@ class Cascade:
 
     async def answer(self, req: SearchRequest) -> SearchResponse | JSONResponse:
         t0 = time.perf_counter()
+        rerank_k = self.cfg.rerank_k if req.rerank_k is None else req.rerank_k
         try:
             found = await self.retriever.retrieve.remote(
-                req.query, max(req.top_k, req.rerank_k), req.retrieval
+                req.query, max(req.top_k, rerank_k), req.retrieval
             )
         except Exception as e:  # the retriever is the one stage the answer cannot do without
             log.error("retriever failed: %r", e)
             return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
         t1 = time.perf_counter()
         de = np.asarray(found["scores"], dtype=np.float32)
-        k = min(req.rerank_k, len(de))
+        k = min(rerank_k, len(de))
         ce, reason = None, None
         if k:
             ce, reason = await self._rerank(req.query, found["codes"][:k])
@@ -349,8 +350,16 @@ class Cascade:
     @api.get("/readyz")
     async def readyz(self):
         """Ready when the retriever answers; the ranker's state is reported beside it, and
-        each one's backend, CPU threads, reserved CPUs and warm-up time."""
-        state = {}
+        each one's backend, CPU threads, reserved CPUs and warm-up time, and the cascade's
+        settings: `rerank_k` 0 means answers are the retriever's alone."""
+        state = {
+            "cascade": {
+                "rerank_k": self.cfg.rerank_k,
+                "alpha": self.cfg.alpha,
+                "reranking": self.cfg.rerank_k > 0,
+                "reason": self.cfg.served_reason,
+            }
+        }
         for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
             try:
                 state[name] = await asyncio.wait_for(_wait(handle.ready.remote()), 5.0)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from r2ps.cascade import cascade_ids, choose_alpha, fuse, rerank
+from r2ps.cascade import (
+    ServedCascade,
+    best_setting,
+    cascade_ids,
+    choose_alpha,
+    choose_served,
+    fuse,
+    rerank,
+)
 
 
 def test_plain_cascade_orders_the_top_k_by_the_ranker():
@@ -56,3 +64,46 @@ def test_choose_alpha_takes_the_best_validation_score_and_prefers_the_ranker_on_
     assert best == 0.3 and len(scores) == 11
     best, _ = choose_alpha(lambda a: 1.0, grid=[0.0, 0.5, 1.0])
     assert best == 0.0
+
+
+def _by_k(scores: dict[int, dict[float, float]]) -> dict[str, dict]:
+    """choose_fusion's shape: per K, the chosen weight and the valid MRR of each weight."""
+    return {
+        str(k): {"alpha": max(s, key=lambda a: (s[a], -a)), "valid_mrr": s}
+        for k, s in scores.items()
+    }
+
+
+def test_served_cascade_is_the_best_valid_setting_and_round_trips(tmp_path):
+    rankers = {
+        "RR": _by_k({5: {0.0: 0.60, 1.0: 0.55}, 10: {0.0: 0.58, 0.5: 0.61, 1.0: 0.55}}),
+        "RR+PS": _by_k({5: {0.0: 0.62, 0.3: 0.63, 1.0: 0.55}, 10: {0.3: 0.63, 1.0: 0.55}}),
+    }
+    assert best_setting(rankers["RR"]) == (0.61, 10, 0.5)
+    assert best_setting(rankers["RR+PS"]) == (0.63, 5, 0.3)  # a tie goes to the smaller K
+    paths = {"RR": "/m/rr", "RR+PS": "/m/ps"}
+    served = choose_served(rankers, 0.55, paths)
+    assert (served.ranker, served.ranker_path, served.rerank_k, served.alpha) == (
+        "RR+PS",
+        "/m/ps",
+        5,
+        0.3,
+    )
+    assert "RR+PS K=5 alpha=0.3" in served.reason
+    served.write(tmp_path)
+    assert ServedCascade.read(tmp_path) == served
+
+
+def test_no_ranker_above_the_retriever_serves_the_retriever_alone(tmp_path):
+    rankers = {"RR+PS": _by_k({10: {0.0: 0.40, 0.9: 0.55, 1.0: 0.55}})}
+    served = choose_served(rankers, 0.55, {"RR+PS": "/m/ps"})  # equal is not better
+    assert (served.ranker, served.rerank_k) == ("", 0)
+    assert served.reason.startswith("retriever alone") and "55.0" in served.reason
+    assert choose_served({}, 0.5, {}).rerank_k == 0
+    with pytest.raises(FileNotFoundError, match="served.json"):
+        ServedCascade.read(tmp_path)
+    (tmp_path / "served.json").write_text('{"rerank_k": 3, "ranker_path": "x", "bogus": 1}')
+    with pytest.raises(ValueError, match="bogus"):
+        ServedCascade.read(tmp_path)
+    with pytest.raises(ValueError):
+        ServedCascade(rerank_k=5)  # a cascade without a ranker

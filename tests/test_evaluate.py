@@ -18,6 +18,7 @@ import pytest
 
 import r2ps.evaluate as ev
 from r2ps.bm25 import BM25, tokenize
+from r2ps.cascade import ServedCascade
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
 from r2ps.evaluate import EvalConfig, efficiency_row, evaluate, extrapolate
 from r2ps.models.cross import CrossEncoder
@@ -195,14 +196,25 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
     assert report["alpha"]["split"] == cfg.valid
 
     methods = report["datasets"]["test"]["methods"]
-    expected = {"BM25", "untrained DE", "DE"}
+    expected = {"BM25", "untrained DE", "DE", "served"}
     for label in ("RR", "RR+PS"):
-        for k in cfg.ks:
-            expected |= {f"{label} K={k}", f"{label} K={k} fused"}
-            assert methods[f"{label} K={k} fused"]["alpha"] in cfg.alpha_grid
+        expected |= {f"{label} K={k}" for k in cfg.ks} | {f"{label} as served"}
+        assert methods[f"{label} as served"]["alpha"] in cfg.alpha_grid
+        assert methods[f"{label} as served"]["k"] in cfg.ks
     assert set(methods) == expected
     for row in methods.values():
         assert 0.0 <= row["mrr"] <= 1.0 and row["n_queries"] == len(TEST_PAIRS)
+        d = row["vs_de"]  # paired bootstrap against DE on the same queries
+        assert d["lo"] <= d["diff"] <= d["hi"]
+        assert d["diff"] == pytest.approx(row["mrr"] - methods["DE"]["mrr"])
+    assert methods["DE"]["vs_de"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    # Fresh heads score every pair 0: no cascade beats the retriever on valid, so the
+    # retriever alone is served, and the served row is DE's.
+    served = report["served"]
+    assert (served["rerank_k"], served["ranker"]) == (0, "")
+    assert served["reason"].startswith("retriever alone")
+    assert ServedCascade.read(cfg.out) == ServedCascade(**served)
+    assert methods["served"]["mrr"] == methods["DE"]["mrr"]
     # BM25 on handmade pairs whose queries share words with their code: nearly perfect.
     assert methods["BM25"]["mrr"] > 0.8
     # K = 1 reranks one code: the cascade keeps the retriever's order exactly.
@@ -213,7 +225,8 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
     assert set(saved["datasets"]["test"]["methods"]) == expected
     table = Path(files["md"]).read_text()
     for method in expected:
-        assert f"| {method} |" in table
+        assert f"| {method}" in table
+    assert "| served (retriever alone) |" in table and "MRR - DE [95% CI]" in table
     assert "(extrapolated)" in table
     assert Path(files["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -241,7 +254,7 @@ def test_absent_models_are_skipped_with_a_warning(setup, tmp_path, caplog):
     assert any("missing" in r.getMessage() for r in caplog.records)
     assert any("RR (rr)" in s for s in report["skipped"])
     methods = report["datasets"]["test"]["methods"]
-    assert "DE" not in methods and "RR K=1" not in methods and "RR+PS K=3 fused" in methods
+    assert "DE" not in methods and "RR K=1" not in methods and "RR+PS as served" in methods
     assert report["models"]["first_stage"] == "untrained DE"
     assert "efficiency" not in report
 
@@ -284,7 +297,7 @@ def test_job_command_line(setup, tmp_path, capsys):
     ]
     assert job.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| RR+PS K=2 fused |" in printed and str(out / "results.md") in printed
+    assert "| RR+PS as served (K=" in printed and str(out / "results.md") in printed
     assert np.isfinite(
         json.loads((out / "results.json").read_text())["datasets"]["test"]["methods"]["DE"]["mrr"]
     )

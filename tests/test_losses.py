@@ -187,3 +187,18 @@ def test_gathered_loss_equals_single_process_loss_on_the_concatenated_batch(tmp_
                     grad_scale * _local({**ref, "sizes": sizes}, rank, part),
                     msg=f"{name}: gradient of {part} on rank {rank}",
                 )
+
+
+def test_listwise_ce_with_a_prior_is_the_residual_on_the_retriever():
+    """With the retriever's scores as prior, a zero ranker IS the retriever: the loss is
+    the retriever's in-group softmax cross-entropy; a ranker adds tanh(score) to it."""
+    torch.manual_seed(0)
+    prior = torch.rand(3, 4) * 2 - 1
+    zero = torch.zeros(3, 4)
+    labels = torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(listwise_ce(zero, 20.0, prior), F.cross_entropy(20 * prior, labels))
+    scores = torch.randn(3, 4)
+    ref = F.cross_entropy(20 * (prior + torch.tanh(scores)), labels)
+    torch.testing.assert_close(listwise_ce(scores, 20.0, prior), ref)
+    with pytest.raises(ValueError, match="prior"):
+        listwise_ce(scores, 20.0, prior[:, :2])

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from r2ps.index import CodeIndex, IndexConfig
-from r2ps.metrics import evaluate_dense, rank_of_gold, rank_of_gold_topk, retrieval_metrics
+from r2ps.metrics import (
+    evaluate_dense,
+    paired_bootstrap,
+    rank_of_gold,
+    rank_of_gold_topk,
+    reciprocal_ranks,
+    retrieval_metrics,
+)
 from r2ps.train.ranker import top_candidates
 
 
@@ -86,6 +93,27 @@ def test_evaluate_dense_matches_a_brute_force_ranking():
         got = evaluate_dense(q, c, gold, ks=(1, 5, 10), chunk_size=chunk)
         assert got == pytest.approx(expected)
     assert evaluate_dense(torch.from_numpy(q), torch.from_numpy(c), gold) == pytest.approx(expected)
+
+
+def test_reciprocal_ranks_are_mrr_terms():
+    ranks = [[2.0, 5.0], 1.0, math.inf, [1001.0]]
+    rr = reciprocal_ranks(ranks)
+    np.testing.assert_allclose(rr, [0.5, 1.0, 0.0, 0.0])
+    assert rr.mean() == pytest.approx(retrieval_metrics(ranks)["mrr"])
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    b = rng.random(400)
+    same = paired_bootstrap(b, b)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    better = paired_bootstrap(b + 0.05 + rng.normal(0, 0.01, 400), b, seed=3)
+    assert 0.04 < better["lo"] < better["diff"] < better["hi"] < 0.06
+    assert paired_bootstrap(b + 0.05, b, seed=3) == paired_bootstrap(b + 0.05, b, seed=3)
+    noisy = paired_bootstrap(rng.random(50), rng.random(50))
+    assert noisy["lo"] < 0 < noisy["hi"]  # two draws of the same distribution
+    with pytest.raises(ValueError):
+        paired_bootstrap(b, b[:-1])
 
 
 def _every_path(q: np.ndarray, c: np.ndarray, gold: list[set[int]]) -> list[dict]:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import r2ps.pipeline as pipeline_module
+from r2ps.cascade import SERVED_FILE
 from r2ps.config import ConfigError, parse_config
 from r2ps.pipeline import (
     STAGE_FILE,
@@ -254,7 +255,10 @@ def test_demo_is_small_and_full_is_the_readme_run(tmp_path):
     assert full["retriever"].max_steps == TrainConfig().max_steps
     assert full["retriever"].max_train_pairs == TrainConfig().max_train_pairs
     assert full["ranker_ps"].batch_size == RankerConfig().batch_size
-    assert full["evaluate"].ks == [5, 10, 20] and full["ranker_rr"].max_pair_len == 128
+    assert full["evaluate"].ks == [5, 10] and full["ranker_rr"].max_pair_len == 128
+    for preset in (demo, full):  # the recipe chosen on valid (docs/RESULTS.md)
+        for name in ("ranker_ps", "ranker_rr"):
+            assert preset[name].residual and preset[name].start_from_retriever
 
 
 def test_overrides_beat_the_preset(tmp_path):
@@ -292,7 +296,7 @@ def test_cosqa_is_excluded_and_evaluated_when_present(tmp_path, cosqa_dir):
     }
     assert stages["corpus"].exclude == [str(cosqa_dir)] == stages["mine"].exclude
     assert stages["evaluate"].cosqa == str(cosqa_dir)
-    assert stages["retriever"].eval_cosqa == ""  # demo: no CoSQA validation while training
+    assert stages["retriever"].eval_cosqa == ""  # CoSQA: reported by evaluate only
     missing = {
         s.name: s.config
         for s in build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(tmp_path / "none")))
@@ -310,9 +314,10 @@ def test_cluster_storage_from_the_environment(tmp_path, monkeypatch):
 REAL_BUILD = pipeline_module.build_stages
 
 
-def fake_stage_bodies(monkeypatch, crash_at: str = "") -> list[str]:
+def fake_stage_bodies(monkeypatch, crash_at: str = "", served: dict | None = None) -> list[str]:
     """Every real stage, each body replaced by one that writes its expected outputs (or
-    raises, for `crash_at`); returns the list the bodies append their stage names to."""
+    raises, for `crash_at`); returns the list the bodies append their stage names to.
+    `served`: the evaluation's served.json (default {}: the retriever alone)."""
     calls: list[str] = []
 
     def fake(cfg, *args):
@@ -326,7 +331,14 @@ def fake_stage_bodies(monkeypatch, crash_at: str = "") -> list[str]:
                 for name in stage.outputs:
                     path = Path(config.out) / name
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text("| method | MRR |\n" if name == "results.md" else "{}")
+                    text = "| method | MRR |\n" if name == "results.md" else "{}"
+                    if name == SERVED_FILE and served is not None:
+                        text = json.dumps(
+                            {**served, "ranker_path": str(Path(config.rr_ps))}
+                            if served.get("ranker") == "RR+PS"
+                            else served
+                        )
+                    path.write_text(text)
 
             stage.fn = write
         return stages
@@ -358,6 +370,29 @@ def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
     text = format_summary(summary)
     assert "| method | MRR |" in text and summary["serve_command"] in text
     assert str(out / "mined" / "index") in text or summary["index"] in text
+
+
+def test_serve_yaml_carries_the_cascade_chosen_on_valid(tmp_path, monkeypatch):
+    """serve.yaml serves what the evaluation chose (its served.json, the one place both
+    read): that ranker, K and weight; or, when no ranker beat the retriever, rerank_k 0,
+    said in the summary."""
+    fake_stage_bodies(monkeypatch, served={"ranker": "RR+PS", "rerank_k": 5, "alpha": 0.3})
+    out = tmp_path / "chosen"
+    summary = run_pipeline(PipelineConfig(out=str(out)))
+    served = ServeConfig.from_env({"R2PS_SERVE_CONFIG": summary["serve_config"]})
+    assert (served.ranker, served.rerank_k, served.alpha) == (
+        str((out / "ranker_ps").resolve()),
+        5,
+        0.3,
+    )
+    monkeypatch.undo()
+    reason = "retriever alone: the best cascade, RR+PS K=10 alpha=0.0, has valid MRR 30.0"
+    fake_stage_bodies(monkeypatch, served={"reason": reason})
+    out = tmp_path / "alone"
+    summary = run_pipeline(PipelineConfig(out=str(out)))
+    served = ServeConfig.from_env({"R2PS_SERVE_CONFIG": summary["serve_config"]})
+    assert (served.rerank_k, served.served_reason) == (0, reason)
+    assert f"served:    {reason}" in format_summary(summary)
 
 
 def test_job_help_and_usage_errors(capsys):

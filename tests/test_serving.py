@@ -73,6 +73,8 @@ def test_settings_from_yaml_then_env(tmp_path):
         ServeConfig.from_env({"R2PS_RANKER_PAIR_BUDGET": "many"})
     with pytest.raises(ConfigError, match="alpha"):
         ServeConfig(alpha=2.0)
+    with pytest.raises(ConfigError, match="rerank_k"):
+        ServeConfig(rerank_k=-1)
 
 
 def test_no_settings_serve_the_newest_serve_yaml_under_runs(tmp_path, monkeypatch):
@@ -122,7 +124,7 @@ def test_batch_size_counts_pairs_not_requests():
 
 def test_request_parsing_names_what_is_wrong():
     req = parse_search_request(b'{"query": "read a file"}', max_query_chars=50)
-    assert (req.top_k, req.rerank_k) == (10, 10)
+    assert (req.top_k, req.rerank_k) == (10, None)  # None: the server's rerank_k
     cases = {
         b'{"query": "  "}': "empty or only whitespace",
         b'{"query": "ok", "top_k": "3"}': "top_k",
@@ -327,10 +329,14 @@ def live(ray_local, models):
     export_onnx(models["retriever"])
     export_onnx(models["ranker"])
     serve.run(build_app(_settings(models, backend="onnx")), name="onnx", route_prefix="/onnx")
-    faulty = _settings(models, ranker_timeout_s=1.0)
+    # the faulty app serves the retriever alone by default, as when no ranker beat it
+    faulty = _settings(models, ranker_timeout_s=1.0, rerank_k=0, served_reason=ALONE)
     serve.run(build_app(faulty, ranker=FaultyRanker), name="faulty", route_prefix="/faulty")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+ALONE = "retriever alone: no ranker above the retriever on valid"
 
 
 def _search(url, **body):
@@ -406,6 +412,25 @@ def test_health_readiness_and_openapi(live, models):
     query = schema["schema"]["properties"]["query"]  # this server's own limits
     assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200
+    assert ready.json()["cascade"] == {
+        "rerank_k": 10,
+        "alpha": 0.0,
+        "reranking": True,
+        "reason": "",
+    }
+
+
+def test_the_served_rerank_k_applies_when_a_request_names_none(live):
+    """rerank_k comes from the settings the pipeline chose on valid; 0 (the retriever
+    alone) is reported by /readyz and never calls the ranker."""
+    alone = f"{live}/faulty"
+    ready = requests.get(f"{alone}/readyz", timeout=30).json()
+    assert ready["cascade"] == {"rerank_k": 0, "alpha": 0.0, "reranking": False, "reason": ALONE}
+    body = _search(alone, query=CODES[2], top_k=3).json()
+    assert body["reranked"] is False and body["degraded_reason"] is None  # not degraded
+    assert body["reranked_count"] == 0
+    body = _search(live, query=CODES[2], top_k=3).json()
+    assert body["reranked"] is True and body["reranked_count"] == min(10, len(CODES))
 
 
 def test_readiness_reports_backend_threads_and_warm_up(live):

@@ -14,7 +14,10 @@ weight is a setting, chosen on validation data (`choose_alpha`), never on test d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -82,3 +85,103 @@ def choose_alpha(
     scores = {round(float(a), 4): float(evaluate(float(a))) for a in grid}
     best = max(scores, key=lambda a: (scores[a], -a))
     return best, scores
+
+
+SERVED_FILE = "served.json"
+
+
+@dataclass
+class ServedCascade:
+    """What the endpoint serves, as chosen on VALID data by the evaluation job.
+
+    The one place evaluation ("as served" rows) and serving (`serve.yaml`: ranker,
+    rerank_k, alpha) read the cascade's settings from. `rerank_k == 0` means the
+    retriever alone: no ranker beat it on the valid split (`reason` says by how much).
+    """
+
+    ranker: str = ""  # method label ("RR+PS", "RR"); "" = retriever alone
+    ranker_path: str = ""
+    rerank_k: int = 0
+    alpha: float = 1.0
+    valid_mrr: float = 0.0  # the served cascade's MRR on the valid queries it was chosen on
+    retriever_valid_mrr: float = 0.0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rerank_k < 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"ServedCascade: bad rerank_k / alpha: {self}")
+        if self.rerank_k and not self.ranker_path:
+            raise ValueError(f"ServedCascade: rerank_k={self.rerank_k} but no ranker_path")
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder, SERVED_FILE)
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ServedCascade:
+        path = Path(folder, SERVED_FILE)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{path}: no readable served-cascade choice ({e})") from None
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}")
+        return cls(**data)
+
+
+def best_setting(by_k: dict[str, dict]) -> tuple[float, int, float]:
+    """(valid MRR, K, alpha) of one ranker's best cascade on valid; ties: the smaller K.
+
+    by_k: {str(K): {"alpha": a, "valid_mrr": {alpha: MRR}}}, as `evaluate.choose_fusion`
+    returns it (the weight of each K already chosen on valid).
+    """
+    best = None
+    for k, chosen in sorted(by_k.items(), key=lambda kv: int(kv[0])):
+        mrr = chosen["valid_mrr"][chosen["alpha"]]
+        if best is None or mrr > best[0]:
+            best = (float(mrr), int(k), float(chosen["alpha"]))
+    if best is None:
+        raise ValueError("no K to choose from")
+    return best
+
+
+def choose_served(
+    candidates: dict[str, dict], retriever_valid_mrr: float, paths: dict[str, str]
+) -> ServedCascade:
+    """The (ranker, K, alpha) with the best valid MRR, served only if it beats the retriever.
+
+    candidates: label -> that ranker's `by_k` (see `best_setting`). Ties go to the ranker
+    listed first. A cascade that does not strictly beat the retriever's valid MRR is not
+    served: `rerank_k` 0, the retriever alone, and `reason` says so.
+    """
+    best = None
+    for label, by_k in candidates.items():
+        mrr, k, alpha = best_setting(by_k)
+        if best is None or mrr > best[0]:
+            best = (mrr, label, k, alpha)
+    if best is None or best[0] <= retriever_valid_mrr:
+        what = (
+            "no ranker"
+            if best is None
+            else f"the best cascade, {best[1]} K={best[2]} alpha={best[3]}, has valid MRR "
+            f"{100 * best[0]:.1f}"
+        )
+        return ServedCascade(
+            retriever_valid_mrr=retriever_valid_mrr,
+            valid_mrr=retriever_valid_mrr,
+            reason=f"retriever alone: {what}, not above the retriever's "
+            f"{100 * retriever_valid_mrr:.1f}",
+        )
+    mrr, label, k, alpha = best
+    return ServedCascade(
+        ranker=label,
+        ranker_path=paths[label],
+        rerank_k=k,
+        alpha=alpha,
+        valid_mrr=mrr,
+        retriever_valid_mrr=retriever_valid_mrr,
+        reason=f"{label} K={k} alpha={alpha}: valid MRR {100 * mrr:.1f} against the "
+        f"retriever's {100 * retriever_valid_mrr:.1f}",
+    )

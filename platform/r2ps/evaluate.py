@@ -22,6 +22,7 @@ Output, in `out`: results.json (everything), results.md (the tables) and results
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,16 +35,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r2ps.bm25 import BM25
-from r2ps.cascade import cascade_ids, choose_alpha
+from r2ps.cascade import ServedCascade, best_setting, cascade_ids, choose_alpha, choose_served
 from r2ps.config import to_dict
 from r2ps.data.schema import RetrievalSet
 from r2ps.index import CodeIndex, IndexConfig
 from r2ps.log import get_logger
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
-from r2ps.train.ranker import MRR_CUTOFF, Retrieved, cascade_metrics_at, retrieve
+from r2ps.train.ranker import MRR_CUTOFF, Retrieved, cascade_metrics_at, cascade_ranks, retrieve
 from r2ps.train.retriever import eval_queries
 
 log = get_logger(__name__)
@@ -87,8 +88,12 @@ class EvalConfig:
         default=500, metadata={"help": "queries per data set (0 = all; lowest query ids)"}
     )
     max_valid_queries: int = field(
-        default=200, metadata={"help": "valid queries used to choose the fusion weight"}
+        default=500, metadata={"help": "valid queries the served K and weight are chosen on"}
     )
+    bootstrap: int = field(
+        default=2000, metadata={"help": "resamples of the paired bootstrap against DE"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
     batch_size: int = 64
     # efficiency (Table 5)
     pool_sizes: list[int] = field(
@@ -166,13 +171,13 @@ def load_ranker(path: str) -> CrossEncoder:
 # --- quality ------------------------------------------------------------------------
 
 
-def bm25_metrics(
+def bm25_ranks(
     rset: RetrievalSet, texts: Sequence[str], gold: Sequence[set[int]]
-) -> dict[str, float]:
-    """BM25 over the whole pool; its top 1000 per query (a rank past 1000 counts 0)."""
+) -> list[np.ndarray]:
+    """Gold ranks of BM25 over the whole pool; its top 1000 per query (past that: inf)."""
     index = BM25(rset.codes["code"].to_pylist())
     lists = [index.top_k(text, MRR_CUTOFF)[0] for text in texts]
-    return retrieval_metrics(rank_of_gold_topk(lists, gold), mrr_cutoff=MRR_CUTOFF)
+    return rank_of_gold_topk(lists, gold)
 
 
 def ranker_scores(
@@ -207,29 +212,57 @@ def evaluate_set(
     encoders: dict[str, DualEncoder],
     rankers: dict[str, CrossEncoder],
     alphas: dict[str, dict],
+    served: ServedCascade | None = None,
 ) -> dict:
-    """Every method's metrics on one data set, keyed by method name."""
+    """Every method's metrics on one data set, keyed by method name.
+
+    Cascade rows: each K unfused (the ranker's own score; a residual ranker's is
+    DE + tanh(CE), see CrossEncoder.trained_alpha), then each ranker "as served" (its K
+    and fusion weight chosen on valid), then "served", the cascade the endpoint serves
+    (`served`; the retriever alone when no ranker beat it on valid). Every row carries
+    `vs_de`: the MRR difference to the trained retriever with a paired bootstrap 95%
+    interval over the same queries (seeded).
+    """
     texts, gold = eval_queries(rset, cfg.max_queries)
     codes = rset.codes["code"].to_pylist()
-    methods: dict[str, dict] = {"BM25": {"family": "BM25", **bm25_metrics(rset, texts, gold)}}
+    ranks: dict[str, list[np.ndarray]] = {"BM25": bm25_ranks(rset, texts, gold)}
+    methods: dict[str, dict] = {"BM25": {"family": "BM25"}}
     retrieved = None
     for label, model in encoders.items():  # the untrained encoder first, DE (if any) last
         retrieved = retrieve(model, rset, cfg.max_queries, cfg.batch_size)
-        methods[label] = {"family": label, **retrieved.metrics()}
+        ranks[label] = rank_of_gold_topk(retrieved.ids, retrieved.gold)
+        methods[label] = {"family": label}
+    first_stage = list(encoders)[-1]
+    ce_of = {}
     for label, model in rankers.items():
         t0 = time.perf_counter()
-        ce = ranker_scores(model, retrieved, codes, max(cfg.ks), cfg.batch_size)
+        ce = ce_of[label] = ranker_scores(model, retrieved, codes, max(cfg.ks), cfg.batch_size)
         log.info("%s scored %d pairs in %.1f s", label, ce.size, time.perf_counter() - t0)
         for k in cfg.ks:
-            row = {"family": label, "k": k, "fused": False}
-            methods[f"{label} K={k}"] = {**row, **cascade_metrics_at(retrieved, ce, k, 0.0)}
-            if label in alphas:
-                a = alphas[label][str(k)]["alpha"]
-                fused = {**row, "fused": True, "alpha": a}
-                methods[f"{label} K={k} fused"] = {
-                    **fused,
-                    **cascade_metrics_at(retrieved, ce, k, a),
-                }
+            name = f"{label} K={k}"
+            alpha = model.trained_alpha
+            ranks[name] = cascade_ranks(retrieved, ce, k, alpha)
+            methods[name] = {"family": label, "k": k, "fused": False, "alpha": alpha}
+        if label in alphas:
+            _, k, alpha = best_setting(alphas[label])
+            name = f"{label} as served"
+            ranks[name] = cascade_ranks(retrieved, ce, k, alpha)
+            methods[name] = {"family": label, "k": k, "fused": True, "alpha": alpha}
+    if served is not None:
+        k = served.rerank_k
+        ce = ce_of.get(served.ranker)
+        ranks["served"] = cascade_ranks(retrieved, ce, k, served.alpha) if k else ranks[first_stage]
+        methods["served"] = {
+            "family": served.ranker or first_stage,
+            "k": k,
+            "fused": bool(k),
+            "alpha": served.alpha,
+        }
+    base = reciprocal_ranks(ranks[first_stage], MRR_CUTOFF)
+    for name, row in methods.items():
+        row.update(retrieval_metrics(ranks[name], mrr_cutoff=MRR_CUTOFF))
+        rr = reciprocal_ranks(ranks[name], MRR_CUTOFF)
+        row["vs_de"] = paired_bootstrap(rr, base, cfg.bootstrap, cfg.seed)
     return {"n_queries": len(texts), "n_codes": len(codes), "methods": methods}
 
 
@@ -390,6 +423,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     rankers = {label: load_ranker(p) for label, p in ranker_paths.items()}
 
     alphas: dict[str, dict] = {}
+    served = None
     valid_path = present_split(cfg.valid, skipped) if rankers else None
     if valid_path:
         valid = RetrievalSet.read(valid_path)
@@ -399,6 +433,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             ce = ranker_scores(model, valid_retrieved, valid_codes, max(cfg.ks), cfg.batch_size)
             alphas[label] = choose_fusion(valid_retrieved, ce, cfg.ks, cfg.alpha_grid)
             log.info("%s fusion weights (on %s): %s", label, valid_path, alphas[label])
+        served = choose_served(alphas, valid_retrieved.metrics()["mrr"], ranker_paths)
+        log.info("served cascade (chosen on %s): %s", valid_path, served.reason)
 
     report: dict = {
         "settings": to_dict(cfg),
@@ -409,12 +445,13 @@ def evaluate(cfg: EvalConfig) -> dict:
             **ranker_paths,
         },
         "alpha": {"split": valid_path, "by_ranker": alphas},
+        "served": None if served is None else dataclasses.asdict(served),
         "skipped": skipped,
         "datasets": {},
     }
     for name, rset in sets.items():
         log.info("evaluating on %s (%d queries max)", name, cfg.max_queries)
-        report["datasets"][name] = evaluate_set(cfg, rset, encoders, rankers, alphas)
+        report["datasets"][name] = evaluate_set(cfg, rset, encoders, rankers, alphas, served)
 
     if cfg.pool_sizes:
         ranker_label = next(iter(reversed(rankers)), None)  # RR+PS when present
@@ -431,6 +468,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             **efficiency(cfg, first_stage, ranker, texts),
         }
     write_results(report, cfg.out)
+    if served is not None:
+        served.write(cfg.out)
     return report
 
 
@@ -453,13 +492,17 @@ def markdown(report: dict) -> str:
     methods: list[str] = []
     for data in report["datasets"].values():
         methods += [m for m in data["methods"] if m not in methods]
-    header = ["method"] + [f"{n} {m.upper() if m == 'mrr' else m}" for n in names for m in METRICS]
+    header = ["method"]
+    for n in names:
+        header += [f"{n} {m.upper() if m == 'mrr' else m}" for m in METRICS]
+        header.append(f"{n} MRR - DE [95% CI]")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for method in methods:
-        cells = [method]
+        cells = [_label(method, report["datasets"])]
         for n in names:
             row = report["datasets"][n]["methods"].get(method)
             cells += [f"{100 * row[m]:.1f}" if row else "" for m in METRICS]
+            cells.append(_delta(row["vs_de"]) if row and "vs_de" in row else "")
         lines.append("| " + " | ".join(cells) + " |")
     sizes = ", ".join(
         f"{n}: {d['n_queries']} queries, {d['n_codes']} codes"
@@ -472,6 +515,12 @@ def markdown(report: dict) -> str:
             for label, by_k in report["alpha"]["by_ranker"].items()
         )
         lines.append(f"Fusion weights chosen on {report['alpha']['split']}: {chosen}.")
+    if report.get("served"):
+        lines.append(f"Served (chosen on the valid split): {report['served']['reason']}.")
+    lines.append(
+        "MRR - DE: paired bootstrap over the same queries "
+        f"({report['settings'].get('bootstrap')} resamples, seed {report['settings'].get('seed')})."
+    )
     for reason in report["skipped"]:
         lines.append(f"- {reason}")
     eff = report.get("efficiency")
@@ -498,6 +547,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(method: str, datasets: dict) -> str:
+    """A row's name; "as served" and "served" rows name their K and weight."""
+    for data in datasets.values():
+        row = data["methods"].get(method)
+        if row and method.endswith("served"):
+            if not row["k"]:
+                return f"{method} (retriever alone)"
+            return f"{method} (K={row['k']}, alpha={row['alpha']})"
+    return method
+
+
+def _delta(d: dict) -> str:
+    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
 def plot(report: dict, path: Path) -> None:
     """MRR against K per method and data set; time per query against pool size (log-log)."""
     import matplotlib
@@ -512,6 +576,8 @@ def plot(report: dict, path: Path) -> None:
     for d, (name, data) in enumerate(report["datasets"].items()):
         curves: dict[tuple[str, bool], list[tuple[int, float]]] = {}
         for method, row in data["methods"].items():
+            if method.endswith("served"):  # one chosen point, named in the table
+                continue
             if "k" in row:
                 curves.setdefault((row["family"], row["fused"]), []).append((row["k"], row["mrr"]))
             else:  # no K: a level line

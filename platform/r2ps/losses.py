@@ -195,15 +195,30 @@ def _int_keys(code_keys: Keys, device: torch.device) -> torch.Tensor:
 # --- ranker ---
 
 
-def listwise_ce(scores: torch.Tensor, scale: float, reduction: str = "mean") -> torch.Tensor:
+def listwise_ce(
+    scores: torch.Tensor,
+    scale: float,
+    prior: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Softmax cross-entropy over each group [positive, m negatives] of ranker scores.
 
     scores: [B, 1+m], column 0 the positive. Scores go through `scale * tanh(.)` first
     (METHOD.md section 2): bounded logits keep one very confident pair from dominating
     the loss, and `scale` sets how peaked the softmax can get.
+
+    prior: [B, 1+m] retriever scores (cosines) of the same pairs, or None. With a prior
+    the ranker is trained as a residual on the retriever, on what the cascade scores
+    (the authors' CoSQA form, DE + CE; METHOD.md section 3): logits are
+    `scale * (prior + tanh(scores))`. A zero-initialised head (models/cross.py) then
+    starts at the retriever's own in-group softmax, and training learns corrections.
     """
     if scores.dim() != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must be [B, 1+m] with m >= 1, got {tuple(scores.shape)}")
-    logits = scale * torch.tanh(scores.float())
+    logits = torch.tanh(scores.float())
+    if prior is not None:
+        if prior.shape != scores.shape:
+            raise ValueError(f"prior {tuple(prior.shape)} must match scores {tuple(scores.shape)}")
+        logits = logits + prior.to(logits)
     labels = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    return F.cross_entropy(logits, labels, reduction=reduction)
+    return F.cross_entropy(scale * logits, labels, reduction=reduction)

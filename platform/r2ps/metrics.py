@@ -148,3 +148,29 @@ def evaluate_dense(
         scores = q[start : start + chunk_size] @ c.T
         ranks.extend(rank_of_gold(scores, gold[start : start + chunk_size]))
     return retrieval_metrics(ranks, ks=ks, mrr_cutoff=mrr_cutoff)
+
+
+def reciprocal_ranks(ranks: Ranks, mrr_cutoff: int = 1000) -> np.ndarray:
+    """Per query, 1 / the rank of its best gold code (0 past `mrr_cutoff`): MRR's terms."""
+    best = np.array([np.atleast_1d(np.asarray(r, dtype=np.float64)).min() for r in ranks])
+    return np.where(best <= mrr_cutoff, 1.0 / best, 0.0)
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Mean of `a - b` over queries and its percentile bootstrap interval.
+
+    a, b: per-query scores of two methods on the SAME queries (e.g. reciprocal ranks), so
+    the resampling draws queries, keeping each query's pair together (Efron & Tibshirani
+    1993, ch. 13; the usual test for IR system comparisons, Sakai 2006). Seeded.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired scores must be two equal 1-D arrays, got {a.shape}, {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi)}

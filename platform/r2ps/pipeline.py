@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from r2ps import __version__
+from r2ps.cascade import SERVED_FILE, ServedCascade
 from r2ps.config import from_dict, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
 from r2ps.data.schema import TABLE_FILES as TABLES
@@ -71,10 +72,21 @@ STAGE_FILE = "stage.json"
 #   measured 2026-11-26 (make demo, with CoSQA): 1,030 s = 17 min 10 s (retriever 233 s,
 #            mine 84 s, rankers 182 + 158 s, evaluate 350 s)
 # (the retriever's CoSQA validation stays off in demo: +250 s per validation).
-# full: the settings of the runs the README's results come from (about 3 h on 2 cores):
-# the retriever's defaults (250 steps of 32, CoSQA validation), a CoSQA-sized 20k-query
-# mining pool, the paper's 32-rank window, 80 ranker steps of 8 groups of 8 pairs
-# (128-token pairs: what 2 cores afford), evaluation at K = 5, 10, 20.
+# full: sized for < 2 h on 2 idle cores from the rates measured here (docs/RESULTS.md has
+# the derivation; not run yet): embedding ~37 codes/s, retriever training ~6.7 pairs/s,
+# ranker training ~8.7 pairs/s at <= 256 tokens, ranker scoring ~35 ms/pair.
+#   corpus (measured 82 s)                                                     ~1.5 min
+#   mine     22.5k codes / 37/s + 20k queries (CoSQA-sized pool)              ~12 min
+#   retriever 250 steps x 32 / 6.7 pairs/s (20 min) + 3 validations
+#            (3,019 codes + 500 queries: 1.5 min each) + start/trained on test ~28 min
+#   rankers  2 x [120 steps x 8 groups x 8 pairs of <= 128 tokens (~15 pairs/s,
+#            9 min) + residual priors (8 queries + 64 codes a step, 3.5 min)
+#            + 2 validations x 200 queries x K=10 (2.5 min) + valid pool 1.5 min] ~34 min
+#   evaluate 3 pools x 2 encoders (~9 min) + 2 rankers x 3 sets x 500 queries
+#            x K=10 pairs x 35 ms (17.5 min) + BM25, timing (~2 min)          ~29 min
+#   total                                                                     ~105 min
+# (CoSQA is evaluated once, by the evaluate stage; validating the retriever on it
+# too would add 3 x 6,267 codes, ~8.5 min, and choose nothing.)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         "corpus": {"max_files": 800},
@@ -87,10 +99,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_negatives": 3,  # groups of 4 with ps; in_batch groups are the batch: 4
             "eval_every_steps": 0,
             "max_eval_queries": 50,
+            # the recipe chosen on valid (docs/RESULTS.md): a correction of the retriever's
+            # score (step 0 is the retriever), from the retriever's weights, with a head
+            # lr of 1e-4 (1e-3 left 30 steps' corrections as noise of std 0.03 that cost
+            # 2-4 valid MRR points)
+            "residual": True,
+            "start_from_retriever": True,
+            "head_lr": 1e-4,
         },
         "evaluate": {
             "max_queries": 100,
-            "max_valid_queries": 50,
+            "max_valid_queries": 0,  # the whole valid split (~227 queries) chooses K, alpha
             "ks": [5, 10],
             "pool_sizes": [1000],
             "max_embed_codes": 200,
@@ -105,10 +124,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 3e-5,
             "head_lr": 1e-3,
             "max_pair_len": 128,
-            "max_train_pairs": 640,
+            "max_train_pairs": 960,  # 120 steps of 8 groups
             "eval_every_steps": 0,
+            "residual": True,
+            "start_from_retriever": True,
         },
-        "evaluate": {"ks": [5, 10, 20], "max_embed_codes": 2000},
+        "evaluate": {"ks": [5, 10], "max_embed_codes": 2000},
     },
 }
 
@@ -300,8 +321,9 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             "out": str(out / "retriever"),
             "run_name": "retriever",
             "storage": storage,
-            # demo: a CoSQA validation embeds its 6,267 codes (~4 min on 2 cores) each time
-            "eval_cosqa": cosqa if cfg.preset == "full" else "",
+            # CoSQA is reported once, by the evaluate stage: a validation embeds its 6,267
+            # codes (~3 min on 2 cores) each time and chooses nothing
+            "eval_cosqa": "",
         },
     )
     mined = make(
@@ -374,28 +396,35 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             evaluate,
             evaluation,
             ["corpus", "retriever", "ranker_ps", "ranker_rr"],
-            ["results.json", "results.md"],
+            ["results.json", "results.md", SERVED_FILE],
         ),
     ]
 
 
 def serve_config(stages: dict[str, Stage], where: Callable[[str], str] = str) -> ServeConfig:
-    """The endpoint over what the pipeline built: its index of the mined split, RR+PS.
+    """The endpoint over what the pipeline built: its index of the mined split, and the
+    cascade the evaluation chose on the valid split (`ServedCascade`, its served.json):
+    that ranker, K and fusion weight, or the retriever alone (`rerank_k` 0; the RR+PS
+    ranker stays deployed for requests that ask for a rerank_k).
 
     `where` maps each absolute local path to what serve.yaml names (a URI `--out`: the
     uploaded copy, so replicas anywhere stage what they read).
     """
     mined = stages["mine"].config
+    served = ServedCascade.read(stages["evaluate"].config.out)
 
     def absolute(path: str) -> str:
         return where(str(Path(path).resolve()))
 
     return ServeConfig(
         retriever=absolute(stages["retriever"].config.out),
-        ranker=absolute(stages["ranker_ps"].config.out),
+        ranker=absolute(served.ranker_path or stages["ranker_ps"].config.out),
         codes=absolute(mined.pairs),
         embed_out=absolute(mined.index_dir or mined.out),
         index=dataclasses.replace(mined.index),
+        rerank_k=served.rerank_k,
+        alpha=served.alpha,
+        served_reason=served.reason,
     )
 
 
@@ -469,6 +498,7 @@ def _run_local(
         "codes": serve.codes,
         "results": {kind: str(evaluation / f"results.{kind}") for kind in ("md", "json", "png")},
         "serve_config": str(serve_file),
+        "served": serve.served_reason,
         "serve_command": f"{CONFIG_ENV}={serve_file} serve run serve.app:cascade",
     }
 
@@ -483,6 +513,7 @@ def format_summary(summary: dict) -> str:
         "rankers:   " + ", ".join(f"{k} {v}" for k, v in summary["rankers"].items()),
         f"index:     {summary['index']} (codes of {summary['codes']})",
         f"results:   {summary['results']['md']} (also .json, .png)",
+        f"served:    {summary['served']}",
     ]
     if summary.get("uploaded_to"):
         lines.append(f"uploaded:  every stage and serve.yaml to {summary['uploaded_to']}")

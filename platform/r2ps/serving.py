@@ -85,6 +85,13 @@ class ServeConfig:
     )
     index: IndexConfig = field(default_factory=IndexConfig)
     alpha: float = field(default=0.0, metadata={"help": "fusion weight (cascade.fuse)"})
+    rerank_k: int = field(
+        default=10,
+        metadata={"help": "candidates the ranker rescores when a request names none (0: none)"},
+    )
+    served_reason: str = field(
+        default="", metadata={"help": "why these settings (the pipeline's choice on valid)"}
+    )
     max_query_chars: int = 2000
     max_body_bytes: int = field(
         default=32768,
@@ -150,6 +157,7 @@ class ServeConfig:
             "rrf_k": self.rrf_k >= 0,
             "backend": self.backend in BACKENDS,
             "threads": self.threads >= 0,
+            "rerank_k": 0 <= self.rerank_k <= MAX_RERANK_K,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -224,11 +232,12 @@ class SearchRequest(BaseModel):
         json_schema_extra={"minLength": 1, "pattern": NOT_BLANK},
     )
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, description="codes to return")
-    rerank_k: int = Field(
-        default=10,
+    rerank_k: int | None = Field(
+        default=None,
         ge=0,
         le=MAX_RERANK_K,
-        description="retriever candidates the ranker rescores (0: retriever only)",
+        description="retriever candidates the ranker rescores (0: retriever only; "
+        "default: the server's rerank_k, chosen on validation data)",
     )
     retrieval: Literal["dense", "hybrid"] | None = Field(
         default=None,

@@ -105,6 +105,36 @@ def test_scores_do_not_depend_on_the_cpu_token_budget(cross, monkeypatch, max_to
     np.testing.assert_allclose(cross.score_pairs(queries, codes), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_tokens", [0, 40, 1024])
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_a_permuted_group_gets_the_same_scores_permuted(cross, monkeypatch, max_tokens, batch_size):
+    """The listwise loss reads a group's positive from column 0: a label is a position.
+    Length slicing (`by_length`, every budget) and batching (`score_pairs`) reorder rows
+    inside; row i's score must stay pair i's, so permuting the pairs permutes the scores."""
+    monkeypatch.setattr("r2ps.models.encoder.CPU_MAX_TOKENS", max_tokens)
+    codes = [CODES[0], LONG_CODE, "x = 1", CODES[1], "def g(a, b):\n    return a + b", CODES[0] * 3]
+    queries = [QUERIES[i % 2] for i in range(len(codes))]
+    perm = np.random.default_rng(0).permutation(len(codes))
+    cross.eval()
+    with torch.no_grad():
+        want = torch.stack(
+            [cross(**cross.tokenize([q], [c]))[0] for q, c in zip(queries, codes, strict=True)]
+        )
+        batch = cross.tokenize(queries, codes)
+        torch.testing.assert_close(cross(**batch), want, atol=1e-5, rtol=0)
+        permuted = cross.tokenize([queries[i] for i in perm], [codes[i] for i in perm])
+        torch.testing.assert_close(cross(**permuted), want[perm], atol=1e-5, rtol=0)
+    scored = cross.score_pairs([queries[i] for i in perm], [codes[i] for i in perm], batch_size)
+    np.testing.assert_allclose(scored, want[perm].numpy(), atol=1e-5)
+
+
+def test_residual_flag_round_trips_and_sets_the_trained_weight(cross, tmp_path):
+    assert cross.trained_alpha == 0.0
+    CrossEncoder(cross.encoder, cross.tokenizer, residual=True).save_pretrained(tmp_path)
+    loaded = CrossEncoder.from_pretrained(tmp_path)
+    assert loaded.residual and loaded.trained_alpha == 0.5
+
+
 def test_save_load_round_trip(cross, tmp_path):
     with torch.no_grad():
         cross.head[3].bias.fill_(0.5)  # a head that differs from a fresh one

@@ -133,3 +133,24 @@ def test_meta_round_trip(tmp_path):
     assert read_meta(tmp_path) is None
     write_meta(tmp_path, {"kind": "dual", "temperature": 0.05})
     assert read_meta(tmp_path) == {"kind": "dual", "temperature": 0.05}
+
+
+def test_interpolate_encoders_is_wise_ft(tiny_bert_dir, tmp_path):
+    """(1 - w) * start + w * trained, tensor by tensor: w = 1 is the trained model, 0 the start."""
+    from r2ps.models.encoder import interpolate_encoders, load_encoder
+
+    trained, tok = load_encoder(tiny_bert_dir)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    trained.save_pretrained(tmp_path / "trained")
+    tok.save_pretrained(tmp_path / "trained")
+    start = load_encoder(tiny_bert_dir)[0].state_dict()
+    for w in (0.0, 0.25, 1.0):
+        interpolate_encoders(tiny_bert_dir, tmp_path / "trained", w, tmp_path / f"w{w}")
+        mixed = load_encoder(tmp_path / f"w{w}")[0].state_dict()
+        for k, v in start.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(mixed[k], v + w)
+    with pytest.raises(ValueError, match="weight"):
+        interpolate_encoders(tiny_bert_dir, tmp_path / "trained", 1.5, tmp_path / "bad")

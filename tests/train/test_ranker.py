@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
 import ray.train
+import torch
 from test_training import (
     DUPLICATE_QUERY,
     append_record,
@@ -31,11 +32,13 @@ from test_training import (
 
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
+from r2ps.models.dual import DualEncoder
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import (
     RankerTask,
     build_groups,
     check_config,
+    code_texts,
     in_batch_groups,
     pairs_folder,
     ps_rows,
@@ -179,6 +182,60 @@ def test_ps_groups_resample_each_epoch_reproducibly(
     # seeded by the query, not by the batch: row 3 alone draws what it drew inside the batch
     alone = {k: v[3:4] for k, v in batch.items()}
     assert build_groups(alone, cfg, epoch=0)[1] == codes[3 * size : 4 * size]
+
+
+def test_random_negatives_come_from_the_pool_and_are_never_gold(
+    ray_local, corpus_dir, negatives_dir, tiny_bert_dir
+):
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, ps_random=2
+    )
+    rows, _ = ps_rows(cfg)
+    batch = numpy_batch(rows, 8)
+    queries, codes, size = build_groups(batch, cfg, epoch=0)
+    gold = train_golds(corpus_dir)
+    pool = set(code_texts(str(negatives_dir)).values())
+    for i in range(8):
+        group = codes[i * size : (i + 1) * size]
+        assert group[0] == batch["code"][i] and set(group) <= pool
+        assert not set(group[1:]) & gold[batch["query"][i]]
+    assert build_groups(batch, cfg, epoch=0)[1] == codes  # seeded
+    with pytest.raises(ValueError, match="ps_random"):
+        check_config(dataclasses.replace(cfg, ps_random=M + 1))
+
+
+@pytest.mark.parametrize("max_tokens", [0, 40])
+def test_group_scores_line_up_with_their_pairs(
+    corpus_dir, negatives_dir, tiny_bert_dir, monkeypatch, max_tokens
+):
+    """What the loss reads as group g's member j (column 0: the positive) is the score of
+    that (query, code) pair, through grouping, tokenising, length slicing and `view`; a
+    residual ranker's prior is the retriever's score of the same pair."""
+    monkeypatch.setattr("r2ps.models.encoder.CPU_MAX_TOKENS", max_tokens)
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, residual=True
+    )
+    rows, _ = ps_rows(cfg)
+    batch = {k: np.asarray(v, dtype=object) for k, v in rows.slice(0, 4).to_pydict().items()}
+    task = RankerTask()
+    torch.manual_seed(0)
+    model = task.build_model(cfg).eval()
+    assert task.start_is_candidate and model.residual  # step 0 is the retriever
+    with torch.no_grad():  # a head that scores pairs differently (a fresh one gives 0)
+        model.head[3].weight.normal_()
+    prepared = task.prepare(batch, cfg)
+    queries, codes, size = build_groups(batch, cfg, 0)
+    with torch.no_grad():
+        scores = model(**prepared["inputs"]).view(-1, size)
+    retriever = DualEncoder.from_pretrained(tiny_bert_dir).eval()
+    for g in range(4):
+        assert codes[g * size] == batch["code"][g]  # the positive is column 0
+        for j in range(size):
+            q, c = queries[g * size + j], codes[g * size + j]
+            assert q == batch["query"][g]
+            assert model.score_pairs([q], [c])[0] == pytest.approx(scores[g, j].item(), abs=1e-5)
+            want = float((retriever.embed_queries([q]) @ retriever.embed_codes([c]).T)[0, 0])
+            assert prepared["prior"][g * size + j].item() == pytest.approx(want, abs=1e-5)
 
 
 def test_ps_groups_fill_small_windows(ray_local, corpus_dir, negatives_dir, tiny_bert_dir):

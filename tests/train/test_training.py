@@ -448,6 +448,19 @@ def test_prefetched_raises_what_prepare_raised():
         list(prefetched(range(4), prepare))
 
 
+def test_web_register_rewrites_summaries_deterministically():
+    from r2ps.train.retriever import web_register
+
+    queries = [f"Return the value number {i} of `the` table." for i in range(300)]
+    out = [web_register(q) for q in queries]
+    assert out == [web_register(q) for q in queries]  # seeded by the text
+    assert all(q == q.lower() and not q.endswith(".") and "`" not in q for q in out)
+    dropped = sum("return" not in q for q in out) / len(out)
+    assert 0.55 < dropped < 0.78  # two thirds lose "Return the"
+    forms = [q.startswith("python ") for q in out], [q.startswith("how to ") for q in out]
+    assert 0.3 < np.mean(forms[0]) < 0.5 and 0.12 < np.mean(forms[1]) < 0.28
+
+
 def test_group_keys_and_gold_sets_key_on_query_text_not_on_ids(tmp_path):
     # Two CodeSearchNet records with one docstring get two namespaced query ids; both
     # codes answer that text, so neither may be the other's in-batch negative, and in

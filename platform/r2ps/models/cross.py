@@ -135,12 +135,15 @@ class CrossEncoder(nn.Module):
         tokenizer=None,
         max_query_len: int = 128,
         max_len: int = 384,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_query_len = int(max_query_len)
         self.max_len = int(max_len)
+        # trained as a correction on the retriever's score (losses.listwise_ce's prior)
+        self.residual = bool(residual)
         config = encoder.config
         self.head = make_head(config.hidden_size, getattr(config, "initializer_range", 0.02))
         # RoBERTa-like models have one token type: passing type ids 1 would index out of range.
@@ -167,6 +170,15 @@ class CrossEncoder(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return self.head(out.last_hidden_state[:, 0]).squeeze(-1).float()
 
+    @property
+    def trained_alpha(self) -> float:
+        """The fusion weight (cascade.fuse) this ranker was trained for.
+
+        A residual ranker learned `DE + tanh(CE)`, which orders the K candidates exactly as
+        `0.5 * DE + 0.5 * tanh(CE)`: 0.5. A plain ranker learned `tanh(CE)` alone: 0.
+        """
+        return 0.5 if self.residual else 0.0
+
     def tokenize(self, queries: Sequence[str], codes: Sequence[str]) -> dict[str, torch.Tensor]:
         return tokenize_pairs(
             self._need_tokenizer(), queries, codes, self.max_query_len, self.max_len
@@ -190,6 +202,7 @@ class CrossEncoder(nn.Module):
             "pooling": "first_token",
             "max_query_len": self.max_query_len,
             "max_len": self.max_len,
+            "residual": self.residual,
         }
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -208,14 +221,14 @@ class CrossEncoder(nn.Module):
 
         Starting from a retriever checkpoint is allowed on purpose: the ranker may be
         initialised from the fine-tuned dual encoder. `overrides` (max_query_len,
-        max_len) win over the saved values.
+        max_len, residual) win over the saved values.
         """
         directory = Path(directory)
         meta = read_meta(directory) or {}
         encoder, tokenizer = load_encoder(directory)
         settings = {}
         if meta.get("kind") == KIND:
-            settings = {k: meta[k] for k in ("max_query_len", "max_len") if k in meta}
+            settings = {k: meta[k] for k in ("max_query_len", "max_len", "residual") if k in meta}
         settings.update(overrides)
         model = cls(encoder, tokenizer, **settings)
         head_path = directory / HEAD_FILE

@@ -62,6 +62,31 @@ def load_encoder(
     return model, tokenizer
 
 
+def interpolate_encoders(start: str | Path, trained: str | Path, weight: float, out: str | Path):
+    """WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022, eq. 1):
+    the encoder at `(1 - weight) * start + weight * trained`, tensor by tensor, saved to
+    `out` with `trained`'s tokenizer (an HF model folder; other files of `trained`, such as
+    r2ps.json, are the caller's). weight 1 is the trained encoder, 0 the start.
+
+    Fine-tuning on one register of queries (docstring summaries) loses part of the start
+    model's zero-shot strength on others (web queries); the mix keeps much of both.
+    Both folders must hold the same architecture (same tensor names and shapes).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolation weight must be in [0, 1], got {weight}")
+    model, tokenizer = load_encoder(trained)
+    base, _ = load_encoder(start)
+    ours, theirs = model.state_dict(), base.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise ValueError(f"{start} and {trained} are not the same architecture")
+    mixed = {
+        k: torch.lerp(theirs[k], v, weight) if v.is_floating_point() else v for k, v in ours.items()
+    }
+    model.load_state_dict(mixed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer of a model folder. Ray stages ship it by value (it pickles), so the
     tasks that tokenise need not see the folder."""

@@ -50,6 +50,16 @@ class TrainConfig:
         default="", metadata={"help": "column of extra negative code texts in the pairs (optional)"}
     )
     seed: int = 0
+    web_queries: bool = field(
+        default=False,
+        metadata={"help": "retriever: train queries rewritten toward web-query register"},
+    )
+    wise_ft: float = field(
+        default=1.0,
+        metadata={
+            "help": "retriever: export (1-w)*start + w*trained weights (WiSE-FT); 1: trained"
+        },
+    )
     # scale-out
     num_workers: int = 1
     threads_per_worker: int = 2
@@ -94,6 +104,20 @@ class TrainConfig:
         default="", metadata={"help": "ranker validation: DualEncoder dir (default: MiniLM)"}
     )
     rerank_k: int = field(default=10, metadata={"help": "ranker validation: top K reranked"})
+    residual: bool = field(
+        default=False,
+        metadata={
+            "help": "ranker: learn a correction of the retriever's score (cascade score "
+            "DE + tanh(CE)); the zero head makes step 0 the retriever"
+        },
+    )
+    start_from_retriever: bool = field(
+        default=False, metadata={"help": "ranker: start the encoder from --retriever's weights"}
+    )
+    ps_random: int = field(
+        default=0,
+        metadata={"help": "ranker: of the m PS negatives, N drawn uniformly from the whole pool"},
+    )
 
 
 @dataclass

@@ -161,6 +161,8 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(d) / HF_DIR, out)
+    if hasattr(task, "after_export"):  # e.g. the retriever's WiSE-FT interpolation
+        task.after_export(cfg, out)
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     summary = {
         "run_name": cfg.run_name,

@@ -62,6 +62,8 @@ class Task(Protocol):
     #       batch ahead in a background thread; `loss` then receives what it returned;
     #   worker_inputs(cfg) -> paths: more paths the workers read, found through the
     #       config's (the split a mining output names), staged on each worker's node.
+    #   after_export(cfg, directory): run on the driver once the best model is exported
+    #       (the retriever's WiSE-FT interpolation with its start).
 
 
 def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:

@@ -75,6 +75,7 @@ PS_SCHEMA = pa.schema(
         ("code", pa.string()),
         ("cand_ids", pa.list_(pa.string())),
         ("cand_scores", pa.list_(pa.float32())),
+        ("gold_ids", pa.list_(pa.string())),  # never drawn as a random negative
     ]
 )
 MRR_CUTOFF = 1000  # METHOD.md section 5: a rank past 1000 counts 0
@@ -92,9 +93,14 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"rerank_k must be >= 1, got {cfg.rerank_k}")
     if cfg.negatives_source == "in_batch" and cfg.batch_size < 2:
         raise ValueError("negatives_source=in_batch needs batch_size >= 2 (no other codes)")
+    if not 0 <= cfg.ps_random <= cfg.num_negatives:
+        raise ValueError(f"ps_random must be in [0, num_negatives], got {cfg.ps_random}")
 
 
 def model_path(cfg: TrainConfig) -> str:
+    """Where the ranker's encoder starts: `model`, the retriever, or the bundled MiniLM."""
+    if cfg.start_from_retriever:
+        return retriever_path(cfg)
     return cfg.model or default_model_path()
 
 
@@ -190,6 +196,7 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
         rows["code"].append(code_text[cid])
         rows["cand_ids"].append([cands[i] for i in keep])
         rows["cand_scores"].append([scores[i] for i in keep])
+        rows["gold_ids"].append(sorted(golds))
     table = pa.table(rows, schema=PS_SCHEMA)
     report = {
         "source": "ps",
@@ -253,24 +260,61 @@ def ps_groups(
     inv_tau: float,
     seed: int,
     epoch: int,
+    n_random: int = 0,
 ) -> tuple[list[str], list[str], int]:
-    """Groups [positive, m negatives drawn from the row's mined window] for each row."""
+    """Groups [positive, m negatives] for each row: m - n_random drawn from the row's mined
+    window, n_random uniformly from the whole mined pool (`texts`) minus the row's gold
+    codes (easy negatives mixed with the hard ones)."""
+    if not 0 <= n_random <= m:
+        raise ValueError(f"n_random must be in [0, {m}], got {n_random}")
+    pool = list(texts) if n_random else []
     queries: list[str] = []
     codes: list[str] = []
-    for qid, query, positive, cands, scores in zip(
+    for qid, query, positive, cands, scores, golds in zip(
         batch["query_id"],
         batch["query"],
         batch["code"],
         batch["cand_ids"],
         batch["cand_scores"],
+        batch["gold_ids"],
         strict=True,
     ):
         rng = query_seed(seed, epoch, str(qid))
-        picks = sample_negatives(np.asarray(scores, dtype=np.float32), m, inv_tau, rng)
+        picks = (
+            [
+                str(cands[int(p)])
+                for p in sample_negatives(
+                    np.asarray(scores, dtype=np.float32), m - n_random, inv_tau, rng
+                )
+            ]
+            if m > n_random
+            else []
+        )
+        picks += random_codes(pool, n_random, {str(g) for g in golds} | set(picks), rng)
         queries.extend([str(query)] * (1 + m))
         codes.append(str(positive))
-        codes.extend(texts[str(cands[int(p)])] for p in picks)
+        codes.extend(texts[c] for c in picks)
     return queries, codes, 1 + m
+
+
+def random_codes(
+    pool: Sequence[str], n: int, exclude: set[str], rng: np.random.Generator
+) -> list[str]:
+    """`n` distinct code ids drawn uniformly from `pool`, none in `exclude` (with
+    replacement only when the pool has fewer than `n` eligible codes)."""
+    if n == 0:
+        return []
+    eligible = [c for c in pool if c not in exclude] if len(pool) < 4 * (n + len(exclude)) else None
+    if eligible is not None:
+        if not eligible:
+            raise ValueError("no code of the pool is eligible as a random negative")
+        return [eligible[int(i)] for i in rng.choice(len(eligible), n, replace=len(eligible) < n)]
+    out: list[str] = []
+    while len(out) < n:  # rejection: the pool is much larger than what is excluded
+        c = pool[int(rng.integers(len(pool)))]
+        if c not in exclude and c not in out:
+            out.append(c)
+    return out
 
 
 def in_batch_groups(batch: dict[str, Any]) -> tuple[list[str], list[str], int]:
@@ -306,8 +350,27 @@ def build_groups(
         return in_batch_groups(batch)
     if cfg.negatives_source == "ps":
         texts = code_texts(str(cfg.negatives))
-        return ps_groups(batch, texts, cfg.num_negatives, cfg.ps_inv_tau, cfg.seed, epoch)
+        return ps_groups(
+            batch, texts, cfg.num_negatives, cfg.ps_inv_tau, cfg.seed, epoch, cfg.ps_random
+        )
     raise ValueError(f"negatives_source must be one of {SOURCES}, got {cfg.negatives_source!r}")
+
+
+def pair_scores(retriever: DualEncoder, queries: Sequence[str], codes: Sequence[str]) -> np.ndarray:
+    """The retriever's score (cosine) of each (query, code) pair, [len(queries)] float32.
+
+    Each distinct text is embedded once (a group repeats its query, a batch its codes),
+    with the retriever's own truncation, as the index and `retrieve` embed them.
+    """
+    q_text, c_text = sorted(set(queries)), sorted(set(codes))
+    tok = retriever.tokenizer
+    q = embed_texts(retriever, tok, q_text, retriever.max_query_len)
+    c = embed_texts(retriever, tok, c_text, retriever.max_code_len)
+    qi = {t: i for i, t in enumerate(q_text)}
+    ci = {t: i for i, t in enumerate(c_text)}
+    rows = np.fromiter((qi[t] for t in queries), np.int64, len(queries))
+    cols = np.fromiter((ci[t] for t in codes), np.int64, len(codes))
+    return np.einsum("ij,ij->i", q[rows], c[cols]).astype(np.float32)
 
 
 # --- validation: the cascade --------------------------------------------------------
@@ -366,15 +429,23 @@ def retrieve(
     return Retrieved(texts, gold, ids, scores)
 
 
-def cascade_metrics_at(
-    retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float
-) -> dict[str, float]:
-    """Metrics of the cascade reranking the top k (the first k columns of `ce`)."""
+def cascade_ranks(retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float) -> list[np.ndarray]:
+    """Gold ranks (per query) of the cascade reranking the top k (the first k columns of
+    `ce`); k = 0 is the retriever alone."""
+    if k == 0:
+        return rank_of_gold_topk(retrieved.ids, retrieved.gold)
     lists = [
         cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i, :k], alpha)
         for i in range(len(retrieved.queries))
     ]
-    return retrieval_metrics(rank_of_gold_topk(lists, retrieved.gold), mrr_cutoff=MRR_CUTOFF)
+    return rank_of_gold_topk(lists, retrieved.gold)
+
+
+def cascade_metrics_at(
+    retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float
+) -> dict[str, float]:
+    """Metrics of the cascade reranking the top k (the first k columns of `ce`)."""
+    return retrieval_metrics(cascade_ranks(retrieved, ce, k, alpha), mrr_cutoff=MRR_CUTOFF)
 
 
 def cascade_metrics(
@@ -393,7 +464,7 @@ def cascade_metrics(
     part = model.score_pairs(pair_q, pair_c, batch_size).reshape(len(mine), k)
     ce = _unslice(part, len(retrieved.queries), world)
 
-    out = cascade_metrics_at(retrieved, ce, k, 0.0)
+    out = cascade_metrics_at(retrieved, ce, k, model.trained_alpha)
     out.update({f"de_{name}": v for name, v in retrieved.metrics().items() if name != "n_queries"})
     alpha, _ = choose_alpha(lambda a: cascade_metrics_at(retrieved, ce, k, a)["mrr"])
     out["fused_alpha"] = alpha
@@ -411,11 +482,14 @@ class RankerTask:
     epoch: int = 0
     data_report: dict = field(default_factory=dict)
     # The fresh head scores every pair 0, so the step-0 cascade keeps the retriever's
-    # order and scores exactly the retriever's MRR: not a ranker, never the exported best.
+    # order and scores exactly the retriever's MRR: not a ranker of its own, so never the
+    # exported best; except for a residual ranker, whose step 0 IS the retriever as the
+    # cascade will score it (set by build_model, which runs on the worker first).
     start_is_candidate: bool = False
     # Retriever rankings per evaluation set, computed once per worker process.
     retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
+    _retriever: Any = field(default=None, init=False, repr=False)  # residual: scores pairs
 
     def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
         """The training rows as a Ray Dataset (driver side); the report is kept for the summary."""
@@ -432,8 +506,12 @@ class RankerTask:
         self.epoch = epoch
 
     def build_model(self, cfg: TrainConfig) -> CrossEncoder:
+        self.start_is_candidate = cfg.residual
         return CrossEncoder.from_pretrained(
-            model_path(cfg), max_query_len=cfg.max_query_len, max_len=cfg.max_pair_len
+            model_path(cfg),
+            max_query_len=cfg.max_query_len,
+            max_len=cfg.max_pair_len,
+            residual=cfg.residual,
         )
 
     def prepare(self, batch: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
@@ -446,12 +524,20 @@ class RankerTask:
         inputs = tokenize_pairs(
             self._tokenizer, queries, codes, cfg.max_query_len, cfg.max_pair_len
         )
-        return {"inputs": inputs, "size": size}
+        out = {"inputs": inputs, "size": size}
+        if cfg.residual:
+            if self._retriever is None:
+                self._retriever = DualEncoder.from_pretrained(retriever_path(cfg)).eval()
+            out["prior"] = torch.from_numpy(pair_scores(self._retriever, queries, codes))
+        return out
 
     def loss(self, engine: Any, prepared: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
         inputs = {k: v.to(engine.device) for k, v in prepared["inputs"].items()}
-        scores = engine(**inputs)
-        return listwise_ce(scores.view(-1, prepared["size"]), cfg.ranker_scale)
+        size = prepared["size"]
+        scores = engine(**inputs).view(-1, size)
+        prior = prepared.get("prior")
+        prior = None if prior is None else prior.to(engine.device).view(-1, size)
+        return listwise_ce(scores, cfg.ranker_scale, prior)
 
     def evaluate(self, model: CrossEncoder, cfg: TrainConfig) -> dict[str, float]:
         sets = {"valid": (_load_split(str(Path(cfg.corpus) / "valid")), cfg.max_eval_queries)}

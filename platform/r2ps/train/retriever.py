@@ -9,6 +9,8 @@ another pair of its group (METHOD.md: a duplicate is a false negative).
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,12 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.losses import gathered_info_nce
 from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
-from r2ps.models.encoder import default_model_path, pad_batch, pad_token_id
+from r2ps.models.encoder import (
+    default_model_path,
+    interpolate_encoders,
+    pad_batch,
+    pad_token_id,
+)
 from r2ps.train.config import TrainConfig
 
 TOKENIZED_SCHEMA = pa.schema(
@@ -53,11 +60,43 @@ def group_keys(queries: list[str], code_ids: list[str]) -> np.ndarray:
     return np.array([roots.setdefault(find("q" + q), len(roots)) for q in keys], np.int64)
 
 
+_VERB = re.compile(r"^(returns?|gets?|computes?|calculates?|creates?)\s+((the|a|an)\s+)?")
+
+
+def web_register(query: str) -> str:
+    """A docstring summary rewritten toward the register of web queries (CoSQA's kind).
+
+    Deterministic per query (seeded by its text): drop backticks, asterisks and the final
+    period; lower-case; for two thirds of the queries drop a leading "Return(s)/Get(s)/
+    Compute(s)/Calculate(s)/Create(s)" and its article; then 40% get a "python " prefix,
+    20% a " python" suffix, 20% the form "how to ... in python", 20% nothing
+    (../shared/docs/EXPERIMENTS.md).
+    """
+    digest = hashlib.blake2b(query.encode(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    text = re.sub(r"[`*]", "", query).strip().rstrip(".").strip().lower()
+    if rng.random() < 2 / 3:
+        text = _VERB.sub("", text, count=1) or text
+    form = rng.random()
+    if form < 0.4:
+        return f"python {text}"
+    if form < 0.6:
+        return f"{text} python"
+    if form < 0.8:
+        return f"how to {text} in python"
+    return text
+
+
 def training_pairs(cfg: TrainConfig) -> pa.Table:
-    """The train split as (query, code, group) rows, seeded-shuffled (and sampled)."""
+    """The train split as (query, code, group) rows, seeded-shuffled (and sampled); with
+    `web_queries`, each query rewritten by `web_register` (groups are computed before,
+    from the original texts, so duplicates stay masked)."""
     pairs = RetrievalSet.read(Path(cfg.corpus) / "train").pairs()
     groups = group_keys(pairs["query"].to_pylist(), pairs["code_id"].to_pylist())
-    table = pa.table({"query": pairs["query"], "code": pairs["code"], "group": groups})
+    queries = pairs["query"]
+    if cfg.web_queries:
+        queries = pa.array([web_register(q) for q in queries.to_pylist()], pa.string())
+    table = pa.table({"query": queries, "code": pairs["code"], "group": groups})
     order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
     if cfg.max_train_pairs:
         order = order[: cfg.max_train_pairs]
@@ -129,6 +168,11 @@ class RetrieverTask:
 
     def export(self, model: DualEncoder, directory: Path) -> None:
         model.save_pretrained(directory)
+
+    def after_export(self, cfg: TrainConfig, directory: Path) -> None:
+        """WiSE-FT: the exported encoder moved back toward the start by `wise_ft`."""
+        if cfg.wise_ft != 1.0:
+            interpolate_encoders(model_path(cfg), directory, cfg.wise_ft, directory)
 
 
 @functools.lru_cache(maxsize=2)
