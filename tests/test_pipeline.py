@@ -456,3 +456,19 @@ def test_a_uri_out_uploads_each_stage_as_it_finishes_and_resumes_from_it(
     assert (served["retriever"], served["ranker"]) == (f"{uri}/retriever", f"{uri}/ranker_ps")
     assert (served["codes"], served["embed_out"]) == (f"{uri}/sample", f"{uri}/mined")
     assert f"uploaded:  every stage and serve.yaml to {uri}" in format_summary(summary)
+
+
+def test_presets_are_yaml_files_and_a_path_is_a_preset(tmp_path):
+    """`--preset demo` reads configs/demo.yaml; a .yaml path is a preset of one's own, and a
+    section that is no stage fails naming the file."""
+    from r2ps.pipeline import PRESET_DIR, load_preset
+
+    assert {p.stem for p in PRESET_DIR.glob("*.yaml")} >= {"demo", "full"}
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("retriever:\n  max_steps: 7\n")
+    stages = {s.name: s for s in build_stages(PipelineConfig(preset=str(mine), out=str(tmp_path)))}
+    assert stages["retriever"].config.max_steps == 7
+    (tmp_path / "bad.yaml").write_text("retreiver:\n  max_steps: 7\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown section\(s\) \['retreiver'\]"):
+        load_preset(str(tmp_path / "bad.yaml"))
+    assert load_preset("demo")["ranker"]["residual"] is True

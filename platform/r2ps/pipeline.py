@@ -31,7 +31,7 @@ import yaml
 
 from r2ps import __version__
 from r2ps.cascade import SERVED_FILE, ServedCascade
-from r2ps.config import from_dict, to_dict
+from r2ps.config import ConfigError, from_dict, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
 from r2ps.data.schema import TABLE_FILES as TABLES
 from r2ps.data.schema import RetrievalSet
@@ -49,89 +49,26 @@ log = get_logger(__name__)
 
 STAGE_FILE = "stage.json"
 
-# demo: every stage does real work, sized for < 30 min on 2 CPU cores (idle machine).
-# Rates measured here: MiniLM embeds ~25 codes/s, retriever trains ~3.5 pairs/s, the
-# cross encoder scores ~23 ms/pair and trains ~70 ms/pair, Ray Train starts in ~20 s.
-# The first 800 source files are the standard library: ~4,300 pairs, split by module
-# into ~3,870 train / ~224 valid / ~230 test.
-#   ray.init                                                                    7 s
-#   corpus   800 files (~5 s) + Ray Data start-up                              ~20 s
-#   sample   2,000 of the train queries                                         ~1 s
-#   retriever 20 s start + 40 steps x 16 pairs / 3.5 pairs/s (183 s)
-#            + 2 validations x (224 codes / 25/s + 224 queries) (~24 s)         ~240 s
-#   mine     2,000 codes / 25/s (80 s) + actors (10 s) + 2,000 queries (20 s)  ~110 s
-#   rankers  2 x [20 s start + 30 steps x 4 groups x 4 pairs x 70 ms (34 s)
-#            + valid retrieval 12 s + 2 validations x 50 queries x K=10 x 23 ms
-#            (23 s) + exports 10 s]                                            ~200 s
-#   evaluate test: 2 encoders x (230 codes + 100 queries) (22 s), fusion on valid
-#            (11 s + 2 x 500 pairs, 23 s), 2 rankers x 100 x 10 pairs (46 s),
-#            timing (200 codes, 16 pairs, 5 queries: 10 s), loading (10 s)     ~125 s
-#   total without CoSQA                                               ~700 s = 12 min
-#   --cosqa: the whole 6,267-code CoSQA dev pool embedded by 2 encoders (500 s)
-#            + 2 x 100 x 10 pairs (46 s)                              +550 s = 21 min
-#   measured 2026-11-26 (make demo, with CoSQA): 1,030 s = 17 min 10 s (retriever 233 s,
-#            mine 84 s, rankers 182 + 158 s, evaluate 350 s)
-# (the retriever's CoSQA validation stays off in demo: +250 s per validation).
-# full: sized for < 2 h on 2 idle cores from the rates measured here (docs/RESULTS.md has
-# the derivation; not run yet): embedding ~37 codes/s, retriever training ~6.7 pairs/s,
-# ranker training ~8.7 pairs/s at <= 256 tokens, ranker scoring ~35 ms/pair.
-#   corpus (measured 82 s)                                                     ~1.5 min
-#   mine     22.5k codes / 37/s + 20k queries (CoSQA-sized pool)              ~12 min
-#   retriever 250 steps x 32 / 6.7 pairs/s (20 min) + 3 validations
-#            (3,019 codes + 500 queries: 1.5 min each) + start/trained on test ~28 min
-#   rankers  2 x [120 steps x 8 groups x 8 pairs of <= 128 tokens (~15 pairs/s,
-#            9 min) + residual priors (8 queries + 64 codes a step, 3.5 min)
-#            + 2 validations x 200 queries x K=10 (2.5 min) + valid pool 1.5 min] ~34 min
-#   evaluate 3 pools x 2 encoders (~9 min) + 2 rankers x 3 sets x 500 queries
-#            x K=10 pairs x 35 ms (17.5 min) + BM25, timing (~2 min)          ~29 min
-#   total                                                                     ~105 min
-# (CoSQA is evaluated once, by the evaluate stage; validating the retriever on it
-# too would add 3 x 6,267 codes, ~8.5 min, and choose nothing.)
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {
-        "corpus": {"max_files": 800},
-        "sample": {"n_queries": 2000},
-        "retriever": {"max_steps": 40, "batch_size": 16, "eval_every_steps": 0},
-        "mine": {"m": 3},
-        "ranker": {
-            "max_steps": 30,
-            "batch_size": 4,
-            "num_negatives": 3,  # groups of 4 with ps; in_batch groups are the batch: 4
-            "eval_every_steps": 0,
-            "max_eval_queries": 50,
-            # the recipe chosen on valid (docs/RESULTS.md): a correction of the retriever's
-            # score (step 0 is the retriever), from the retriever's weights, with a head
-            # lr of 1e-4 (1e-3 left 30 steps' corrections as noise of std 0.03 that cost
-            # 2-4 valid MRR points)
-            "residual": True,
-            "start_from_retriever": True,
-            "head_lr": 1e-4,
-        },
-        "evaluate": {
-            "max_queries": 100,
-            "max_valid_queries": 0,  # the whole valid split (~227 queries) chooses K, alpha
-            "ks": [5, 10],
-            "pool_sizes": [1000],
-            "max_embed_codes": 200,
-            "timing_queries": 5,
-            "timing_pairs": 16,
-        },
-    },
-    "full": {
-        "sample": {"n_queries": 20000},
-        "mine": {"window_end": 32, "m": 7},
-        "ranker": {
-            "lr": 3e-5,
-            "head_lr": 1e-3,
-            "max_pair_len": 128,
-            "max_train_pairs": 960,  # 120 steps of 8 groups
-            "eval_every_steps": 0,
-            "residual": True,
-            "start_from_retriever": True,
-        },
-        "evaluate": {"ks": [5, 10], "max_embed_codes": 2000},
-    },
-}
+# Presets are YAML files (configs/<name>.yaml: each stage's section of job settings, with
+# the timings they were sized by); `--preset` takes a name or a path.
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_preset(preset: str) -> dict[str, dict[str, Any]]:
+    """The sections of a preset: `configs/<preset>.yaml`, or the YAML file `preset` names.
+
+    Raises ConfigError naming the presets there are when it names neither.
+    """
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"preset {preset!r}: no {path}; presets: {names} or a .yaml path")
+    data = yaml.safe_load(path.read_text()) or {}
+    sections = {f.name for f in dataclasses.fields(PipelineConfig)} - {"preset", "out", "cosqa"}
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; sections: {sorted(sections)}")
+    return data
 
 
 @dataclass
@@ -148,7 +85,10 @@ class SampleConfig:
 class PipelineConfig:
     """Settings of `jobs/pipeline.py`; a section holds overrides of that stage's job config."""
 
-    preset: str = field(default="demo", metadata={"help": "demo (< 30 min on 2 CPUs) | full"})
+    preset: str = field(
+        default="demo",
+        metadata={"help": "configs/<name>.yaml: demo (< 30 min on 2 CPUs) | full; or a .yaml path"},
+    )
     out: str = field(default="runs/pipeline", metadata={"help": "every output goes here"})
     cosqa: str = field(
         default="",
@@ -294,9 +234,7 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     `checkpoints`: where Ray Train keeps its runs when neither R2PS_STORAGE nor the
     default (`<out>/ray_results`) should (a URI --out keeps them beside its stages).
     """
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {list(PRESETS)}, got {cfg.preset!r}")
-    preset, out = PRESETS[cfg.preset], Path(cfg.out)
+    preset, out = load_preset(cfg.preset), Path(cfg.out)
     cosqa = cfg.cosqa
     if cosqa and not Path(cosqa, "code_idx_map.txt").exists():
         log.warning("no CoSQA data at %s: not excluded, not evaluated", cosqa)
