@@ -1,7 +1,7 @@
 """Train the retriever (dual encoder) or the ranker (cross encoder) on Ray Train + DeepSpeed.
 
     python jobs/train.py retriever --corpus runs/demo/corpus --out runs/demo/retriever [key=value ...]
-    ray job submit --working-dir . -- python jobs/train.py retriever --config configs/retriever.yaml
+    ray job submit --working-dir . -- python jobs/train.py retriever --config configs/retriever-gpu.yaml
     python jobs/train.py ranker --negatives runs/demo/mined [key=value ...]
     python jobs/train.py ranker negatives_source=in_batch     # the paper's RR baseline
 
