@@ -304,11 +304,19 @@ def test_cosqa_is_excluded_and_evaluated_when_present(tmp_path, cosqa_dir):
     assert missing["corpus"].exclude == [] and missing["evaluate"].cosqa == ""
 
 
-def test_cluster_storage_from_the_environment(tmp_path, monkeypatch):
+def test_checkpoint_storage_is_a_setting_defaulting_to_the_cluster_environment(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("R2PS_STORAGE", "s3://bucket/r2ps/")
     stages = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
     assert stages["retriever"].storage == "s3://bucket/r2ps/ray_results"
     assert stages["ranker_rr"].storage == stages["retriever"].storage
+    cfg = parse_config(PipelineConfig, ["--out", str(tmp_path), "--storage", "gs://b/x"])
+    stages = {s.name: s.config for s in build_stages(cfg)}
+    assert stages["ranker_ps"].storage == "gs://b/x/ray_results"
+    monkeypatch.delenv("R2PS_STORAGE")
+    stages = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
+    assert stages["retriever"].storage == str(tmp_path / "ray_results")
 
 
 REAL_BUILD = pipeline_module.build_stages

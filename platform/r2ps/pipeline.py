@@ -48,6 +48,7 @@ from r2ps.train.ranker import check_config as check_ranker_config
 log = get_logger(__name__)
 
 STAGE_FILE = "stage.json"
+STORAGE_ENV = "R2PS_STORAGE"  # the cluster's default for PipelineConfig.storage
 
 # Presets are YAML files (configs/<name>.yaml: each stage's section of job settings, with
 # the timings they were sized by); `--preset` takes a name or a path.
@@ -93,6 +94,14 @@ class PipelineConfig:
     cosqa: str = field(
         default="",
         metadata={"help": "CoSQA folder: kept out of corpus and negatives, evaluated on"},
+    )
+    storage: str = field(
+        default_factory=lambda: os.environ.get(STORAGE_ENV, ""),
+        metadata={
+            "help": "where Ray Train keeps checkpoints, under <storage>/ray_results: a URI every "
+            f"node reaches (default: ${STORAGE_ENV}, which cluster.yaml and deploy/ set; "
+            "else <out>/ray_results)"
+        },
     )
     corpus: dict[str, Any] = field(default_factory=dict)  # CorpusConfig
     sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig
@@ -231,7 +240,7 @@ def _merge(base: dict, over: dict) -> dict:
 def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     """The stages with their job configs: defaults < preset < wiring < overrides.
 
-    `checkpoints`: where Ray Train keeps its runs when neither R2PS_STORAGE nor the
+    `checkpoints`: where Ray Train keeps its runs when neither `cfg.storage` nor the
     default (`<out>/ray_results`) should (a URI --out keeps them beside its stages).
     """
     preset, out = load_preset(cfg.preset), Path(cfg.out)
@@ -248,8 +257,8 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     corpus = make(CorpusConfig, "corpus", {"out": str(out / "corpus"), "exclude": pools})
     splits = {s: str(Path(corpus.out) / s) for s in ("train", "valid", "test")}
     sample = make(SampleConfig, "sample", {"split": splits["train"], "out": str(out / "sample")})
-    # Ray Train checkpoints: under `out`, or on a cluster R2PS_STORAGE (a URI every node reaches)
-    storage = os.environ.get("R2PS_STORAGE", "").rstrip("/")
+    # Ray Train checkpoints: under `out`, or on a cluster `storage` (a URI every node reaches)
+    storage = cfg.storage.rstrip("/")
     storage = f"{storage}/ray_results" if storage else (checkpoints or str(out / "ray_results"))
     retriever = make(
         TrainConfig,
@@ -373,7 +382,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     same path every run): what the URI already holds is downloaded first, so finished
     stages are skipped as they would be locally; each stage's folder is uploaded to
     `<out>/<stage>` as soon as that stage succeeds, so a crash keeps every finished stage;
-    Ray Train's checkpoints go to `<out>/ray_results` directly (unless R2PS_STORAGE says
+    Ray Train's checkpoints go to `<out>/ray_results` directly (unless `storage` says
     otherwise). serve.yaml names the URIs (each replica stages what it reads); the paths
     inside stage.json are the mirror's.
     """
