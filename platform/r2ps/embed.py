@@ -56,8 +56,8 @@ from r2ps.index import (
 from r2ps.log import Progress, get_logger
 from r2ps.models.encoder import (
     batches_by_length,
-    default_model_path,
     load_tokenizer,
+    model_or_default,
     pad_batch,
     pad_token_id,
     read_meta,
@@ -118,10 +118,6 @@ class EmbedConfig:
 
 
 # ------------------------------------------------------------------ inputs
-
-
-def model_dir(cfg: EmbedConfig) -> str:
-    return str(Path(cfg.model).resolve()) if cfg.model else default_model_path()
 
 
 def read_code_ids(path: Path) -> list[str]:
@@ -339,7 +335,7 @@ def _index_dir(cfg: EmbedConfig) -> Path:
 
 def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
     """(model dir, codes file, the manifest keys that say which vectors of which corpus)."""
-    model = model_dir(cfg)
+    model = model_or_default(cfg.model)
     codes = codes_file(cfg.codes)
     ids = read_code_ids(codes)
     return (

@@ -43,7 +43,7 @@ from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
-from r2ps.models.encoder import default_model_path
+from r2ps.models.encoder import model_or_default
 from r2ps.train.ranker import MRR_CUTOFF, Retrieved, cascade_metrics_at, cascade_ranks, retrieve
 from r2ps.train.retriever import eval_queries
 
@@ -405,7 +405,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     check_config(cfg)
     sets = load_sets(cfg)
     skipped: list[str] = []
-    untrained_path = cfg.untrained or default_model_path()
+    untrained_path = model_or_default(cfg.untrained)
     encoders = {"untrained DE": DualEncoder.from_pretrained(untrained_path)}
     retriever_path = present(cfg.retriever, "DE (trained retriever)", skipped)
     if retriever_path:

@@ -460,9 +460,9 @@ class _Miner:
         """Query embeddings from the retriever, loaded once and only when a shard needs it."""
         if self._model is None:
             from r2ps.models.dual import DualEncoder
-            from r2ps.models.encoder import default_model_path
+            from r2ps.models.encoder import model_or_default
 
-            self._model = DualEncoder.from_pretrained(self.cfg.model or default_model_path())
+            self._model = DualEncoder.from_pretrained(model_or_default(self.cfg.model))
         return self._model.embed_queries(texts, self.cfg.batch_size)
 
     def shard(self, queries: pa.Table, qrels: pa.Table, number: int) -> tuple[pa.Table, dict]:

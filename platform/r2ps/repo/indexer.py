@@ -471,14 +471,14 @@ def summarise(walk_skipped: list[Skipped], files: pa.Table, units: pa.Table, ext
 
 def index_repo(cfg: RepoIndexConfig) -> dict:
     """Run every stage; returns the summary (also `<out>/index_summary.json`)."""
-    from r2ps.embed import EmbedConfig, model_dir
+    from r2ps.models.encoder import model_or_default
 
     if not cfg.source:
         raise ValueError("source: no folder given (--source DIR)")
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = model_dir(EmbedConfig(model=cfg.model))
+    model = model_or_default(cfg.model)
     # 1. walk
     keep, walk_skipped = walk_sources(cfg.source, cfg.rules)
     t_walk = time.perf_counter()

@@ -51,7 +51,7 @@ from r2ps.mining import read_negatives as read_mined
 from r2ps.mining import sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
-from r2ps.models.encoder import default_model_path, load_tokenizer
+from r2ps.models.encoder import load_tokenizer, model_or_default
 from r2ps.train.config import TrainConfig
 from r2ps.train.retriever import (
     _load_cosqa,
@@ -99,13 +99,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 def model_path(cfg: TrainConfig) -> str:
     """Where the ranker's encoder starts: `model`, the retriever, or the bundled MiniLM."""
-    if cfg.start_from_retriever:
-        return retriever_path(cfg)
-    return cfg.model or default_model_path()
-
-
-def retriever_path(cfg: TrainConfig) -> str:
-    return cfg.retriever or default_model_path()
+    return model_or_default(cfg.retriever if cfg.start_from_retriever else cfg.model)
 
 
 # --- the rows -----------------------------------------------------------------------
@@ -527,7 +521,9 @@ class RankerTask:
         out = {"inputs": inputs, "size": size}
         if cfg.residual:
             if self._retriever is None:
-                self._retriever = DualEncoder.from_pretrained(retriever_path(cfg)).eval()
+                self._retriever = DualEncoder.from_pretrained(
+                    model_or_default(cfg.retriever)
+                ).eval()
             out["prior"] = torch.from_numpy(pair_scores(self._retriever, queries, codes))
         return out
 
@@ -545,7 +541,7 @@ class RankerTask:
             sets["cosqa"] = (_load_cosqa(cfg.eval_cosqa), cfg.max_eval_queries)
         missing = [name for name in sets if name not in self.retrieved]
         if missing:  # the first evaluation of this worker process
-            retriever = DualEncoder.from_pretrained(retriever_path(cfg))
+            retriever = DualEncoder.from_pretrained(model_or_default(cfg.retriever))
             for name in missing:
                 rset, max_queries = sets[name]
                 self.retrieved[name] = retrieve(retriever, rset, max_queries, cfg.eval_batch_size)

@@ -26,8 +26,8 @@ from r2ps.losses import gathered_info_nce
 from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import (
-    default_model_path,
     interpolate_encoders,
+    model_or_default,
     pad_batch,
     pad_token_id,
 )
@@ -129,7 +129,8 @@ def tokenize_pairs(batch: pa.Table, tokenizer, max_query_len: int, max_code_len:
 
 
 def model_path(cfg: TrainConfig) -> str:
-    return cfg.model or default_model_path()
+    """Where the retriever starts: `cfg.model`, or the bundled MiniLM."""
+    return model_or_default(cfg.model)
 
 
 @dataclass
