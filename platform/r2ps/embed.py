@@ -68,7 +68,7 @@ from r2ps.storage import atomic_path, input_file, on_this_node
 log = get_logger(__name__)
 
 DEFAULT_MAX_CODE_LEN = 256  # DualEncoder's default when a model dir has no r2ps.json
-TOKENIZED_SCHEMA = pa.schema(
+TOKENIZED_CODES_SCHEMA = pa.schema(
     [("pos", pa.int64()), ("code_id", pa.string()), ("input_ids", pa.list_(pa.int32()))]
 )
 
@@ -161,7 +161,7 @@ def tokenize_codes(batch: pa.Table, tokenizer, max_len: int) -> pa.Table:
     ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] if texts else []
     return pa.table(
         {"pos": batch["pos"], "code_id": batch["code_id"], "input_ids": ids},
-        schema=TOKENIZED_SCHEMA,
+        schema=TOKENIZED_CODES_SCHEMA,
     )
 
 

@@ -33,7 +33,7 @@ from r2ps.models.encoder import (
 )
 from r2ps.train.config import TrainConfig
 
-TOKENIZED_SCHEMA = pa.schema(
+TOKENIZED_PAIRS_SCHEMA = pa.schema(
     [("q_ids", pa.list_(pa.int32())), ("c_ids", pa.list_(pa.int32())), ("group", pa.int64())]
 )
 
@@ -125,7 +125,9 @@ def tokenize_pairs(batch: pa.Table, tokenizer, max_query_len: int, max_code_len:
         "input_ids"
     ]
     c = tokenizer(batch["code"].to_pylist(), truncation=True, max_length=max_code_len)["input_ids"]
-    return pa.table({"q_ids": q, "c_ids": c, "group": batch["group"]}, schema=TOKENIZED_SCHEMA)
+    return pa.table(
+        {"q_ids": q, "c_ids": c, "group": batch["group"]}, schema=TOKENIZED_PAIRS_SCHEMA
+    )
 
 
 def model_path(cfg: TrainConfig) -> str:
