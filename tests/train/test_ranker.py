@@ -32,9 +32,11 @@ from test_training import (
 
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
+from r2ps.mining import read_negatives
 from r2ps.models.dual import DualEncoder
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import (
+    NEGATIVE_COLUMNS,
     RankerTask,
     build_groups,
     check_config,
@@ -42,7 +44,6 @@ from r2ps.train.ranker import (
     in_batch_groups,
     pairs_folder,
     ps_rows,
-    read_negatives,
     top_candidates,
 )
 from r2ps.train.retriever import training_pairs
@@ -273,7 +274,7 @@ def test_bad_negatives_fail_naming_file_and_field(corpus_dir, tiny_bert_dir, tmp
     bad = pa.table({"query_id": ["q"], "code_id": ["c"], "cand_ids": [["x"]]})
     pq.write_table(bad, tmp_path / "negatives" / "part-00000.parquet")
     with pytest.raises(ValueError, match=r"part-00000.parquet: missing column 'cand_scores'"):
-        read_negatives(tmp_path)
+        read_negatives(tmp_path, NEGATIVE_COLUMNS)
     with pytest.raises(FileNotFoundError, match="mine_summary.json"):
         pairs_folder(tmp_path)
     (tmp_path / "mine_summary.json").write_text(json.dumps({"model": "x"}))

@@ -47,8 +47,7 @@ from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
-from r2ps.mining import read_negatives as read_mined
-from r2ps.mining import sample_negatives
+from r2ps.mining import read_negatives, sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import load_tokenizer, model_or_default
@@ -126,11 +125,6 @@ def pairs_folder(negatives: str | Path) -> Path:
     return folder
 
 
-def read_negatives(negatives: str | Path) -> pa.Table:
-    """The mined rows, with the columns the ranker reads (checked by the mining reader)."""
-    return read_mined(negatives, NEGATIVE_COLUMNS)
-
-
 def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     """Mined rows joined with their texts; and a report of what could not be used.
 
@@ -142,7 +136,7 @@ def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
     """
     folder = pairs_folder(cfg.negatives)
     rset = RetrievalSet.read(folder)
-    neg = read_negatives(cfg.negatives)
+    neg = read_negatives(cfg.negatives, NEGATIVE_COLUMNS)
     query_text = dict(
         zip(rset.queries["query_id"].to_pylist(), rset.queries["query"].to_pylist(), strict=True)
     )
