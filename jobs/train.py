@@ -22,6 +22,7 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 import ray
 
 from r2ps.config import parse_config
+from r2ps.data.schema import MINE_SUMMARY, TRAIN_SUMMARY
 from r2ps.log import setup_logging
 from r2ps.storage import local_input, source_uri, staged
 from r2ps.train.config import INPUT_PATHS, RankerConfig, TrainConfig
@@ -57,7 +58,7 @@ def mined_split(negatives: str) -> str | None:
     The ranker reads that split's codes at the path `mine_summary.json` names; a staged
     split has the same path on every run, so staging its URI again puts it back there.
     """
-    summary = Path(negatives) / "mine_summary.json"
+    summary = Path(negatives) / MINE_SUMMARY
     if not negatives or not summary.exists():
         return None
     pairs = json.loads(summary.read_text()).get("pairs") or ""
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(local)
         if kind == "retriever" and local.final_test:
             summary["final_test"] = compare_on_test(local, summary["exported_model"])
-            path = Path(summary["exported_model"]) / "train_summary.json"
+            path = Path(summary["exported_model"]) / TRAIN_SUMMARY
             path.write_text(json.dumps(summary, indent=1, default=str))
     summary["exported_model"] = cfg.out
     keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test", "data")

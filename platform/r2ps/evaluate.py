@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from r2ps.bm25 import BM25
 from r2ps.cascade import ServedCascade, best_setting, cascade_ids, choose_alpha, choose_served
 from r2ps.config import to_dict
-from r2ps.data.schema import RetrievalSet
+from r2ps.data.schema import SPLITS, RetrievalSet
 from r2ps.index import CodeIndex, IndexConfig
 from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
@@ -51,7 +51,6 @@ log = get_logger(__name__)
 
 RANKERS = {"rr": "RR", "rr_ps": "RR+PS"}  # setting name -> method label
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from r2ps.config import to_dict
 from r2ps.data.codetext import code_match_key, query_key
-from r2ps.data.schema import TABLE_FILES, conform
+from r2ps.data.schema import MINE_SUMMARY, TABLE_FILES, conform
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
 from r2ps.storage import atomic_path, write_text_atomic
@@ -677,7 +677,7 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     summary["shards"] = {"total": n_shards, "written": n_shards - reused, "reused": reused}
     summary["queries_searched_again"] = miner.researched
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    write_text_atomic(out / "mine_summary.json", json.dumps(summary, indent=1, default=str))
+    write_text_atomic(out / MINE_SUMMARY, json.dumps(summary, indent=1, default=str))
     return summary
 
 

@@ -33,8 +33,8 @@ from r2ps import __version__
 from r2ps.cascade import SERVED_FILE, ServedCascade
 from r2ps.config import ConfigError, from_dict, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
+from r2ps.data.schema import CORPUS_STATS, MINE_SUMMARY, SPLITS, TRAIN_SUMMARY, RetrievalSet
 from r2ps.data.schema import TABLE_FILES as TABLES
-from r2ps.data.schema import RetrievalSet
 from r2ps.evaluate import EvalConfig, evaluate
 from r2ps.evaluate import check_config as check_eval_config
 from r2ps.log import get_logger
@@ -255,7 +255,7 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
         return from_dict(cls, data, prefix=f"{section}.")
 
     corpus = make(CorpusConfig, "corpus", {"out": str(out / "corpus"), "exclude": pools})
-    splits = {s: str(Path(corpus.out) / s) for s in ("train", "valid", "test")}
+    splits = {s: str(Path(corpus.out) / s) for s in SPLITS}
     sample = make(SampleConfig, "sample", {"split": splits["train"], "out": str(out / "sample")})
     # Ray Train checkpoints: under `out`, or on a cluster `storage` (a URI every node reaches)
     storage = cfg.storage.rstrip("/")
@@ -312,9 +312,9 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     check_eval_config(evaluation)
 
     split_files = [f"{s}/{t}.parquet" for s in splits for t in TABLES]
-    model = ["config.json", "train_summary.json"]
+    model = ["config.json", TRAIN_SUMMARY]
     return [
-        Stage("corpus", build_corpus, corpus, [], ["stats.json", *split_files]),
+        Stage("corpus", build_corpus, corpus, [], [CORPUS_STATS, *split_files]),
         Stage("sample", sample_split, sample, ["corpus"], [f"{t}.parquet" for t in TABLES]),
         Stage("retriever", train_retriever, retriever, ["corpus"], model),
         Stage(
@@ -322,7 +322,7 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             mine_negatives,
             mined,
             ["retriever", "sample"],
-            ["mine_summary.json", "index/manifest.json"],
+            [MINE_SUMMARY, "index/manifest.json"],
         ),
         Stage(
             "ranker_ps",

@@ -42,13 +42,12 @@ from r2ps.data.errors import BadRecord
 from r2ps.data.extract import extract_units, pairs_from_units
 from r2ps.data.grammars import BY_EXTENSION, LANGUAGE_LABEL, grammar_for
 from r2ps.data.pysource import ExtractConfig, Extracted, extract_pairs
-from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
+from r2ps.data.schema import CORPUS_STATS, PAIR_SCHEMA, SPLITS, RetrievalSet, split_pairs
 from r2ps.log import get_logger
 from r2ps.storage import input_file
 
 log = get_logger(__name__)
 
-SPLITS = ("train", "valid", "test")
 QUERY_NAMESPACE = "python-sources"
 TEST_DIRS = {"test", "tests"}
 
@@ -571,5 +570,5 @@ def _finish(
         "seconds": seconds,
         "pairs_per_s": extracted.num_rows / seconds,
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    (out / CORPUS_STATS).write_text(json.dumps(stats, indent=1))
     return stats

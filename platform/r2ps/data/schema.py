@@ -54,6 +54,11 @@ PAIR_SCHEMA = pa.schema(
 )
 
 TABLE_FILES = {"codes": CODE_SCHEMA, "queries": QUERY_SCHEMA, "qrels": QREL_SCHEMA}
+# The split folders of a corpus, and the summary each stage writes beside its outputs.
+SPLITS = ("train", "valid", "test")
+CORPUS_STATS = "stats.json"  # data/corpus.py
+MINE_SUMMARY = "mine_summary.json"  # mining.py
+TRAIN_SUMMARY = "train_summary.json"  # train/launch.py, beside the exported model
 
 
 def codes_file(codes: str | Path, columns: tuple[str, ...] = ("code_id", "code")) -> Path:

@@ -22,6 +22,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from r2ps.config import to_dict
+from r2ps.data.schema import TRAIN_SUMMARY
 from r2ps.log import get_logger
 from r2ps.models.encoder import load_tokenizer
 from r2ps.resources import cluster_has_gpus
@@ -175,7 +176,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     }
     if getattr(task, "data_report", None):
         summary["data"] = task.data_report
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
     log.info(
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out
     )

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from r2ps.cascade import cascade_ids, choose_alpha
 from r2ps.data.codetext import query_key
-from r2ps.data.schema import RetrievalSet
+from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
 from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
@@ -64,7 +64,6 @@ from r2ps.train.retriever import (
 log = get_logger(__name__)
 
 SOURCES = ("ps", "in_batch")
-SUMMARY_FILE = "mine_summary.json"
 # The mining output columns the ranker reads (cand_ranks and pos_score are not needed).
 NEGATIVE_COLUMNS = ("query_id", "code_id", "cand_ids", "cand_scores")
 PS_SCHEMA = pa.schema(
@@ -109,7 +108,7 @@ def pairs_folder(negatives: str | Path) -> Path:
 
     A relative path is taken from the working directory, or else from the negatives folder.
     """
-    summary_path = Path(negatives) / SUMMARY_FILE
+    summary_path = Path(negatives) / MINE_SUMMARY
     if not summary_path.exists():
         raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
     summary = json.loads(summary_path.read_text())
