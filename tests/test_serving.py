@@ -209,6 +209,46 @@ def test_the_openapi_schema_states_exactly_what_the_server_enforces(query, top_k
     assert _schema_accepts(schema, body) == _server_accepts(body, 8), body
 
 
+def test_requests_generated_from_the_served_document_are_accepted_iff_valid():
+    # schemathesis reads the document the app serves for /search: every request it calls
+    # valid is accepted, every one it calls invalid is refused with a 422 (no Ray here;
+    # test_fuzz_search_from_the_openapi_document does the same over HTTP).
+    import schemathesis
+
+    from r2ps.serving import search_body_openapi
+
+    responses = {"200": {"description": "ok"}}
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "r2ps", "version": "0"},
+        "paths": {"/search": {"post": {**search_body_openapi(200), "responses": responses}}},
+    }
+    search = schemathesis.openapi.from_dict(doc)["/search"]["POST"]
+
+    def body(case) -> bytes:
+        return case.body if isinstance(case.body, bytes) else json.dumps(case.body).encode()
+
+    once = settings(
+        max_examples=100, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+
+    @once
+    @given(search.as_strategy(schemathesis.GenerationMode.POSITIVE))
+    def valid(case):
+        parse_search_request(body(case), 200)
+
+    @once
+    @given(search.as_strategy(schemathesis.GenerationMode.NEGATIVE))
+    def invalid(case):
+        with pytest.raises(RequestError) as err:
+            parse_search_request(body(case), 200)
+        assert err.value.status == 422
+
+    valid()
+    invalid()
+
+
 def test_the_schema_names_the_query_rules():
     query = search_request_schema(max_query_chars=42)["properties"]["query"]
     assert (query["minLength"], query["maxLength"]) == (1, 42)
