@@ -444,6 +444,11 @@ def set_torch_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def _gpu_keeps_torch(backend: str, device: torch.device) -> None:
+    if backend != "torch" and device.type == "cuda":
+        log.info("backend %s is for CPUs: this replica has a GPU and runs torch", backend)
+
+
 def load_retriever(model_dir: str | Path, backend: str, threads: int, device=None) -> Loaded:
     """The retriever in `model_dir` on `backend` with `threads` CPU threads.
 
@@ -454,6 +459,7 @@ def load_retriever(model_dir: str | Path, backend: str, threads: int, device=Non
     check_backend(backend)
     device = torch.device(device or "cpu")
     if backend == "torch" or device.type == "cuda":
+        _gpu_keeps_torch(backend, device)
         threads = set_torch_threads(threads)
         model = DualEncoder.from_pretrained(model_dir).to(device).eval()
         return Loaded(model, "torch", threads)
@@ -468,6 +474,7 @@ def load_ranker(model_dir: str | Path, backend: str, threads: int, device=None) 
     check_backend(backend)
     device = torch.device(device or "cpu")
     if backend == "torch" or device.type == "cuda":
+        _gpu_keeps_torch(backend, device)
         threads = set_torch_threads(threads)
         model = CrossEncoder.from_pretrained(model_dir).to(device).eval()
         return Loaded(model, "torch", threads)
