@@ -485,3 +485,23 @@ def test_group_keys_and_gold_sets_key_on_query_text_not_on_ids(tmp_path):
     by_text = {t: {codes[p] for p in g} for t, g in zip(texts, gold, strict=True)}
     assert by_text == {" ".join(text): {"def a ( )", "def b ( )"}, "Other text here": {"x"}}
     assert len(eval_queries(rset, 1)[0]) == 1
+
+
+def test_the_task_contract_is_a_base_class_with_defaults():
+    """What a task must say raises until it says it; optional hooks do nothing by default,
+    and only a task that overrides `prepare` has it run ahead in a thread."""
+    from r2ps.train.loop import Task, overrides
+    from r2ps.train.ranker import RankerTask
+
+    bare = Task()
+    for call in (
+        lambda: bare.dataset(TrainConfig()),
+        lambda: bare.build_model(TrainConfig()),
+        lambda: bare.evaluate(None, TrainConfig()),
+    ):
+        with pytest.raises(NotImplementedError):
+            call()
+    assert bare.worker_inputs(TrainConfig()) == [] and bare.data_summary() == {}
+    assert bare.start_is_candidate and bare.prepare({"x": 1}, TrainConfig()) == {"x": 1}
+    assert overrides(RankerTask(), "prepare") and not overrides(RetrieverTask(), "prepare")
+    assert isinstance(RetrieverTask(), Task) and isinstance(RankerTask(), Task)

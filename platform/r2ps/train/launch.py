@@ -24,40 +24,25 @@ from ray.train.torch import TorchTrainer
 from r2ps.config import to_dict
 from r2ps.data.schema import TRAIN_SUMMARY
 from r2ps.log import get_logger
-from r2ps.models.encoder import load_tokenizer
 from r2ps.resources import cluster_has_gpus
 from r2ps.train.config import TrainConfig
-from r2ps.train.loop import HF_DIR, SELECTION, STATE_FILE, Task, config_for_workers, train_loop
+from r2ps.train.loop import (
+    DATA_CPUS,
+    HF_DIR,
+    SELECTION,
+    STATE_FILE,
+    Task,
+    config_for_workers,
+    train_loop,
+)
 from r2ps.train.retriever import (
     RetrieverTask,
-    as_blocks,
     model_path,
-    tokenize_pairs,
-    training_pairs,
 )
 
 log = get_logger(__name__)
 
 SCORE = SELECTION  # valid MRR; a fresh ranker head's start is excluded
-DATA_CPUS = 0.5  # logical CPUs left free for the Ray Data tasks that tokenise the stream
-
-
-def retriever_dataset(cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
-    """The train pairs as a Ray Dataset, tokenised in the stream; and its row count."""
-    pairs = training_pairs(cfg)
-    ds = ray.data.from_arrow(as_blocks(pairs, cfg.num_workers))
-    ds = ds.map_batches(
-        tokenize_pairs,
-        fn_kwargs={
-            "tokenizer": load_tokenizer(model_path(cfg)),
-            "max_query_len": cfg.max_query_len,
-            "max_code_len": cfg.max_code_len,
-        },
-        batch_size=512,
-        batch_format="pyarrow",
-        num_cpus=DATA_CPUS / 2,  # two tokenising tasks fit in what the workers leave free
-    )
-    return ds, pairs.num_rows
 
 
 def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict[str, float]:
@@ -93,13 +78,6 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def task_dataset(task: Task, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
-    """The task's training rows (its `dataset` hook), or the retriever's pairs."""
-    if hasattr(task, "dataset"):
-        return task.dataset(cfg)
-    return retriever_dataset(cfg)
-
-
 def worker_env() -> dict[str, str]:
     """Environment of the training workers: one malloc arena unless the user set one.
 
@@ -118,7 +96,7 @@ def make_trainer(cfg: TrainConfig, task: Task | None = None) -> TorchTrainer:
     cfg = resolve_paths(cfg)
     task = task or RetrieverTask()
     use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
-    ds, n_pairs = task_dataset(task, cfg)
+    ds, n_pairs = task.dataset(cfg)
     steps_per_epoch = n_pairs // (cfg.batch_size * cfg.num_workers)
     if steps_per_epoch == 0:
         raise ValueError(
@@ -149,7 +127,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     """Fit, export the best checkpoint's model to `cfg.out`, return the summary.
 
     `task` replaces the default RetrieverTask (the ranker's task; tests use it to inject
-    failures). A task's `data_report` (rows it could not use, and why) joins the summary.
+    failures). A task's `data_summary()` (rows it could not use, and why) joins the summary.
     """
     start = time.time()
     task = task or RetrieverTask()
@@ -162,8 +140,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(d) / HF_DIR, out)
-    if hasattr(task, "after_export"):  # e.g. the retriever's WiSE-FT interpolation
-        task.after_export(cfg, out)
+    task.after_export(cfg, out)  # e.g. the retriever's WiSE-FT interpolation
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     summary = {
         "run_name": cfg.run_name,
@@ -174,8 +151,8 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         "seconds": time.time() - start,
         "config": to_dict(cfg),
     }
-    if getattr(task, "data_report", None):
-        summary["data"] = task.data_report
+    if task.data_summary():
+        summary["data"] = task.data_summary()
     (out / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
     log.info(
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out

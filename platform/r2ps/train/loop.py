@@ -19,10 +19,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import ray.data
 
 from r2ps.config import from_dict
 from r2ps.log import get_logger, setup_logging
@@ -37,33 +40,67 @@ HF_DIR = "hf"
 DS_TAG = "r2ps"
 # The metric the best checkpoint is chosen by: valid MRR, except at a task's starting point
 # when that is no model of its own (see RankerTask.start_is_candidate).
+DATA_CPUS = 0.5  # logical CPUs training leaves free for the Ray Data tasks feeding it
 SELECTION = (
     "selection_mrr"  # not "latest": DeepSpeed writes a file of that name beside the tag folder
 )
 
 
-class Task(Protocol):
-    """The parts of training that depend on which encoder is trained."""
+class Task:
+    """The parts of training that depend on which encoder is trained: the contract between
+    the shared loop (here and launch.py) and `RetrieverTask` / `RankerTask`.
 
-    def build_model(self, cfg: TrainConfig) -> nn.Module: ...
+    A task must say how its rows are made (`dataset`), how a model is built, how a batch
+    becomes a loss, how a model is validated and exported. The other hooks have defaults
+    that do nothing; a task overrides the ones it needs. Tasks travel to every worker
+    (pickled), so they hold settings and caches, never live models.
+    """
 
-    def loss(self, engine: Any, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor: ...
+    # Whether the model before the first step may be exported as the best: False for a
+    # model whose start is no model of its own (a fresh ranker head scores at random).
+    start_is_candidate: bool = True
 
-    def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]: ...
+    def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+        """The training rows as a Ray Dataset (on the driver), and how many there are."""
+        raise NotImplementedError
 
-    def export(self, model: nn.Module, directory: Path) -> None: ...
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        raise NotImplementedError
 
-    # Optional hooks (looked up with getattr, so a task may leave them out):
-    #   dataset(cfg) -> (ray.data.Dataset, rows): the training rows (launch.py; default:
-    #       the retriever's pairs);
-    #   set_epoch(epoch): called on every worker before each epoch, for data that changes
-    #       per epoch (the ranker resamples its PS negatives);
-    #   prepare(batch, cfg=cfg) -> prepared: the CPU part of a step (tokenising), run one
-    #       batch ahead in a background thread; `loss` then receives what it returned;
-    #   worker_inputs(cfg) -> paths: more paths the workers read, found through the
-    #       config's (the split a mining output names), staged on each worker's node.
-    #   after_export(cfg, directory): run on the driver once the best model is exported
-    #       (the retriever's WiSE-FT interpolation with its start).
+    def loss(self, engine: Any, batch: Any, cfg: TrainConfig) -> torch.Tensor:
+        """The loss of one batch (or of what `prepare` made of it)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
+        """Validation metrics; `valid_mrr` (or the task's SELECTION) picks the best."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        raise NotImplementedError
+
+    def prepare(self, batch: dict[str, Any], cfg: TrainConfig) -> Any:
+        """The CPU part of a step (tokenising). A task that overrides it has it run one
+        batch ahead in a background thread; `loss` then receives what it returned."""
+        return batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called on every worker before each epoch, for data that changes per epoch."""
+
+    def worker_inputs(self, cfg: TrainConfig) -> list[str]:
+        """More paths the workers read, found through the config's (staged on each node)."""
+        return []
+
+    def after_export(self, cfg: TrainConfig, directory: Path) -> None:
+        """Run on the driver once the best model is exported to `directory`."""
+
+    def data_summary(self) -> dict:
+        """What the dataset left out and why, for train_summary.json ({}: nothing)."""
+        return {}
+
+
+def overrides(task: Task, hook: str) -> bool:
+    """Whether `task`'s class overrides `hook` of the base Task."""
+    return getattr(type(task), hook) is not getattr(Task, hook)
 
 
 def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:
@@ -144,8 +181,7 @@ def train_loop(config: dict) -> None:
     task: Task = config["task"]
     with contextlib.ExitStack() as stack:
         stack.enter_context(on_this_node(*(getattr(cfg, name) for name in INPUT_PATHS)))
-        if hasattr(task, "worker_inputs"):  # paths found through the inputs above
-            stack.enter_context(on_this_node(*task.worker_inputs(cfg)))
+        stack.enter_context(on_this_node(*task.worker_inputs(cfg)))  # found through the above
         run(cfg, task, config["steps_per_epoch"])
 
 
@@ -203,7 +239,7 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
     reported_at = -1
     if checkpoint is None:
         start = validate()
-        if not getattr(task, "start_is_candidate", True):
+        if not task.start_is_candidate:
             start[SELECTION] = -1.0  # reported and kept for resume, never exported as best
         report(start)
         reported_at = 0  # the starting point, so every run shows what it improved on
@@ -214,8 +250,7 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
     shard = ray.train.get_dataset_shard("train")
     tick, seen, last_loss = time.time(), 0, float("nan")
     while state["epoch"] < cfg.epochs and state["step"] < total_steps:
-        if hasattr(task, "set_epoch"):
-            task.set_epoch(state["epoch"])
+        task.set_epoch(state["epoch"])
         batches = shard.iter_batches(
             batch_size=cfg.batch_size,
             batch_format="numpy",
@@ -226,7 +261,7 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
         # resuming mid-epoch: skip what the checkpoint already covered
         skip = state["step_in_epoch"]
         batches = itertools.islice(batches, skip, None)
-        if hasattr(task, "prepare"):  # CPU work of the next step overlaps this one
+        if overrides(task, "prepare"):  # CPU work of the next step overlaps this one
             batches = prefetched(batches, functools.partial(task.prepare, cfg=cfg))
         for i, batch in enumerate(batches, start=skip):
             if state["step"] >= total_steps:

@@ -52,6 +52,7 @@ from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import load_tokenizer, model_or_default
 from r2ps.train.config import TrainConfig
+from r2ps.train.loop import Task
 from r2ps.train.retriever import (
     _load_cosqa,
     _load_split,
@@ -463,7 +464,7 @@ def cascade_metrics(
 
 
 @dataclass
-class RankerTask:
+class RankerTask(Task):
     """What the shared training loop needs to train the cross encoder."""
 
     epoch: int = 0
@@ -477,6 +478,9 @@ class RankerTask:
     retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
     _retriever: Any = field(default=None, init=False, repr=False)  # residual: scores pairs
+
+    def data_summary(self) -> dict:
+        return self.data_report
 
     def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
         """The training rows as a Ray Dataset (driver side); the report is kept for the summary."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 import torch.distributed as dist
 
@@ -27,11 +28,13 @@ from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import (
     interpolate_encoders,
+    load_tokenizer,
     model_or_default,
     pad_batch,
     pad_token_id,
 )
 from r2ps.train.config import TrainConfig
+from r2ps.train.loop import DATA_CPUS, Task
 
 TOKENIZED_PAIRS_SCHEMA = pa.schema(
     [("q_ids", pa.list_(pa.int32())), ("c_ids", pa.list_(pa.int32())), ("group", pa.int64())]
@@ -136,8 +139,25 @@ def model_path(cfg: TrainConfig) -> str:
 
 
 @dataclass
-class RetrieverTask:
+class RetrieverTask(Task):
     """What the shared training loop needs to train the dual encoder."""
+
+    def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+        """The train pairs as a Ray Dataset, tokenised in the stream; and its row count."""
+        pairs = training_pairs(cfg)
+        ds = ray.data.from_arrow(as_blocks(pairs, cfg.num_workers))
+        ds = ds.map_batches(
+            tokenize_pairs,
+            fn_kwargs={
+                "tokenizer": load_tokenizer(model_path(cfg)),
+                "max_query_len": cfg.max_query_len,
+                "max_code_len": cfg.max_code_len,
+            },
+            batch_size=512,
+            batch_format="pyarrow",
+            num_cpus=DATA_CPUS / 2,  # two tokenising tasks fit in what the workers leave free
+        )
+        return ds, pairs.num_rows
 
     def build_model(self, cfg: TrainConfig) -> DualEncoder:
         return DualEncoder.from_pretrained(
