@@ -33,8 +33,7 @@ from r2ps.log import setup_logging
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.models.dual import embed_texts
 from r2ps.models.onnx import BACKENDS, ensure_export, load_ranker, load_retriever
-from r2ps.train.ranker import MRR_CUTOFF, Retrieved, top_candidates
-from r2ps.train.retriever import eval_queries
+from r2ps.retrieval import MRR_CUTOFF, Retrieved, eval_queries, top_candidates
 
 K = 10
 

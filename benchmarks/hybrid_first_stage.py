@@ -27,7 +27,7 @@ from r2ps.hybrid import RRF_K, rrf
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
-from r2ps.train.ranker import MRR_CUTOFF, retrieve
+from r2ps.retrieval import MRR_CUTOFF, retrieve
 
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 

@@ -38,7 +38,7 @@ from r2ps.metrics import paired_bootstrap, reciprocal_ranks, retrieval_metrics  
 from r2ps.models.cross import CrossEncoder  # noqa: E402
 from r2ps.models.dual import DualEncoder  # noqa: E402
 from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
-from r2ps.train.ranker import MRR_CUTOFF, cascade_ranks, retrieve  # noqa: E402
+from r2ps.retrieval import MRR_CUTOFF, cascade_ranks, retrieve  # noqa: E402
 
 # Every variant sets every lever, so a row does not depend on the preset's recipe.
 OFF = {"residual": False, "start_from_retriever": False, "ps_random": 0}

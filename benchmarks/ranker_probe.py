@@ -32,7 +32,8 @@ from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.mining import read_negatives, sample_negatives
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
-from r2ps.train.ranker import pairs_folder, query_seed, retrieve
+from r2ps.retrieval import retrieve
+from r2ps.train.ranker import pairs_folder, query_seed
 
 
 def overlap(query: str, code: str) -> float:

@@ -26,7 +26,7 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, interpolate_encoders
-from r2ps.train.ranker import MRR_CUTOFF, retrieve
+from r2ps.retrieval import MRR_CUTOFF, retrieve
 
 
 def scores(path: str, sets: dict[str, RetrievalSet]) -> dict[str, tuple[dict, object]]:

@@ -17,7 +17,7 @@ from r2ps.metrics import (
     reciprocal_ranks,
     retrieval_metrics,
 )
-from r2ps.train.ranker import top_candidates
+from r2ps.retrieval import top_candidates
 
 
 def _as_lists(ranks):

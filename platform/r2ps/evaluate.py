@@ -44,8 +44,14 @@ from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, 
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import model_or_default
-from r2ps.train.ranker import MRR_CUTOFF, Retrieved, cascade_metrics_at, cascade_ranks, retrieve
-from r2ps.train.retriever import eval_queries
+from r2ps.retrieval import (
+    MRR_CUTOFF,
+    Retrieved,
+    cascade_metrics_at,
+    cascade_ranks,
+    eval_queries,
+    retrieve,
+)
 
 log = get_logger(__name__)
 

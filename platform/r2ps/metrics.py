@@ -7,7 +7,7 @@ produce those ranks.
 
 Ties: one rule on every path. Candidates with equal scores are ordered by their pool
 position (lower first), as a stable sort by descending score orders them; this is the
-order `train.ranker.top_candidates`, `bm25.BM25.top_k`, the cascade and a faiss flat
+order `retrieval.top_candidates`, `bm25.BM25.top_k`, the cascade and a faiss flat
 index produce, so a ranked list and a full score matrix give the same ranks. The rule
 never looks at which code is gold: a gold code tied with others gets no lucky rank, and
 a collapsed model that scores every code the same is at chance (a query whose gold sits

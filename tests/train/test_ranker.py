@@ -34,6 +34,7 @@ from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.mining import read_negatives
 from r2ps.models.dual import DualEncoder
+from r2ps.retrieval import top_candidates
 from r2ps.train.config import RankerConfig, TrainConfig
 from r2ps.train.ranker import (
     NEGATIVE_COLUMNS,
@@ -44,7 +45,6 @@ from r2ps.train.ranker import (
     in_batch_groups,
     pairs_folder,
     ps_rows,
-    top_candidates,
 )
 from r2ps.train.retriever import training_pairs
 

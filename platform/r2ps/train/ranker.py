@@ -38,29 +38,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-import torch.distributed as dist
 
-from r2ps.cascade import cascade_ids, choose_alpha
+from r2ps.cascade import choose_alpha
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
-from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.mining import read_negatives, sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import load_tokenizer, model_or_default
+from r2ps.retrieval import (
+    Retrieved,
+    cascade_metrics_at,
+    rank_world,
+    retrieve,
+    unslice,
+)
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import Task
-from r2ps.train.retriever import (
-    _load_cosqa,
-    _load_split,
-    _unslice,
-    as_blocks,
-    eval_queries,
-    training_pairs,
-)
+from r2ps.train.retriever import _load_cosqa, _load_split, as_blocks, training_pairs
 
 log = get_logger(__name__)
 
@@ -77,7 +74,6 @@ PS_SCHEMA = pa.schema(
         ("gold_ids", pa.list_(pa.string())),  # never drawn as a random negative
     ]
 )
-MRR_CUTOFF = 1000  # METHOD.md section 5: a rank past 1000 counts 0
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -364,78 +360,6 @@ def pair_scores(retriever: DualEncoder, queries: Sequence[str], codes: Sequence[
 # --- validation: the cascade --------------------------------------------------------
 
 
-@dataclass
-class Retrieved:
-    """The retriever's ranking of a pool for a fixed set of queries (top `depth`)."""
-
-    queries: list[str]
-    gold: list[set[int]]  # pool positions of each query's gold codes
-    ids: np.ndarray  # [Q, depth] int64 pool positions, best first
-    scores: np.ndarray  # [Q, depth] float32 retriever scores
-
-    def metrics(self) -> dict[str, float]:
-        return retrieval_metrics(rank_of_gold_topk(self.ids, self.gold), mrr_cutoff=MRR_CUTOFF)
-
-
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int = 256):
-    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time.
-
-    Ties keep pool order (`r2ps.metrics`' rule). Raises ValueError naming the rows of
-    either matrix that hold NaN or inf.
-    """
-    check_finite(q_emb, "query embeddings")
-    check_finite(c_emb, "code embeddings")
-    depth = min(depth, c_emb.shape[0])
-    ids = np.empty((q_emb.shape[0], depth), dtype=np.int64)
-    scores = np.empty((q_emb.shape[0], depth), dtype=np.float32)
-    for start in range(0, q_emb.shape[0], chunk):
-        s = q_emb[start : start + chunk] @ c_emb.T
-        part = np.argpartition(-s, depth - 1, axis=1)[:, :depth]
-        part_scores = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -part_scores), axis=1)  # score desc, then position
-        ids[start : start + chunk] = np.take_along_axis(part, order, axis=1)
-        scores[start : start + chunk] = np.take_along_axis(part_scores, order, axis=1)
-    return ids, scores
-
-
-def retrieve(
-    retriever: DualEncoder, rset: RetrievalSet, max_queries: int, batch_size: int
-) -> Retrieved:
-    """Rank the whole pool with the retriever; each rank embeds a slice of it."""
-    texts, gold = eval_queries(rset, max_queries)
-    codes = rset.codes["code"].to_pylist()
-    rank, world = _rank_world()
-    tok = retriever.tokenizer
-    q_part = embed_texts(retriever, tok, texts[rank::world], retriever.max_query_len, batch_size)
-    c_part = embed_texts(retriever, tok, codes[rank::world], retriever.max_code_len, batch_size)
-    q_emb, c_emb = _unslice(q_part, len(texts), world), _unslice(c_part, len(codes), world)
-    ids, scores = top_candidates(q_emb, c_emb, MRR_CUTOFF)
-    return Retrieved(texts, gold, ids, scores)
-
-
-def cascade_ranks(retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float) -> list[np.ndarray]:
-    """Gold ranks (per query) of the cascade reranking the top k (the first k columns of
-    `ce`); k = 0 is the retriever alone."""
-    if k == 0:
-        return rank_of_gold_topk(retrieved.ids, retrieved.gold)
-    lists = [
-        cascade_ids(retrieved.ids[i], retrieved.scores[i], ce[i, :k], alpha)
-        for i in range(len(retrieved.queries))
-    ]
-    return rank_of_gold_topk(lists, retrieved.gold)
-
-
-def cascade_metrics_at(
-    retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float
-) -> dict[str, float]:
-    """Metrics of the cascade reranking the top k (the first k columns of `ce`)."""
-    return retrieval_metrics(cascade_ranks(retrieved, ce, k, alpha), mrr_cutoff=MRR_CUTOFF)
-
-
 def cascade_metrics(
     model: CrossEncoder, retrieved: Retrieved, codes: Sequence[str], k: int, batch_size: int
 ) -> dict[str, float]:
@@ -445,12 +369,12 @@ def cascade_metrics(
     the same metrics.
     """
     k = min(k, retrieved.ids.shape[1])
-    rank, world = _rank_world()
+    rank, world = rank_world()
     mine = range(rank, len(retrieved.queries), world)
     pair_q = [retrieved.queries[i] for i in mine for _ in range(k)]
     pair_c = [codes[p] for i in mine for p in retrieved.ids[i, :k]]
     part = model.score_pairs(pair_q, pair_c, batch_size).reshape(len(mine), k)
-    ce = _unslice(part, len(retrieved.queries), world)
+    ce = unslice(part, len(retrieved.queries), world)
 
     out = cascade_metrics_at(retrieved, ce, k, model.trained_alpha)
     out.update({f"de_{name}": v for name, v in retrieved.metrics().items() if name != "n_queries"})

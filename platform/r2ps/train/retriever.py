@@ -33,6 +33,7 @@ from r2ps.models.encoder import (
     pad_batch,
     pad_token_id,
 )
+from r2ps.retrieval import eval_queries, unslice
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import DATA_CPUS, Task
 
@@ -210,34 +211,6 @@ def _load_cosqa(directory: str) -> RetrievalSet:
     return read_cosqa(directory)
 
 
-def eval_queries(rset: RetrievalSet, max_queries: int) -> tuple[list[str], list[set[int]]]:
-    """Query texts and, for each, the pool positions of its gold codes.
-
-    One text is one query: the golds of every query id holding it (`codetext.query_key`)
-    are that text's golds, so the same text is never scored against its own answers.
-    With `max_queries`, a fixed subset (the texts of the lowest query ids): the same
-    queries at every evaluation, so scores of different steps compare. The pool is
-    always whole.
-    """
-    queries = rset.queries.sort_by("query_id")
-    position = {cid: i for i, cid in enumerate(rset.codes["code_id"].to_pylist())}
-    key_of = {q: query_key(t) for q, t in zip(*_columns(queries, "query_id", "query"), strict=True)}
-    gold: dict[str, set[int]] = {}
-    for qid, cid in zip(*_columns(rset.qrels, "query_id", "code_id"), strict=True):
-        if qid in key_of:
-            gold.setdefault(key_of[qid], set()).add(position[cid])
-    texts: dict[str, str] = {}  # key -> the text of its lowest query id
-    for qid, text in zip(*_columns(queries, "query_id", "query"), strict=True):
-        if key_of[qid] in gold:
-            texts.setdefault(key_of[qid], text)
-    chosen = list(texts.items())[: max_queries or None]
-    return [t for _, t in chosen], [gold[k] for k, _ in chosen]
-
-
-def _columns(table: pa.Table, *names: str) -> list[list]:
-    return [table[n].to_pylist() for n in names]
-
-
 def evaluate_retriever(
     model: DualEncoder, rset: RetrievalSet, max_queries: int = 0, batch_size: int = 64
 ) -> dict[str, float]:
@@ -252,17 +225,5 @@ def evaluate_retriever(
     tok = model.tokenizer
     q_part = embed_texts(model, tok, texts[rank::world], model.max_query_len, batch_size)
     c_part = embed_texts(model, tok, codes[rank::world], model.max_code_len, batch_size)
-    q_emb, c_emb = _unslice(q_part, len(texts), world), _unslice(c_part, len(codes), world)
+    q_emb, c_emb = unslice(q_part, len(texts), world), unslice(c_part, len(codes), world)
     return evaluate_dense(q_emb, c_emb, gold)
-
-
-def _unslice(part: np.ndarray, n: int, world: int) -> np.ndarray:
-    """Reassemble rows split as `rows[rank::world]` across ranks."""
-    if world == 1:
-        return part
-    parts: list[np.ndarray] = [None] * world  # type: ignore[list-item]
-    dist.all_gather_object(parts, part)
-    out = np.empty((n, part.shape[1]), dtype=np.float32)
-    for r, p in enumerate(parts):
-        out[r::world] = p
-    return out
