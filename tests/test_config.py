@@ -101,3 +101,13 @@ def test_every_file_under_configs_loads(tmp_path):
         else:
             stages = build_stages(PipelineConfig(preset=path.stem, out=str(tmp_path)))
             assert [s.name for s in stages][0] == "corpus"
+
+
+def test_pipeline_help_lists_each_section_key_once():
+    from r2ps.config import build_parser
+    from r2ps.pipeline import PipelineConfig
+
+    text = build_parser(PipelineConfig).format_help()
+    for key in ("corpus.max_files", "retriever.lr", "mine.window_end", "evaluate.ks"):
+        assert text.count(f"  {key} ") == 1, key
+    assert text.count("  ranker.head_lr ") == 1

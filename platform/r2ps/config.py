@@ -160,12 +160,13 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def nested_settings(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) of every setting inside a nested dataclass of `cls`:
-    what `key=value` overrides can reach beyond the top-level `--flags`."""
+    """(dotted key, default, help) of every setting inside a nested dataclass of `cls`, or
+    inside a mapping field whose metadata names its dataclass (`section`): what `key=value`
+    overrides can reach beyond the top-level `--flags`."""
     out = []
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
-        tp = types_[f.name]
+        tp = (f.metadata or {}).get("section") or types_[f.name]  # a mapping of a job's settings
         if dataclasses.is_dataclass(tp):
             for sub in dataclasses.fields(tp):
                 key = f"{prefix}{f.name}.{sub.name}"

@@ -50,6 +50,64 @@ log = get_logger(__name__)
 STAGE_FILE = "stage.json"
 STORAGE_ENV = "R2PS_STORAGE"  # the cluster's default for PipelineConfig.storage
 
+
+@dataclass
+class Stage:
+    name: str
+    fn: Callable[[Any], Any]  # does the work: fn(config)
+    config: Any  # a dataclass; `config.out` is the stage's folder
+    inputs: list[str] = field(default_factory=list)  # earlier stages it reads from
+    outputs: list[str] = field(default_factory=list)  # files under `out` that say it is done
+
+
+# ---------------------------------------------------------------- stage bodies
+
+
+def sample_split(cfg: SampleConfig) -> None:
+    RetrievalSet.read(cfg.split).sample(cfg.n_queries, cfg.seed).write(cfg.out)
+
+
+def train_retriever(cfg: TrainConfig) -> None:
+    from r2ps.train.launch import train
+
+    train(cfg)
+
+
+def train_ranker(cfg: RankerConfig) -> None:
+    from r2ps.train.launch import train
+    from r2ps.train.ranker import RankerTask
+
+    train(cfg, task=RankerTask())
+
+
+def mine_negatives(cfg: MineConfig) -> None:
+    """mine(); shards left by other settings (this folder is the pipeline's) are redone."""
+    try:
+        mine(cfg)
+    except MiningSettingsError as e:
+        log.warning("%s: removing them and mining again", e)
+        shutil.rmtree(Path(cfg.out) / "negatives")
+        mine(cfg)
+
+
+# ---------------------------------------------------------------- the stages
+
+_SPLIT_FILES = [f"{split}/{table}.parquet" for split in SPLITS for table in TABLES]
+_MODEL_FILES = ["config.json", TRAIN_SUMMARY]
+# The main job, in order: each stage's name, the function that does its work on that stage's
+# job settings (`build_stages` fills them in), the stages it reads from, and the files under
+# its `out` that say it is done.
+STAGES = (
+    Stage("corpus", build_corpus, None, [], [CORPUS_STATS, *_SPLIT_FILES]),
+    Stage("sample", sample_split, None, ["corpus"], [f"{t}.parquet" for t in TABLES]),
+    Stage("retriever", train_retriever, None, ["corpus"], _MODEL_FILES),
+    Stage("mine", mine_negatives, None, ["retriever", "sample"], [MINE_SUMMARY, "index/manifest.json"]),
+    Stage("ranker_ps", train_ranker, None, ["corpus", "retriever", "mine"], [*_MODEL_FILES, HEAD_FILE]),
+    Stage("ranker_rr", train_ranker, None, ["corpus", "retriever"], [*_MODEL_FILES, HEAD_FILE]),
+    Stage("evaluate", evaluate, None, ["corpus", "retriever", "ranker_ps", "ranker_rr"], ["results.json", "results.md", SERVED_FILE]),
+)  # fmt: skip
+
+
 # Presets are YAML files (configs/<name>.yaml: each stage's section of job settings, with
 # the timings they were sized by); `--preset` takes a name or a path.
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -70,6 +128,11 @@ def load_preset(preset: str) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; sections: {sorted(sections)}")
     return data
+
+
+def section(job: type, note: str = "") -> Any:
+    """A PipelineConfig field holding overrides of `job`'s settings (a dataclass)."""
+    return field(default_factory=dict, metadata={"section": job, "help": note})
 
 
 @dataclass
@@ -103,21 +166,14 @@ class PipelineConfig:
             "else <out>/ray_results)"
         },
     )
-    corpus: dict[str, Any] = field(default_factory=dict)  # CorpusConfig
-    sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig
-    retriever: dict[str, Any] = field(default_factory=dict)  # TrainConfig
-    mine: dict[str, Any] = field(default_factory=dict)  # MineConfig
-    ranker: dict[str, Any] = field(default_factory=dict)  # RankerConfig, both rankers
-    evaluate: dict[str, Any] = field(default_factory=dict)  # EvalConfig
-
-
-@dataclass
-class Stage:
-    name: str
-    fn: Callable[[Any], Any]  # does the work: fn(config)
-    config: Any  # a dataclass; `config.out` is the stage's folder
-    inputs: list[str] = field(default_factory=list)  # earlier stages it reads from
-    outputs: list[str] = field(default_factory=list)  # files under `out` that say it is done
+    # Each section overrides the settings of one stage's job, typed and checked by that
+    # job's dataclass (`--help` lists every key): defaults < preset < wiring < section.
+    corpus: dict[str, Any] = section(CorpusConfig)
+    sample: dict[str, Any] = section(SampleConfig)
+    retriever: dict[str, Any] = section(TrainConfig)
+    mine: dict[str, Any] = section(MineConfig)
+    ranker: dict[str, Any] = section(RankerConfig, "both rankers")
+    evaluate: dict[str, Any] = section(EvalConfig)
 
 
 # ---------------------------------------------------------------- running stages
@@ -193,36 +249,6 @@ def run_stages(
         if after:
             after(stage)
     return report
-
-
-# ---------------------------------------------------------------- stage bodies
-
-
-def sample_split(cfg: SampleConfig) -> None:
-    RetrievalSet.read(cfg.split).sample(cfg.n_queries, cfg.seed).write(cfg.out)
-
-
-def train_retriever(cfg: TrainConfig) -> None:
-    from r2ps.train.launch import train
-
-    train(cfg)
-
-
-def train_ranker(cfg: RankerConfig) -> None:
-    from r2ps.train.launch import train
-    from r2ps.train.ranker import RankerTask
-
-    train(cfg, task=RankerTask())
-
-
-def mine_negatives(cfg: MineConfig) -> None:
-    """mine(); shards left by other settings (this folder is the pipeline's) are redone."""
-    try:
-        mine(cfg)
-    except MiningSettingsError as e:
-        log.warning("%s: removing them and mining again", e)
-        shutil.rmtree(Path(cfg.out) / "negatives")
-        mine(cfg)
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -311,41 +337,15 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
         check_ranker_config(ranker)
     check_eval_config(evaluation)
 
-    split_files = [f"{s}/{t}.parquet" for s in splits for t in TABLES]
-    model = ["config.json", TRAIN_SUMMARY]
-    return [
-        Stage("corpus", build_corpus, corpus, [], [CORPUS_STATS, *split_files]),
-        Stage("sample", sample_split, sample, ["corpus"], [f"{t}.parquet" for t in TABLES]),
-        Stage("retriever", train_retriever, retriever, ["corpus"], model),
-        Stage(
-            "mine",
-            mine_negatives,
-            mined,
-            ["retriever", "sample"],
-            [MINE_SUMMARY, "index/manifest.json"],
-        ),
-        Stage(
-            "ranker_ps",
-            train_ranker,
-            rankers["ranker_ps"],
-            ["corpus", "retriever", "mine"],
-            [*model, HEAD_FILE],
-        ),
-        Stage(
-            "ranker_rr",
-            train_ranker,
-            rankers["ranker_rr"],
-            ["corpus", "retriever"],
-            [*model, HEAD_FILE],
-        ),
-        Stage(
-            "evaluate",
-            evaluate,
-            evaluation,
-            ["corpus", "retriever", "ranker_ps", "ranker_rr"],
-            ["results.json", "results.md", SERVED_FILE],
-        ),
-    ]
+    configs = {
+        "corpus": corpus,
+        "sample": sample,
+        "retriever": retriever,
+        "mine": mined,
+        **rankers,
+        "evaluate": evaluation,
+    }
+    return [dataclasses.replace(stage, config=configs[stage.name]) for stage in STAGES]
 
 
 def serve_config(stages: dict[str, Stage], where: Callable[[str], str] = str) -> ServeConfig:
