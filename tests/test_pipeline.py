@@ -412,7 +412,9 @@ def test_job_help_and_usage_errors(capsys):
     assert exit_.value.code == 0
     help_text = capsys.readouterr().out
     assert "--preset" in help_text and "--cosqa" in help_text
-    assert "--retriever" not in help_text  # sections take section.key=value, not a flag
+    flags = [ln.split()[0] for ln in help_text.splitlines() if ln.startswith("  --")]
+    assert "--retriever" not in flags  # sections take section.key=value, not a flag
+    assert "  retriever.lr " in help_text
     assert job.main(["retriever.lrr=1"]) == 2  # before Ray starts
     assert "retriever.lrr" in capsys.readouterr().out
 

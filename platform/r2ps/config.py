@@ -183,7 +183,8 @@ def _epilog(cls: type) -> str:
         return ""
     width = max(len(key) for key, _, _ in rows)
     lines = [
-        f"  {key:<{width}}  {helptext + ' ' if helptext else ''}(default: {default!r})"
+        f"  {key:<{width}}  {helptext}"
+        + ("" if "default:" in helptext else f"{' ' if helptext else ''}(default: {default!r})")
         for key, default, helptext in rows
     ]
     return "nested settings, given as key=value:\n" + "\n".join(lines)
@@ -206,7 +207,7 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         tp = types_[f.name]
         helptext = (f.metadata or {}).get("help", "")
-        if "(default:" not in helptext:  # a few help texts say their default in their words
+        if "default:" not in helptext:  # a few help texts say their default in their words
             helptext = f"{helptext} (default: {_default(f)!r})".strip()
         if tp is bool:
             action: Any = argparse.BooleanOptionalAction
