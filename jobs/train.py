@@ -22,7 +22,7 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 import ray
 
 from r2ps.config import parse_config
-from r2ps.data.schema import MINE_SUMMARY, TRAIN_SUMMARY
+from r2ps.data.schema import MINE_SUMMARY
 from r2ps.log import setup_logging
 from r2ps.storage import local_input, source_uri, staged
 from r2ps.train.config import INPUT_PATHS, RankerConfig, TrainConfig
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     kind, cfg = parsed
     setup_logging()
     ray.init(ignore_reinit_error=True)
-    from r2ps.train.launch import compare_on_test, train
+    from r2ps.train.launch import train
 
     with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local, contextlib.ExitStack() as more:
         if uri := mined_split(local.negatives):
@@ -83,10 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(local, task=RankerTask())
         else:
             summary = train(local)
-        if kind == "retriever" and local.final_test:
-            summary["final_test"] = compare_on_test(local, summary["exported_model"])
-            path = Path(summary["exported_model"]) / TRAIN_SUMMARY
-            path.write_text(json.dumps(summary, indent=1, default=str))
     summary["exported_model"] = cfg.out
     keys = ("best_checkpoint", "best_metrics", "exported_model", "final_test", "data")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))

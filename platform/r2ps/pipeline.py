@@ -297,6 +297,8 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
             # CoSQA is reported once, by the evaluate stage: a validation embeds its 6,267
             # codes (~3 min on 2 cores) each time and chooses nothing
             "eval_cosqa": "",
+            # the evaluate stage compares the untrained and trained retrievers on test
+            "final_test": False,
         },
     )
     mined = make(

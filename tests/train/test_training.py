@@ -134,6 +134,7 @@ def small_config(corpus: Path, model: Path, root: Path, run_name: str, **kw) -> 
         use_gpu=False,
         max_failures=0,
         log_every_steps=5,
+        final_test=False,
     )
     settings.update(kw)
     return TrainConfig(**settings)
@@ -272,9 +273,27 @@ def finished_run(ray_local, corpus_dir, tiny_bert_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("finished_run")
     log_dir = root / "records"
     log_dir.mkdir()
-    cfg = small_config(corpus_dir, tiny_bert_dir, root, "two_workers", epochs=2, eval_every_steps=5)
+    cfg = small_config(
+        corpus_dir,
+        tiny_bert_dir,
+        root,
+        "two_workers",
+        epochs=2,
+        eval_every_steps=5,
+        final_test=True,
+    )
     summary = train(cfg, task=RecordingTask(log_dir=str(log_dir)))
     return cfg, summary, log_dir
+
+
+def test_training_ends_comparing_start_and_trained_on_test(finished_run):
+    """`final_test`: the job and the pipeline alike (r2ps.train, not the job script)."""
+    cfg, summary, _ = finished_run
+    assert set(summary["final_test"]) == {"start/test", "trained/test"}
+    saved = json.loads((Path(cfg.out) / "train_summary.json").read_text())
+    assert (
+        saved["final_test"]["trained/test"]["mrr"] == summary["final_test"]["trained/test"]["mrr"]
+    )
 
 
 def test_two_worker_run_learns_and_exports(finished_run):

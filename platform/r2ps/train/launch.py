@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -37,7 +36,6 @@ from r2ps.train.loop import (
 )
 from r2ps.train.retriever import (
     RetrieverTask,
-    model_path,
 )
 
 log = get_logger(__name__)
@@ -140,7 +138,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(d) / HF_DIR, out)
-    task.after_export(cfg, out)  # e.g. the retriever's WiSE-FT interpolation
+    extra = task.after_export(cfg, out)  # e.g. the retriever's WiSE-FT, its test comparison
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     summary = {
         "run_name": cfg.run_name,
@@ -153,6 +151,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     }
     if task.data_summary():
         summary["data"] = task.data_summary()
+    summary.update(extra)
     (out / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
     log.info(
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out
@@ -167,28 +166,3 @@ def run_history(latest: ray.train.Checkpoint | None) -> list[dict]:
     with latest.as_directory() as d:
         state = json.loads((Path(d) / STATE_FILE).read_text())
     return state.get("history", [])
-
-
-def compare_on_test(cfg: TrainConfig, trained: str) -> dict:
-    """The starting model against the trained one on the corpus test split (and CoSQA).
-
-    Run once after training, on held-out packages no checkpoint was chosen on.
-    """
-    from r2ps.data.readers import read_cosqa
-    from r2ps.data.schema import RetrievalSet
-    from r2ps.models.dual import DualEncoder
-    from r2ps.train.retriever import evaluate_retriever
-
-    sets = {"test": RetrievalSet.read(Path(cfg.corpus) / "test")}
-    if cfg.eval_cosqa:
-        sets["cosqa"] = read_cosqa(cfg.eval_cosqa)
-    torch.set_num_threads(cfg.threads_per_worker)
-    out: dict[str, dict] = {}
-    for name, path in (("start", model_path(cfg)), ("trained", trained)):
-        model = DualEncoder.from_pretrained(
-            path, max_query_len=cfg.max_query_len, max_code_len=cfg.max_code_len
-        )
-        for split, rset in sets.items():
-            out[f"{name}/{split}"] = evaluate_retriever(model, rset, 0, cfg.eval_batch_size)
-            log.info("%s on %s: %s", name, split, out[f"{name}/{split}"])
-    return out

@@ -90,8 +90,10 @@ class Task:
         """More paths the workers read, found through the config's (staged on each node)."""
         return []
 
-    def after_export(self, cfg: TrainConfig, directory: Path) -> None:
-        """Run on the driver once the best model is exported to `directory`."""
+    def after_export(self, cfg: TrainConfig, directory: Path) -> dict:
+        """Run on the driver once the best model is exported to `directory`; what it
+        returns joins train_summary.json (the retriever's test comparison)."""
+        return {}
 
     def data_summary(self) -> dict:
         """What the dataset left out and why, for train_summary.json ({}: nothing)."""

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
+from r2ps.log import get_logger
 from r2ps.losses import gathered_info_nce
 from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
@@ -36,6 +37,8 @@ from r2ps.models.encoder import (
 from r2ps.retrieval import eval_queries, unslice
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import DATA_CPUS, Task
+
+log = get_logger(__name__)
 
 TOKENIZED_PAIRS_SCHEMA = pa.schema(
     [("q_ids", pa.list_(pa.int32())), ("c_ids", pa.list_(pa.int32())), ("group", pa.int64())]
@@ -193,10 +196,12 @@ class RetrieverTask(Task):
     def export(self, model: DualEncoder, directory: Path) -> None:
         model.save_pretrained(directory)
 
-    def after_export(self, cfg: TrainConfig, directory: Path) -> None:
-        """WiSE-FT: the exported encoder moved back toward the start by `wise_ft`."""
+    def after_export(self, cfg: TrainConfig, directory: Path) -> dict:
+        """WiSE-FT (the exported encoder moved back toward the start by `wise_ft`), then,
+        with `final_test`, the start and the exported model compared on the test split."""
         if cfg.wise_ft != 1.0:
             interpolate_encoders(model_path(cfg), directory, cfg.wise_ft, directory)
+        return {"final_test": compare_on_test(cfg, str(directory))} if cfg.final_test else {}
 
 
 @functools.lru_cache(maxsize=2)
@@ -227,3 +232,25 @@ def evaluate_retriever(
     c_part = embed_texts(model, tok, codes[rank::world], model.max_code_len, batch_size)
     q_emb, c_emb = unslice(q_part, len(texts), world), unslice(c_part, len(codes), world)
     return evaluate_dense(q_emb, c_emb, gold)
+
+
+def compare_on_test(cfg: TrainConfig, trained: str) -> dict:
+    """The starting model against the trained one on the corpus test split (and CoSQA).
+
+    Run once after training, on held-out packages no checkpoint was chosen on.
+    """
+    from r2ps.data.readers import read_cosqa
+
+    sets = {"test": RetrievalSet.read(Path(cfg.corpus) / "test")}
+    if cfg.eval_cosqa:
+        sets["cosqa"] = read_cosqa(cfg.eval_cosqa)
+    torch.set_num_threads(cfg.threads_per_worker)
+    out: dict[str, dict] = {}
+    for name, path in (("start", model_path(cfg)), ("trained", trained)):
+        model = DualEncoder.from_pretrained(
+            path, max_query_len=cfg.max_query_len, max_code_len=cfg.max_code_len
+        )
+        for split, rset in sets.items():
+            out[f"{name}/{split}"] = evaluate_retriever(model, rset, 0, cfg.eval_batch_size)
+            log.info("%s on %s: %s", name, split, out[f"{name}/{split}"])
+    return out
