@@ -14,14 +14,17 @@ import pytest
 
 from r2ps.data.schema import codes_file
 from r2ps.embed import (
+    CodeEmbedder,
     EmbedConfig,
     block_count,
     embed_corpus,
     ensure_index,
     plan_pool,
+    tokenize_codes,
 )
 from r2ps.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
 from r2ps.models.dual import DualEncoder
+from r2ps.models.onnx import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,6 +151,29 @@ def test_onnx_actors_embed_as_torch_and_int8_vectors_are_kept_apart(
     assert np.einsum("ij,ij->i", emb8, want).min() > 0.95 and not np.allclose(emb8, want)
     with pytest.raises(ValueError, match="backend"):
         EmbedConfig(backend="fp8")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_actor_tokenises_text_blocks_as_the_tasks_do(tiny_bert_dir, tmp_path, backend):
+    """CodeEmbedder called directly (no Ray): a block of code text, as CPU pools send it,
+    gives the vectors of the same block tokenised by a task, and of the single process."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    if backend != "torch":
+        export_onnx(model, int8=False)
+    table = make_codes(12).select(["code_id", "code"])
+    block = table.add_column(0, "pos", pa.array(range(12), pa.int64()))
+    actor = CodeEmbedder(str(model), batch_size=4, threads=1, backend=backend, max_len=64)
+    from_text = actor(block)
+    tokenized = tokenize_codes(block, actor.model.tokenizer, 64)
+    from_ids = actor(tokenized)
+    assert from_text.column_names == ["pos", "code_id", "embedding"]
+    got = np.array(from_text["embedding"].to_pylist())
+    np.testing.assert_array_equal(got, np.array(from_ids["embedding"].to_pylist()))
+    want = DualEncoder.from_pretrained(model, max_code_len=64).embed_codes(
+        table["code"].to_pylist()
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_blocks_divide_evenly_among_the_actors():
