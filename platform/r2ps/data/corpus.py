@@ -285,22 +285,32 @@ def _widen(file_rows: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def extract(files: list[dict], cfg: CorpusConfig) -> tuple[pa.Table, pa.Table]:
-    """Run extraction over Ray Data tasks; returns (pairs, per-file records)."""
+def map_files(
+    files: list[dict], fn, fn_kwargs: dict, files_per_task: int, workers: int = 0
+) -> list[pa.Table]:
+    """`fn(batch of file rows, **fn_kwargs) -> pa.Table` over Ray Data tasks, one block of
+    `files_per_task` files each, at most `workers` at a time (0: one per CPU of the cluster);
+    the tables in file order. Shared by the corpus builder and the repository index."""
     import ray
 
-    workers = cfg.workers or int(ray.available_resources().get("CPU", 1)) or 1
-    n_blocks = max(1, -(-len(files) // cfg.files_per_task))
+    workers = workers or int(ray.available_resources().get("CPU", 1)) or 1
+    n_blocks = max(1, -(-len(files) // files_per_task))
     ds = ray.data.from_items(files, override_num_blocks=n_blocks)
     ds = ds.map_batches(
-        _extract_batch,
-        fn_kwargs={"cfg": cfg.extract},
-        batch_size=cfg.files_per_task,
+        fn,
+        fn_kwargs=fn_kwargs,
+        batch_size=files_per_task,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=workers),
         num_cpus=1,
     )
-    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    return ray.get(ds.to_arrow_refs())
+
+
+def extract(files: list[dict], cfg: CorpusConfig) -> tuple[pa.Table, pa.Table]:
+    """Run extraction over Ray Data tasks; returns (pairs, per-file records)."""
+    tables = map_files(files, _extract_batch, {"cfg": cfg.extract}, cfg.files_per_task, cfg.workers)
+    table = pa.concat_tables(tables)
     is_pair = pc.equal(table["kind"], "pair")
     pairs = table.filter(is_pair).select(EXTRACTED_SCHEMA.names)
     file_rows = table.filter(pc.invert(is_pair)).select(FILE_SCHEMA.names)

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from r2ps.data import codetext
+from r2ps.data.corpus import map_files
 from r2ps.data.extract import extract_units
 from r2ps.data.grammars import grammar_for
 from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
@@ -187,20 +188,9 @@ def read_files(files: list[dict], cfg: RepoIndexConfig) -> tuple[pa.Table, pa.Ta
     if len(files) < max(1, cfg.local_below):
         table = pa.Table.from_pylist([read_file(f, cfg.rules) for f in files], TASK_SCHEMA)
         return _split_units(table)
-    ray = _ray()
-    workers = cfg.workers or int(ray.available_resources().get("CPU", 1)) or 1
-    ds = ray.data.from_items(
-        files, override_num_blocks=max(1, -(-len(files) // cfg.files_per_task))
-    )
-    ds = ds.map_batches(
-        _read_batch,
-        fn_kwargs={"rules": cfg.rules},
-        batch_size=cfg.files_per_task,
-        batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    tables = [t.cast(TASK_SCHEMA) for t in ray.get(ds.to_arrow_refs())]
+    _ray()
+    found = map_files(files, _read_batch, {"rules": cfg.rules}, cfg.files_per_task, cfg.workers)
+    tables = [t.cast(TASK_SCHEMA) for t in found]
     return _split_units(pa.concat_tables(tables) if tables else TASK_SCHEMA.empty_table())
 
 
