@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
+import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
+
 from r2ps.config import parse_config
 from r2ps.log import setup_logging
 from r2ps.models.onnx import ExportConfig, export_all

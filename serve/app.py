@@ -395,6 +395,15 @@ def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
     return ingress.bind(retriever.bind(cfg), ranker.bind(cfg), cfg)
 
 
+def _in_a_replica() -> bool:
+    """Whether this import is a Serve replica's: every replica imports this module again
+    to unpickle its deployment class, with its own working directory and environment."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 _settings = ServeConfig.from_env()
-_settings.check_inputs()  # fail at `serve run`, naming what to build, not inside a replica
+if not _in_a_replica():
+    _settings.check_inputs()  # fail at `serve run`, naming what to build, not in a replica
 cascade = build_app(_settings)

@@ -165,3 +165,22 @@ def make_source_repo(root: Path) -> Path:
     (root / "python" / "link.py").symlink_to(root / "python" / "pkg" / "shapes.py")
     (root / "python" / "notes.txt").write_text("not code\n")
     return root
+
+
+def import_serve_app(codes: str | Path):
+    """serve/app.py, imported as `serve run` imports it. The import binds the app from the
+    environment and refuses a code store that does not exist (so `serve run` with nothing
+    built names the command that builds something), so the import is given `codes`."""
+    import importlib
+
+    if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
+        sys.path.insert(0, str(REPO))
+    saved = os.environ.get("R2PS_CODES")
+    os.environ["R2PS_CODES"] = str(codes)
+    try:
+        return importlib.import_module("serve.app")
+    finally:
+        if saved is None:
+            del os.environ["R2PS_CODES"]
+        else:
+            os.environ["R2PS_CODES"] = saved

@@ -195,8 +195,17 @@ def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
     )
     assert PurePosixPath(job.out).is_absolute(), f"the RayJob writes to {job.out!r}: pass --out"
 
-    # Where the pipeline puts serve.yaml under its --out: its own run_pipeline, stages not run.
-    monkeypatch.setattr(pipeline, "run_stages", lambda stages, after=None: {})
+    # Where the pipeline puts serve.yaml under its --out: its own run_pipeline, stages not
+    # run but the evaluation's served choice (served.json: the retriever alone).
+    from r2ps.cascade import SERVED_FILE
+
+    def no_run(stages, after=None):
+        evaluation = Path(next(s for s in stages if s.name == "evaluate").config.out)
+        evaluation.mkdir(parents=True, exist_ok=True)
+        (evaluation / SERVED_FILE).write_text("{}")
+        return {}
+
+    monkeypatch.setattr(pipeline, "run_stages", no_run)
     monkeypatch.delenv("R2PS_STORAGE", raising=False)
     out = tmp_path / "out"
     out.mkdir()

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
+from conftest import import_serve_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -323,29 +324,12 @@ def _settings(models, **over) -> ServeConfig:
     return ServeConfig(**{**base, **over})
 
 
-def serve_app_module(models):
-    """serve/app.py, imported as `serve run` imports it: the import binds the app from the
-    environment and refuses a missing code store, so it is given the test's."""
-    import importlib
-    import os
-
-    saved = os.environ.get("R2PS_CODES")
-    os.environ["R2PS_CODES"] = str(models["codes"])
-    try:
-        return importlib.import_module("serve.app")
-    finally:
-        if saved is None:
-            del os.environ["R2PS_CODES"]
-        else:
-            os.environ["R2PS_CODES"] = saved
-
-
 @pytest.fixture(scope="module")
 def live(ray_local, models):
     """Two apps: `main` (the real cascade) and `faulty` (a ranker that fails or stalls)."""
     from ray import serve
 
-    build_app = serve_app_module(models).build_app
+    build_app = import_serve_app(models["codes"]).build_app
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class FaultyRanker:
@@ -542,7 +526,7 @@ def test_ranker_gpus_follow_the_cluster_unless_set(
 ):
     """Ranker replicas ask for a GPU when the cluster has GPUs (detected where the app is
     built, the cluster's resources), never the Retriever; `ranker_gpus` >= 0 overrides."""
-    app_module = serve_app_module(models)
+    app_module = import_serve_app(models["codes"])
 
     monkeypatch.setattr(app_module, "cluster_has_gpus", lambda: cluster_gpus)
     ingress = app_module.build_app(ServeConfig(ranker_gpus=setting))._bound_deployment

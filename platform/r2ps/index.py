@@ -379,15 +379,18 @@ def read_manifest(directory: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
-    # vectors saved before r2ps recorded the inference backend were computed by torch
-    manifest.setdefault("backend", "torch")
     return manifest
+
+
+# What a manifest written before r2ps recorded a key meant: vectors saved before the
+# inference backend was recorded were computed by torch.
+LEGACY_DEFAULTS = {"backend": "torch"}
 
 
 def check_manifest(manifest: dict, expect: dict, where: str | Path) -> None:
     """Raise StaleIndexError naming the first key of `expect` whose saved value differs."""
     for key, want in expect.items():
-        have = manifest.get(key, "<missing>")
+        have = manifest.get(key, LEGACY_DEFAULTS.get(key, "<missing>"))
         if have != want:
             raise StaleIndexError(
                 f"{where}: key {key!r} differs: saved {have!r}, expected {want!r}"

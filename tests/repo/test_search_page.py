@@ -16,7 +16,7 @@ import pytest
 import requests
 import torch
 import yaml
-from conftest import make_source_repo
+from conftest import import_serve_app, make_source_repo
 
 from r2ps.bm25 import BM25
 from r2ps.hybrid import rrf
@@ -54,9 +54,8 @@ def live(ray_local, indexed):
     """The real app (serve/app.py) on the settings jobs/index.py wrote, small resources."""
     from ray import serve
 
-    from serve.app import build_app
-
     settings = yaml.safe_load((indexed["out"] / "serve.yaml").read_text())
+    build_app = import_serve_app(settings["codes"]).build_app
     settings.update(
         ranker=str(indexed["ranker"]),
         retriever_cpus=0.1,
