@@ -71,6 +71,9 @@ STAGE_FILE = "stage.json"
 #            + 2 x 100 x 10 pairs (46 s)                              +550 s = 21 min
 #   measured 2026-11-26 (make demo, with CoSQA): 1,030 s = 17 min 10 s (retriever 233 s,
 #            mine 84 s, rankers 182 + 158 s, evaluate 350 s)
+#   measured 2026-11-29 with the residual recipe, the machine shared with other tests:
+#            2,286 s = 38 min (retriever 278 s, mine 131 s, rankers 248 + 246 s,
+#            evaluate 1,366 s, most of it CoSQA embedding under load; valid now 227 queries)
 # (the retriever's CoSQA validation stays off in demo: +250 s per validation).
 # full: sized for < 2 h on 2 idle cores from the rates measured here (docs/RESULTS.md has
 # the derivation; not run yet): embedding ~37 codes/s, retriever training ~6.7 pairs/s,
