@@ -256,6 +256,10 @@ def test_absent_models_are_skipped_with_a_warning(setup, tmp_path, caplog):
     methods = report["datasets"]["test"]["methods"]
     assert "DE" not in methods and "RR K=1" not in methods and "RR+PS as served" in methods
     assert report["models"]["first_stage"] == "untrained DE"
+    no_ranker = EvalConfig(**{**vars(cfg), "rr": "", "rr_ps": "", "out": str(tmp_path / "none")})
+    evaluate(no_ranker)
+    alone = ServedCascade.read(no_ranker.out)  # serving always finds a choice
+    assert alone.rerank_k == 0 and alone.reason.startswith("retriever alone")
     assert "efficiency" not in report
 
 

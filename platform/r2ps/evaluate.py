@@ -473,8 +473,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             **efficiency(cfg, first_stage, ranker, texts),
         }
     write_results(report, cfg.out)
-    if served is not None:
-        served.write(cfg.out)
+    # always a choice on disk (serving reads it): without a ranker or a valid split, the
+    # retriever alone, with the reason
+    why = "; ".join(skipped) or "no ranker to choose from"
+    (served or ServedCascade(reason=f"retriever alone: {why}")).write(cfg.out)
     return report
 
 
