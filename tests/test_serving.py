@@ -432,7 +432,7 @@ def test_health_readiness_and_openapi(live, models):
     assert ready.json()["retriever"]["codes"] == len(CODES)
     spec = requests.get(f"{live}/openapi.json", timeout=30).json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
-    assert set(schema["schema"]["properties"]) == {"query", "top_k", "rerank_k"}
+    assert set(schema["schema"]["properties"]) == {"query", "top_k", "rerank_k", "retrieval"}
     query = schema["schema"]["properties"]["query"]  # this server's own limits
     assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200
