@@ -178,6 +178,7 @@ def export_onnx(model_dir: str | Path, int8: bool = True, optimize: bool = True)
     target = onnx_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".onnx-"))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the export is read like the weights
     try:
         raw = tmp / "raw.onnx"
         dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
