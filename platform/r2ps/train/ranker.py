@@ -53,6 +53,7 @@ from r2ps.retrieval import (
     cascade_metrics_at,
     rank_world,
     retrieve,
+    top_candidates,  # noqa: F401  (moved to r2ps.retrieval; still importable from here)
     unslice,
 )
 from r2ps.train.config import TrainConfig
