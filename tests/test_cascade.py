@@ -107,3 +107,28 @@ def test_no_ranker_above_the_retriever_serves_the_retriever_alone(tmp_path):
         ServedCascade.read(tmp_path)
     with pytest.raises(ValueError):
         ServedCascade(rerank_k=5)  # a cascade without a ranker
+
+
+def test_a_valid_gain_inside_the_noise_serves_the_retriever_alone():
+    rankers = {"RR+PS": _by_k({10: {0.0: 0.58, 0.3: 0.60, 1.0: 0.55}})}
+    asked = []
+
+    def gain(lo):
+        def bootstrap(label, k, alpha):
+            asked.append((label, k, alpha))
+            return {"diff": 0.05, "lo": lo, "hi": 0.09}
+
+        return bootstrap
+
+    served = choose_served(rankers, 0.55, {"RR+PS": "/m/ps"}, gain=gain(-0.004))
+    assert asked == [("RR+PS", 10, 0.3)]  # the interval of the setting that would be served
+    assert (served.ranker, served.rerank_k, served.valid_gain) == ("", 0, None)
+    assert "does not exclude 0" in served.reason and "+5.0 [-0.4, +9.0]" in served.reason
+    served = choose_served(rankers, 0.55, {"RR+PS": "/m/ps"}, gain=gain(0.01))
+    assert (served.ranker, served.rerank_k, served.alpha) == ("RR+PS", 10, 0.3)
+    assert served.valid_gain == {"diff": 0.05, "lo": 0.01, "hi": 0.09}
+    assert "gain +5.0 [+1.0, +9.0]" in served.reason
+    # below the retriever on average: no interval is computed
+    asked.clear()
+    served = choose_served(rankers, 0.61, {"RR+PS": "/m/ps"}, gain=gain(0.01))
+    assert served.rerank_k == 0 and asked == [] and "not above" in served.reason

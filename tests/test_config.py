@@ -111,3 +111,23 @@ def test_pipeline_help_lists_each_section_key_once():
     for key in ("corpus.max_files", "retriever.lr", "mine.window_end", "evaluate.ks"):
         assert text.count(f"  {key} ") == 1, key
     assert text.count("  ranker.head_lr ") == 1
+
+
+@dataclass
+class Lists:
+    counts: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def test_list_overrides_read_as_yaml_lists_or_comma_separated():
+    # "[1,8]" was once split on the comma into "[1" and "8]"
+    for text in ("[1,8]", "[1, 8]", "1,8", "1, 8"):
+        assert parse_config(Lists, [f"counts={text}"]).counts == [1, 8], text
+    assert parse_config(Lists, ["names=[torch,onnx,onnx-int8]"]).names == [
+        "torch",
+        "onnx",
+        "onnx-int8",
+    ]
+    assert parse_config(Lists, ["counts=[]"]).counts == []
+    with pytest.raises(ConfigError, match=r"counts: '\[1, 8' is not a YAML list"):
+        load_config(Lists, None, ["counts=[1, 8"])

@@ -105,6 +105,8 @@ class ServedCascade:
     alpha: float = 1.0
     valid_mrr: float = 0.0  # the served cascade's MRR on the valid queries it was chosen on
     retriever_valid_mrr: float = 0.0
+    # paired bootstrap of valid MRR - retriever's (diff, lo, hi), when the rule used one
+    valid_gain: dict[str, float] | None = None
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -148,33 +150,54 @@ def best_setting(by_k: dict[str, dict]) -> tuple[float, int, float]:
 
 
 def choose_served(
-    candidates: dict[str, dict], retriever_valid_mrr: float, paths: dict[str, str]
+    candidates: dict[str, dict],
+    retriever_valid_mrr: float,
+    paths: dict[str, str],
+    gain: Callable[[str, int, float], dict[str, float]] | None = None,
 ) -> ServedCascade:
     """The (ranker, K, alpha) with the best valid MRR, served only if it beats the retriever.
 
     candidates: label -> that ranker's `by_k` (see `best_setting`). Ties go to the ranker
-    listed first. A cascade that does not strictly beat the retriever's valid MRR is not
-    served: `rerank_k` 0, the retriever alone, and `reason` says so.
+    listed first. `gain(label, K, alpha)`, when given, is the paired bootstrap of that
+    cascade's MRR minus the retriever's on the same valid queries ({"diff", "lo", "hi"},
+    `metrics.paired_bootstrap`): the cascade is served only if the interval's lower end is
+    above 0, because K and alpha were picked on those very queries and a gain inside the
+    noise is as likely a loss on new ones. Without `gain`, a valid MRR strictly above the
+    retriever's suffices. Otherwise `rerank_k` 0, the retriever alone, and `reason` says why.
     """
     best = None
     for label, by_k in candidates.items():
         mrr, k, alpha = best_setting(by_k)
         if best is None or mrr > best[0]:
             best = (mrr, label, k, alpha)
-    if best is None or best[0] <= retriever_valid_mrr:
-        what = (
-            "no ranker"
-            if best is None
-            else f"the best cascade, {best[1]} K={best[2]} alpha={best[3]}, has valid MRR "
-            f"{100 * best[0]:.1f}"
-        )
+    mean_ok = best is not None and best[0] > retriever_valid_mrr
+    interval = gain(best[1], best[2], best[3]) if mean_ok and gain is not None else None
+    if not mean_ok or (interval is not None and interval["lo"] <= 0):
+        if best is None:
+            why = "no ranker"
+        else:
+            why = (
+                f"the best cascade, {best[1]} K={best[2]} alpha={best[3]}, has valid MRR "
+                f"{100 * best[0]:.1f}"
+            )
+            why += (
+                f", not above the retriever's {100 * retriever_valid_mrr:.1f}"
+                if not mean_ok
+                else f" against the retriever's {100 * retriever_valid_mrr:.1f}, a gain "
+                f"{_interval(interval)} whose interval does not exclude 0"
+            )
         return ServedCascade(
             retriever_valid_mrr=retriever_valid_mrr,
             valid_mrr=retriever_valid_mrr,
-            reason=f"retriever alone: {what}, not above the retriever's "
-            f"{100 * retriever_valid_mrr:.1f}",
+            reason=f"retriever alone: {why}",
         )
     mrr, label, k, alpha = best
+    reason = (
+        f"{label} K={k} alpha={alpha}: valid MRR {100 * mrr:.1f} against the "
+        f"retriever's {100 * retriever_valid_mrr:.1f}"
+    )
+    if interval is not None:
+        reason += f", gain {_interval(interval)}"
     return ServedCascade(
         ranker=label,
         ranker_path=paths[label],
@@ -182,6 +205,10 @@ def choose_served(
         alpha=alpha,
         valid_mrr=mrr,
         retriever_valid_mrr=retriever_valid_mrr,
-        reason=f"{label} K={k} alpha={alpha}: valid MRR {100 * mrr:.1f} against the "
-        f"retriever's {100 * retriever_valid_mrr:.1f}",
+        valid_gain=interval,
+        reason=reason,
     )
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"

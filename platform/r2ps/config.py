@@ -52,8 +52,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=f"{where}.")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if value else []
+        if isinstance(value, str) and value.lstrip().startswith("["):  # "[1, 8]": YAML
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{where}: {value!r} is not a YAML list ({e})") from None
+        elif isinstance(value, str):  # "1,8"
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any

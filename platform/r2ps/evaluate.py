@@ -99,6 +99,13 @@ class EvalConfig:
         default=2000, metadata={"help": "resamples of the paired bootstrap against DE"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
+    serve_needs_interval: bool = field(
+        default=True,
+        metadata={
+            "help": "serve a cascade only when its valid MRR gain's bootstrap interval "
+            "excludes 0 (false: when its valid MRR is above the retriever's)"
+        },
+    )
     batch_size: int = 64
     # efficiency (Table 5)
     pool_sizes: list[int] = field(
@@ -434,11 +441,25 @@ def evaluate(cfg: EvalConfig) -> dict:
         valid = RetrievalSet.read(valid_path)
         valid_retrieved = retrieve(first_stage, valid, cfg.max_valid_queries, cfg.batch_size)
         valid_codes = valid.codes["code"].to_pylist()
+        valid_ce = {}
         for label, model in rankers.items():
             ce = ranker_scores(model, valid_retrieved, valid_codes, max(cfg.ks), cfg.batch_size)
+            valid_ce[label] = ce
             alphas[label] = choose_fusion(valid_retrieved, ce, cfg.ks, cfg.alpha_grid)
             log.info("%s fusion weights (on %s): %s", label, valid_path, alphas[label])
-        served = choose_served(alphas, valid_retrieved.metrics()["mrr"], ranker_paths)
+        base = reciprocal_ranks(cascade_ranks(valid_retrieved, None, 0, 1.0), MRR_CUTOFF)
+
+        def valid_gain(label: str, k: int, alpha: float) -> dict[str, float]:
+            ranks = cascade_ranks(valid_retrieved, valid_ce[label], k, alpha)
+            rr = reciprocal_ranks(ranks, MRR_CUTOFF)
+            return paired_bootstrap(rr, base, cfg.bootstrap, cfg.seed)
+
+        served = choose_served(
+            alphas,
+            valid_retrieved.metrics()["mrr"],
+            ranker_paths,
+            gain=valid_gain if cfg.serve_needs_interval else None,
+        )
         log.info("served cascade (chosen on %s): %s", valid_path, served.reason)
 
     report: dict = {
