@@ -30,26 +30,12 @@ from r2ps.cascade import cascade_ids
 from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.log import setup_logging
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.dual import embed_texts
 from r2ps.models.onnx import BACKENDS, ensure_export, load_ranker, load_retriever
 from r2ps.retrieval import MRR_CUTOFF, Retrieved, eval_queries, top_candidates
 
 K = 10
-
-
-def reciprocal_ranks(lists, gold) -> np.ndarray:
-    """Per query: 1 / rank of its best gold code (0 past the MRR cut-off)."""
-    best = [float(np.min(r)) if len(r) else np.inf for r in rank_of_gold_topk(lists, gold)]
-    return np.array([1.0 / r if r <= MRR_CUTOFF else 0.0 for r in best])
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
-    """Bootstrap 95% interval of mean(a - b) over queries (resampled in pairs)."""
-    rng = np.random.default_rng(seed)
-    d = a - b
-    means = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n)]
-    return [round(float(x), 4) for x in np.percentile(means, [2.5, 97.5])]
 
 
 def evaluate_backend(backend, args, texts, gold, codes, torch_codes) -> tuple[dict, np.ndarray]:
@@ -82,7 +68,10 @@ def evaluate_backend(backend, args, texts, gold, codes, torch_codes) -> tuple[di
         name: retrieval_metrics(rank_of_gold_topk(ls, gold), mrr_cutoff=MRR_CUTOFF)
         for name, ls in lists.items()
     }
-    out["rr"] = {name: reciprocal_ranks(ls, gold) for name, ls in lists.items()}
+    out["rr"] = {
+        name: reciprocal_ranks(rank_of_gold_topk(ls, gold), MRR_CUTOFF)
+        for name, ls in lists.items()
+    }
     return out, torch_codes
 
 
@@ -125,10 +114,12 @@ def main() -> None:
             rr = res.pop("rr")
             res["mrr_delta_vs_torch"] = {
                 name: {
-                    "delta": round(float((rr[name] - base[name]).mean()), 4),
-                    "ci95": paired_interval(rr[name], base[name], args.seed),
+                    "delta": round(d["diff"], 4),
+                    "ci95": [round(d["lo"], 4), round(d["hi"], 4)],
                 }
-                for name in rr
+                for name, d in (
+                    (name, paired_bootstrap(rr[name], base[name], 2000, args.seed)) for name in rr
+                )
             }
         report["datasets"][set_name] = {
             "queries": len(texts),

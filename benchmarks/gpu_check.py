@@ -64,8 +64,9 @@ from r2ps.models.cross import tokenize_pairs as tokenize_ranker_pairs
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, load_tokenizer
 from r2ps.serving import ServeConfig
-from r2ps.train.config import RankerConfig, TrainConfig
+from r2ps.train.config import RankerConfig, RetrieverConfig
 from r2ps.train.loop import build_engine, deepspeed_config, prefetched
+from r2ps.train.ranker import RankerTask
 from r2ps.train.retriever import RetrieverTask, group_keys, model_path, tokenize_pairs
 
 NO_CUDA = "no CUDA device: gpu_check measures GPU paths only"
@@ -163,7 +164,7 @@ def single_process_dist_env() -> None:
 
 def check_train(queries: list[str], codes: list[str], args) -> dict:
     """Pairs/s of the retriever's DeepSpeed step (bf16 on CUDA), warm-up steps excluded."""
-    cfg = TrainConfig(
+    cfg = RetrieverConfig(
         batch_size=args.train_batch, max_train_pairs=0, use_gpu=True, model=args.model
     )
     steps = args.train_warmup + args.train_steps
@@ -254,7 +255,8 @@ def check_ranker_train(queries: list[str], codes: list[str], args) -> dict:
         max_query_len=cfg.max_query_len,
         max_len=cfg.max_pair_len,
     )
-    engine, _ = build_engine(model, cfg, steps + args.train_steps, use_cuda=True)
+    head_groups = RankerTask().param_groups(model, cfg)  # the head at head_lr, as the loop
+    engine, _ = build_engine(model, cfg, steps + args.train_steps, True, head_groups)
     losses: list[float] = []
     tokenize_s = [0.0]
 

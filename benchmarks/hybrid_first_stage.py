@@ -24,23 +24,12 @@ from r2ps.bm25 import BM25
 from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.hybrid import RRF_K, rrf
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 from r2ps.retrieval import MRR_CUTOFF, retrieve
 
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
-
-
-def reciprocal_ranks(lists, gold) -> np.ndarray:
-    best = np.array([r.min() for r in rank_of_gold_topk(lists, gold)])
-    return np.where(best <= MRR_CUTOFF, 1.0 / best, 0.0)
-
-
-def bootstrap(diff: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)]
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def evaluate(name: str, rset: RetrievalSet, model: DualEncoder, depth: int, max_queries: int):
@@ -63,15 +52,17 @@ def evaluate(name: str, rset: RetrievalSet, model: DualEncoder, depth: int, max_
         m: retrieval_metrics(rank_of_gold_topk(ls, dense.gold), mrr_cutoff=MRR_CUTOFF)
         for m, ls in lists.items()
     }
-    rr = {m: reciprocal_ranks(ls, dense.gold) for m, ls in lists.items()}
-    diff = rr["hybrid (RRF)"] - rr["dense"]
-    low, high = bootstrap(diff)
+    rr = {
+        m: reciprocal_ranks(rank_of_gold_topk(ls, dense.gold), MRR_CUTOFF)
+        for m, ls in lists.items()
+    }
+    gain = paired_bootstrap(rr["hybrid (RRF)"], rr["dense"], 1000, seed=0)
     return {
         "data": name,
         "n_queries": len(dense.queries),
         "n_codes": rset.codes.num_rows,
         "methods": rows,
-        "hybrid_minus_dense_mrr": {"mean": float(diff.mean()), "ci95": [low, high]},
+        "hybrid_minus_dense_mrr": {"mean": gain["diff"], "ci95": [gain["lo"], gain["hi"]]},
         "seconds": {"dense": round(t_dense, 1), "bm25_index_and_search": round(t_bm25, 1)},
     }
 

@@ -33,7 +33,7 @@ from r2ps.mining import read_negatives, sample_negatives
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.retrieval import retrieve
-from r2ps.train.ranker import pairs_folder, query_seed
+from r2ps.train.ranker_data import pairs_folder, query_seed
 
 
 def overlap(query: str, code: str) -> float:

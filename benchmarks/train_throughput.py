@@ -37,7 +37,7 @@ from r2ps.data.schema import RetrievalSet, split_pairs
 from r2ps.losses import info_nce
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, load_tokenizer
-from r2ps.train.config import TrainConfig
+from r2ps.train.config import RetrieverConfig
 from r2ps.train.launch import train
 from r2ps.train.loop import linear_schedule
 
@@ -50,7 +50,7 @@ def small_corpus(corpus: str, n_train: int, out: Path) -> None:
     split_pairs(valid_pairs).write(out / "valid")
 
 
-def plain_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -> list[float]:
+def plain_loop(pairs: pa.Table, cfg: RetrieverConfig, steps: int, window: int) -> list[float]:
     """The baseline: a hand-written loop, one process, no Ray, no DeepSpeed.
 
     Pairs/s of each window of `window` steps.
@@ -91,7 +91,7 @@ def plain_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -> li
     return rates
 
 
-def deepspeed_loop(pairs: pa.Table, cfg: TrainConfig, steps: int, window: int) -> list[float]:
+def deepspeed_loop(pairs: pa.Table, cfg: RetrieverConfig, steps: int, window: int) -> list[float]:
     """The loop's own step (RetrieverTask.loss, engine.backward, engine.step) under a
     single-process DeepSpeed engine, without Ray: separates DeepSpeed's cost from Ray's.
     Pairs/s of each window."""
@@ -140,10 +140,10 @@ def ray_run(
     window: int,
     workers: int,
     threads: int,
-    base: TrainConfig,
+    base: RetrieverConfig,
 ) -> list[float]:
     """Pairs/s of each window: the loop reports the rate since its previous report."""
-    cfg = TrainConfig(
+    cfg = RetrieverConfig(
         **{
             **base.__dict__,
             "corpus": str(corpus),
@@ -224,7 +224,7 @@ def main() -> None:
         os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 (Ray spells it so)
     if args.steps % args.window or args.steps < 2 * args.window:
         parser.error("--steps must be a multiple of --window and at least two windows")
-    base = TrainConfig(
+    base = RetrieverConfig(
         batch_size=args.batch_size,
         max_code_len=256,
         max_query_len=64,

@@ -25,12 +25,10 @@ from r2ps.config import parse_config
 from r2ps.data.schema import MINE_SUMMARY
 from r2ps.log import setup_logging
 from r2ps.storage import local_input, source_uri, staged
-from r2ps.train.config import INPUT_PATHS, RankerConfig, TrainConfig
+from r2ps.train.config import RankerConfig, RetrieverConfig, TrainConfig
 
 KINDS = ("retriever", "ranker")
-CONFIGS = {"retriever": TrainConfig, "ranker": RankerConfig}  # the ranker: its own defaults
-# Settings that are paths: a URI among them is staged through local disk (r2ps.storage).
-INPUTS = INPUT_PATHS
+CONFIGS = {"retriever": RetrieverConfig, "ranker": RankerConfig}
 OUTPUTS = ("out",)
 
 
@@ -42,7 +40,7 @@ def parse(argv: list[str]) -> tuple[str, TrainConfig] | None:
     kind = argv[0]
     cfg = parse_config(CONFIGS[kind], argv[1:], description=__doc__)
     if kind == "ranker":
-        from r2ps.train.ranker import check_config
+        from r2ps.train.ranker_data import check_config
 
         try:
             check_config(cfg)
@@ -74,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(ignore_reinit_error=True)
     from r2ps.train.launch import train
 
-    with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local, contextlib.ExitStack() as more:
-        if uri := mined_split(local.negatives):
+    # settings that are paths: a URI among them is staged through local disk (r2ps.storage)
+    with (
+        staged(cfg, inputs=cfg.INPUT_PATHS, outputs=OUTPUTS) as local,
+        contextlib.ExitStack() as more,
+    ):
+        if kind == "ranker" and (uri := mined_split(local.negatives)):
             more.enter_context(local_input(uri))
         if kind == "ranker":
             from r2ps.train.ranker import RankerTask

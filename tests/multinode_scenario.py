@@ -6,7 +6,7 @@ local Ray (conftest.py), so the test runs this script as a subprocess:
     python tests/multinode_scenario.py SPEC.json
 
 SPEC names the number of worker nodes (0: a single-node cluster, the head alone, with
-the same CPUs in total), the TrainConfig, the embedding inputs and where to write. The
+the same CPUs in total), the RetrieverConfig, the embedding inputs and where to write. The
 script starts a `ray.cluster_utils.Cluster`, trains the retriever with
 `r2ps.train.launch.train` (recording on which node each Ray Train worker built its
 model, and every batch and loss), embeds a code split with `r2ps.embed.embed_corpus`
@@ -37,7 +37,7 @@ from test_training import RecordingTask, append_record, read_records  # noqa: E4
 import r2ps.embed  # noqa: E402
 from r2ps.config import from_dict  # noqa: E402
 from r2ps.embed import EmbedConfig, embed_corpus  # noqa: E402
-from r2ps.train.config import TrainConfig  # noqa: E402
+from r2ps.train.config import RetrieverConfig  # noqa: E402
 from r2ps.train.launch import train  # noqa: E402
 
 NODE_CPUS = 1
@@ -112,7 +112,7 @@ def start_cluster(worker_nodes: int) -> tuple[Cluster, dict[str, str]]:
     return cluster, names
 
 
-def run_training(cfg: TrainConfig, records: Path) -> dict:
+def run_training(cfg: RetrieverConfig, records: Path) -> dict:
     records.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = train(cfg, task=NodeRecordingTask(log_dir=str(records)))
@@ -195,7 +195,7 @@ def main(spec_path: str) -> int:
     result: dict = {"nodes": names, "cluster_start_s": round(time.perf_counter() - start, 1)}
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        cfg = from_dict(TrainConfig, spec["train"])
+        cfg = from_dict(RetrieverConfig, spec["train"])
         result["train"] = run_training(cfg, Path(spec["records"]) / "train")
         result["embed"] = run_embedding(spec["embed"], Path(spec["records"]) / "embed")
     finally:

@@ -91,13 +91,13 @@ def test_every_file_under_configs_loads(tmp_path):
     from pathlib import Path
 
     from r2ps.pipeline import PipelineConfig, build_stages
-    from r2ps.train.config import TrainConfig
+    from r2ps.train.config import RetrieverConfig
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert {p.stem for p in configs} >= {"demo", "full", "retriever-gpu"}
     for path in configs:
         if path.stem.startswith("retriever"):
-            assert load_config(TrainConfig, path).epochs >= 1
+            assert load_config(RetrieverConfig, path).epochs >= 1
         else:
             stages = build_stages(PipelineConfig(preset=path.stem, out=str(tmp_path)))
             assert [s.name for s in stages][0] == "corpus"

@@ -20,7 +20,8 @@ import r2ps.evaluate as ev
 from r2ps.bm25 import BM25, tokenize
 from r2ps.cascade import ServedCascade
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
-from r2ps.evaluate import EvalConfig, efficiency_row, evaluate, extrapolate
+from r2ps.efficiency import efficiency_row, extrapolate
+from r2ps.evaluate import EvalConfig, evaluate
 from r2ps.models.cross import CrossEncoder
 
 TEST_PAIRS = [

@@ -242,7 +242,7 @@ def test_presets_build_valid_job_configs_under_out(preset, tmp_path, monkeypatch
 
 
 def test_demo_is_small_and_full_is_the_readme_run(tmp_path):
-    from r2ps.train.config import RankerConfig, TrainConfig
+    from r2ps.train.config import RankerConfig, RetrieverConfig
 
     demo = {s.name: s.config for s in build_stages(PipelineConfig(out=str(tmp_path)))}
     assert demo["corpus"].max_files and demo["sample"].n_queries
@@ -252,8 +252,8 @@ def test_demo_is_small_and_full_is_the_readme_run(tmp_path):
         s.name: s.config for s in build_stages(PipelineConfig(preset="full", out=str(tmp_path)))
     }
     assert full["corpus"].max_files == 0 and full["sample"].n_queries == 20000
-    assert full["retriever"].max_steps == TrainConfig().max_steps
-    assert full["retriever"].max_train_pairs == TrainConfig().max_train_pairs
+    assert full["retriever"].max_steps == RetrieverConfig().max_steps
+    assert full["retriever"].max_train_pairs == RetrieverConfig().max_train_pairs
     assert full["ranker_ps"].batch_size == RankerConfig().batch_size
     assert full["evaluate"].ks == [5, 10] and full["ranker_rr"].max_pair_len == 128
     for preset in (demo, full):  # the recipe chosen on valid (docs/RESULTS.md)

@@ -11,39 +11,34 @@ The fusion weight of each (ranker, K) is chosen on the VALID split only
 (`choose_fusion`), never on a data set that is reported: a weight tuned on test data
 would make the fused rows look better than they are.
 
-Efficiency (the paper's Table 5): seconds per query of the retriever (query encoding +
-exact faiss search), of the cross encoder over every code of the pool (extrapolated from
-a timed sample of pairs: a whole 100k pool would take hours per query) and of the
-cascade at K = `efficiency_k`, for pools of `pool_sizes` codes. Code embedding is a
-one-off indexing cost and is reported on its own.
+Efficiency (the paper's Table 5, efficiency.py): seconds per query of the retriever, of
+the cross encoder over the whole pool and of the cascade, for pools of `pool_sizes` codes.
 
-Output, in `out`: results.json (everything), results.md (the tables) and results.png.
+Output, in `out`: results.json (everything), results.md and results.png (report.py), and
+served.json (the cascade the endpoint serves, chosen on valid: cascade.ServedCascade).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from r2ps.bm25 import BM25
-from r2ps.cascade import ServedCascade, best_setting, cascade_ids, choose_alpha, choose_served
+from r2ps.cascade import ServedCascade, best_setting, choose_alpha, choose_served
 from r2ps.config import to_dict
-from r2ps.data.schema import SPLITS, RetrievalSet
-from r2ps.index import CodeIndex, IndexConfig
+from r2ps.data.schema import RetrievalSet
+from r2ps.efficiency import efficiency
 from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import model_or_default
+from r2ps.report import write_results
 from r2ps.retrieval import (
     MRR_CUTOFF,
     Retrieved,
@@ -56,7 +51,6 @@ from r2ps.retrieval import (
 log = get_logger(__name__)
 
 RANKERS = {"rr": "RR", "rr_ps": "RR+PS"}  # setting name -> method label
-METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 
 @dataclass
@@ -278,137 +272,6 @@ def evaluate_set(
     return {"n_queries": len(texts), "n_codes": len(codes), "methods": methods}
 
 
-# --- efficiency ---------------------------------------------------------------------
-
-
-def extrapolate(seconds: float, measured: int, target: int) -> float:
-    """Time of `target` units from `seconds` measured over `measured` units (linear cost)."""
-    if measured < 1:
-        raise ValueError(f"cannot extrapolate from {measured} measured units")
-    return seconds / measured * target
-
-
-def efficiency_row(
-    pool: int,
-    de_s: float,
-    rr_s: float,
-    pair_seconds: float,
-    timed_pairs: int,
-    embed_seconds: float,
-    embedded: int,
-    build_s: float,
-) -> dict:
-    """One row of Table 5 from measured times; what was extrapolated is said so."""
-    ce_s = extrapolate(pair_seconds, timed_pairs, pool)
-    return {
-        "pool": pool,
-        "de_s_per_query": de_s,
-        "ce_all_s_per_query": ce_s,
-        "ce_all_extrapolated": timed_pairs < pool,
-        "ce_all_basis": f"{timed_pairs} timed pairs x {pool} codes / {timed_pairs}",
-        "rr_s_per_query": rr_s,
-        "speedup_rr_vs_ce_all": ce_s / rr_s if rr_s > 0 else math.inf,
-        "index_embed_s": extrapolate(embed_seconds, embedded, pool),
-        "index_embed_extrapolated": embedded < pool,
-        "index_build_s": build_s,
-    }
-
-
-def pool_codes(source: str, n: int) -> tuple[list[str], list[str]]:
-    """Up to `n` (code_id, code) from `source`: a split folder, or a corpus of split folders."""
-    folder = Path(source)
-    if (folder / "codes.parquet").exists():
-        files = [folder / "codes.parquet"]
-    else:
-        files = [folder / s / "codes.parquet" for s in SPLITS if (folder / s).is_dir()]
-    if not files:
-        raise FileNotFoundError(f"pool_source {source}: no codes.parquet, nor split folders")
-    tables, have = [], 0
-    for path in files:
-        if have >= n:
-            break
-        table = pq.read_table(path, columns=["code_id", "code"])
-        tables.append(table.slice(0, n - have))
-        have += tables[-1].num_rows
-    table = pa.concat_tables(tables)
-    return table["code_id"].to_pylist(), table["code"].to_pylist()
-
-
-def efficiency(
-    cfg: EvalConfig, retriever: DualEncoder, ranker: CrossEncoder, queries: Sequence[str]
-) -> dict:
-    """Table 5: seconds per query of DE, the cross encoder over the pool and the cascade.
-
-    The pool's distinct codes (at most `max_embed_codes`) are embedded once; a larger
-    pool repeats those embeddings, which costs an exact (flat) search exactly what
-    distinct codes would. Queries are timed one at a time, as a user sends them.
-    """
-    largest = max(cfg.pool_sizes)
-    ids, codes = pool_codes(cfg.pool_source, min(largest, cfg.max_embed_codes))
-    queries = list(queries[: cfg.timing_queries])
-    if not queries or not codes:
-        raise ValueError("efficiency needs at least one query and one code")
-    t0 = time.perf_counter()
-    emb = retriever.embed_codes(codes, cfg.batch_size)
-    embed_s = time.perf_counter() - t0
-    # Cross encoder cost per pair, on pairs of real queries and codes.
-    n_pairs = cfg.timing_pairs
-    pair_q = [queries[i % len(queries)] for i in range(n_pairs)]
-    pair_c = [codes[i % len(codes)] for i in range(n_pairs)]
-    t0 = time.perf_counter()
-    ranker.score_pairs(pair_q, pair_c, cfg.batch_size)
-    pair_s = time.perf_counter() - t0
-    k = cfg.efficiency_k
-    # One untimed pass of each model first: the first call pays for lazy initialisation.
-    retriever.embed_queries(queries[:1])
-    ranker.score_pairs(queries[:1], codes[:1])
-    rows = []
-    for pool in sorted(cfg.pool_sizes):
-        take = np.arange(pool) % len(ids)
-        pool_ids = [ids[i] if i < len(ids) else f"{ids[i % len(ids)]}#{i}" for i in range(pool)]
-        pool_texts = [codes[i] for i in take]
-        t0 = time.perf_counter()
-        manifest = {"model_path": "efficiency pool"}
-        index = CodeIndex.build(emb[take], pool_ids, IndexConfig(kind="flat"), manifest)
-        build_s = time.perf_counter() - t0
-        de_times, rr_times = [], []
-        for text in queries:
-            t0 = time.perf_counter()
-            q = retriever.embed_queries([text], cfg.batch_size)
-            scores, pos = index.search(q, min(k, pool))
-            t1 = time.perf_counter()
-            ce = ranker.score_pairs([text] * pos.shape[1], [pool_texts[p] for p in pos[0]])
-            cascade_ids(pos[0], scores[0], ce)
-            t2 = time.perf_counter()
-            de_times.append(t1 - t0)
-            rr_times.append(t2 - t0)
-        rows.append(
-            efficiency_row(
-                pool,
-                float(np.mean(de_times)),
-                float(np.mean(rr_times)),
-                pair_s,
-                n_pairs,
-                embed_s,
-                len(codes),
-                build_s,
-            )
-        )
-        log.info("efficiency at %d codes: %s", pool, rows[-1])
-    return {
-        "k": k,
-        "timed_queries": len(queries),
-        "timed_pairs": n_pairs,
-        "distinct_codes_embedded": len(codes),
-        "ce_s_per_pair": pair_s / n_pairs,
-        "rows": rows,
-        "note": (
-            "ce_all is extrapolated: seconds per timed pair x pool size; pools larger than "
-            "distinct_codes_embedded repeat embeddings (same flat-search cost)"
-        ),
-    }
-
-
 # --- the job ------------------------------------------------------------------------
 
 
@@ -509,160 +372,3 @@ def present_split(path: str, skipped: list[str]) -> str | None:
     log.warning(reason)
     skipped.append(reason)
     return None
-
-
-# --- output -------------------------------------------------------------------------
-
-
-def markdown(report: dict) -> str:
-    """The quality table (rows = methods, columns = metrics per data set) and Table 5."""
-    names = list(report["datasets"])
-    methods: list[str] = []
-    for data in report["datasets"].values():
-        methods += [m for m in data["methods"] if m not in methods]
-    header = ["method"]
-    for n in names:
-        header += [f"{n} {m.upper() if m == 'mrr' else m}" for m in METRICS]
-        header.append(f"{n} MRR - DE [95% CI]")
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for method in methods:
-        cells = [_label(method, report["datasets"])]
-        for n in names:
-            row = report["datasets"][n]["methods"].get(method)
-            cells += [f"{100 * row[m]:.1f}" if row else "" for m in METRICS]
-            cells.append(_delta(row["vs_de"]) if row and "vs_de" in row else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    sizes = ", ".join(
-        f"{n}: {d['n_queries']} queries, {d['n_codes']} codes"
-        for n, d in report["datasets"].items()
-    )
-    lines += ["", f"Metrics in %, whole pool ({sizes}); MRR counts a rank past 1000 as 0."]
-    if report["alpha"]["by_ranker"]:
-        chosen = "; ".join(
-            f"{label} " + ", ".join(f"K={k}: {v['alpha']}" for k, v in by_k.items())
-            for label, by_k in report["alpha"]["by_ranker"].items()
-        )
-        lines.append(f"Fusion weights chosen on {report['alpha']['split']}: {chosen}.")
-    if report.get("served"):
-        lines.append(f"Served (chosen on the valid split): {report['served']['reason']}.")
-    lines.append(
-        "MRR - DE: paired bootstrap over the same queries "
-        f"({report['settings'].get('bootstrap')} resamples, seed {report['settings'].get('seed')})."
-    )
-    for reason in report["skipped"]:
-        lines.append(f"- {reason}")
-    eff = report.get("efficiency")
-    if eff:
-        lines += [
-            "",
-            f"| pool | DE s/query | CE over pool s/query | RR K={eff['k']} s/query | speed-up | "
-            "indexing (embed) s |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in eff["rows"]:
-            star = " (extrapolated)" if r["ce_all_extrapolated"] else ""
-            emb = " (extrapolated)" if r["index_embed_extrapolated"] else ""
-            lines.append(
-                f"| {r['pool']} | {r['de_s_per_query']:.4f} | {r['ce_all_s_per_query']:.2f}{star} "
-                f"| {r['rr_s_per_query']:.4f} | {r['speedup_rr_vs_ce_all']:.3g}x "
-                f"| {r['index_embed_s']:.1f}{emb} |"
-            )
-        lines.append(
-            f"\nRetriever {eff['retriever']}, ranker {eff['ranker']}; {eff['timed_queries']} "
-            f"queries timed one at a time; cross encoder {eff['ce_s_per_pair'] * 1000:.1f} ms "
-            f"per pair over {eff['timed_pairs']} timed pairs. {eff['note']}."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _label(method: str, datasets: dict) -> str:
-    """A row's name; "as served" and "served" rows name their K and weight."""
-    for data in datasets.values():
-        row = data["methods"].get(method)
-        if row and method.endswith("served"):
-            if not row["k"]:
-                return f"{method} (retriever alone)"
-            return f"{method} (K={row['k']}, alpha={row['alpha']})"
-    return method
-
-
-def _delta(d: dict) -> str:
-    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-
-
-def plot(report: dict, path: Path) -> None:
-    """MRR against K per method and data set; time per query against pool size (log-log)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {"BM25": "tab:grey", "untrained DE": "tab:olive", "DE": "tab:blue"}
-    colors.update({"RR": "tab:orange", "RR+PS": "tab:red"})
-    markers = "os^vD"
-    for d, (name, data) in enumerate(report["datasets"].items()):
-        curves: dict[tuple[str, bool], list[tuple[int, float]]] = {}
-        for method, row in data["methods"].items():
-            if method.endswith("served"):  # one chosen point, named in the table
-                continue
-            if "k" in row:
-                curves.setdefault((row["family"], row["fused"]), []).append((row["k"], row["mrr"]))
-            else:  # no K: a level line
-                color = colors.get(method, "black")
-                left.axhline(
-                    100 * row["mrr"], color=color, linestyle=":", label=f"{method} ({name})"
-                )
-        for (family, fused), points in curves.items():
-            points.sort()
-            left.plot(
-                [k for k, _ in points],
-                [100 * m for _, m in points],
-                linestyle="--" if fused else "-",
-                marker=markers[d % len(markers)],
-                color=colors.get(family, "black"),
-                label=f"{family}{' fused' if fused else ''} ({name})",
-            )
-    ks = report["settings"]["ks"]
-    left.set_xscale("log")
-    left.set_xticks(ks, [str(k) for k in ks])
-    left.minorticks_off()
-    left.set_xlabel("K (codes reranked)")
-    left.set_ylabel("MRR (%)")
-    left.set_title("MRR against K")
-    if left.get_legend_handles_labels()[0]:
-        left.legend(fontsize=7, ncol=2)
-    eff = report.get("efficiency")
-    if eff:
-        pools = [r["pool"] for r in eff["rows"]]
-        right.plot(pools, [r["de_s_per_query"] for r in eff["rows"]], "-o", label="DE")
-        right.plot(
-            pools,
-            [r["ce_all_s_per_query"] for r in eff["rows"]],
-            "--o",
-            label="CE over pool (extrapolated)",
-        )
-        right.plot(
-            pools, [r["rr_s_per_query"] for r in eff["rows"]], "-s", label=f"cascade K={eff['k']}"
-        )
-        right.set_xscale("log")
-        right.set_yscale("log")
-        right.legend(fontsize=7)
-    right.set_xlabel("pool size (codes)")
-    right.set_ylabel("seconds per query")
-    right.set_title("time per query")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_results(report: dict, out: str | Path) -> dict[str, Path]:
-    """results.json, results.md and results.png in `out`; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    paths["json"].write_text(json.dumps(report, indent=1, default=str))
-    paths["md"].write_text(markdown(report))
-    plot(report, paths["png"])
-    report["files"] = {k: str(v) for k, v in paths.items()}
-    return paths

@@ -42,8 +42,8 @@ from r2ps.mining import MineConfig, MiningSettingsError, mine
 from r2ps.models.cross import HEAD_FILE
 from r2ps.serving import CONFIG_ENV, SERVE_FILE, ServeConfig
 from r2ps.storage import download, is_uri, mirror_path, upload, upload_file, write_text_atomic
-from r2ps.train.config import RankerConfig, TrainConfig
-from r2ps.train.ranker import check_config as check_ranker_config
+from r2ps.train.config import RankerConfig, RetrieverConfig
+from r2ps.train.ranker_data import check_config as check_ranker_config
 
 log = get_logger(__name__)
 
@@ -67,7 +67,7 @@ def sample_split(cfg: SampleConfig) -> None:
     RetrievalSet.read(cfg.split).sample(cfg.n_queries, cfg.seed).write(cfg.out)
 
 
-def train_retriever(cfg: TrainConfig) -> None:
+def train_retriever(cfg: RetrieverConfig) -> None:
     from r2ps.train.launch import train
 
     train(cfg)
@@ -170,7 +170,7 @@ class PipelineConfig:
     # job's dataclass (`--help` lists every key): defaults < preset < wiring < section.
     corpus: dict[str, Any] = section(CorpusConfig)
     sample: dict[str, Any] = section(SampleConfig)
-    retriever: dict[str, Any] = section(TrainConfig)
+    retriever: dict[str, Any] = section(RetrieverConfig)
     mine: dict[str, Any] = section(MineConfig)
     ranker: dict[str, Any] = section(RankerConfig, "both rankers")
     evaluate: dict[str, Any] = section(EvalConfig)
@@ -287,7 +287,7 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
     storage = cfg.storage.rstrip("/")
     storage = f"{storage}/ray_results" if storage else (checkpoints or str(out / "ray_results"))
     retriever = make(
-        TrainConfig,
+        RetrieverConfig,
         "retriever",
         {
             "corpus": corpus.out,

@@ -35,10 +35,10 @@ from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.mining import read_negatives
 from r2ps.models.dual import DualEncoder
 from r2ps.retrieval import top_candidates
-from r2ps.train.config import RankerConfig, TrainConfig
-from r2ps.train.ranker import (
+from r2ps.train.config import RankerConfig
+from r2ps.train.ranker import RankerTask
+from r2ps.train.ranker_data import (
     NEGATIVE_COLUMNS,
-    RankerTask,
     build_groups,
     check_config,
     code_texts,
@@ -120,7 +120,7 @@ def negatives_dir(corpus_dir, tmp_path_factory) -> Path:
     return out
 
 
-def ranker_config(corpus, model, root, run_name, negatives="", **kw) -> TrainConfig:
+def ranker_config(corpus, model, root, run_name, negatives="", **kw) -> RankerConfig:
     settings = dict(
         negatives=str(negatives),
         num_negatives=M,
@@ -131,7 +131,7 @@ def ranker_config(corpus, model, root, run_name, negatives="", **kw) -> TrainCon
         lr=3e-3,  # a random tiny BERT learns cross attention slowly; MiniLM wants ~2e-5
     )
     settings.update(kw)
-    return small_config(corpus, model, root, run_name, **settings)
+    return small_config(corpus, model, root, run_name, RankerConfig, **settings)
 
 
 def numpy_batch(table: pa.Table, n: int) -> dict:
@@ -312,7 +312,7 @@ class RecordingRanker(RankerTask):
         return metrics
 
 
-def run_ranker(root: Path, cfg: TrainConfig) -> tuple[dict, Path]:
+def run_ranker(root: Path, cfg: RankerConfig) -> tuple[dict, Path]:
     from r2ps.train.launch import train
 
     log_dir = root / "records"
@@ -399,19 +399,18 @@ def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
     """A zero last layer starts the listwise loss at log(group size), not at a random,
     saturating guess; `head_lr` puts only the head's parameters in a faster group."""
     from r2ps.models.cross import CrossEncoder
-    from r2ps.train.loop import param_groups
 
     model = CrossEncoder.from_pretrained(tiny_bert_dir)
     scores = model.score_pairs(["read a file", "sort a list"], ["def f(): pass", "x = 1"])
     assert np.allclose(scores, 0.0)
-    groups = param_groups(model, RankerConfig(head_lr=1e-3, lr=2e-5))
+    groups = RankerTask().param_groups(model, RankerConfig(head_lr=1e-3, lr=2e-5))
     head = {id(p) for p in model.head.parameters()}
     assert [len(g["params"]) for g in groups] == [
         len(list(model.parameters())) - len(head),
         len(head),
     ]
     assert groups[1]["lr"] == 1e-3 and {id(p) for p in groups[1]["params"]} == head
-    assert len(param_groups(model, RankerConfig(head_lr=0.0))) == 1
+    assert len(RankerTask().param_groups(model, RankerConfig(head_lr=0.0))) == 1
 
 
 def test_top_candidates_keep_pool_order_in_ties_and_refuse_nan():

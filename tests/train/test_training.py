@@ -32,7 +32,7 @@ from ray.train.v2._internal.constants import DEFAULT_HEALTH_CHECK_INTERVAL_S
 
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
-from r2ps.train.config import TrainConfig
+from r2ps.train.config import RetrieverConfig, TrainConfig
 from r2ps.train.retriever import RetrieverTask, group_keys, training_pairs
 
 pytestmark = pytest.mark.ray
@@ -114,7 +114,10 @@ def corpus_dir(tmp_path_factory) -> Path:
     return out
 
 
-def small_config(corpus: Path, model: Path, root: Path, run_name: str, **kw) -> TrainConfig:
+def small_config(
+    corpus: Path, model: Path, root: Path, run_name: str, kind: type = RetrieverConfig, **kw
+) -> TrainConfig:
+    """Settings of a tiny run of `kind` (RetrieverConfig or RankerConfig) over `corpus`."""
     settings = dict(
         corpus=str(corpus),
         model=str(model),
@@ -123,21 +126,20 @@ def small_config(corpus: Path, model: Path, root: Path, run_name: str, **kw) -> 
         run_name=run_name,
         batch_size=8,
         max_query_len=16,
-        max_code_len=32,
         max_eval_queries=20,
         eval_batch_size=32,
         lr=1e-3,
-        temperature=0.1,
         warmup_ratio=0.1,
         num_workers=2,
         threads_per_worker=1,
         use_gpu=False,
         max_failures=0,
         log_every_steps=5,
-        final_test=False,
     )
+    if kind is RetrieverConfig:
+        settings.update(max_code_len=32, temperature=0.1, final_test=False)
     settings.update(kw)
-    return TrainConfig(**settings)
+    return kind(**settings)
 
 
 # --- tasks that record what the workers do -------------------------------------------

@@ -1,17 +1,24 @@
-"""Settings of `jobs/train.py` (one dataclass for both encoders)."""
+"""Settings of `jobs/train.py`: what both encoders share, then each one's own.
+
+`TrainConfig` holds the run, optimisation, scale-out and validation settings the shared
+loop (loop.py, launch.py) reads; `RetrieverConfig` and `RankerConfig` add what only
+their task reads, so each `--help` lists only settings that do something.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-# The settings that are paths the run reads: a job stages URIs among them (r2ps.storage)
-# and every training worker makes them present on its own node.
-INPUT_PATHS = ("corpus", "model", "eval_cosqa", "negatives", "retriever")
+from typing import ClassVar
 
 
 @dataclass
 class TrainConfig:
-    """Defaults fit a 2-core CPU machine; a GPU cluster raises workers and batch size."""
+    """The shared settings. Defaults fit a 2-core CPU machine; a GPU cluster raises workers
+    and batch size."""
+
+    # The settings that are paths the run reads: a job stages URIs among them
+    # (r2ps.storage) and every training worker makes them present on its own node.
+    INPUT_PATHS: ClassVar[tuple[str, ...]] = ("corpus", "model", "eval_cosqa")
 
     corpus: str = field(
         default="runs/demo/corpus", metadata={"help": "corpus folder (build_corpus output)"}
@@ -32,34 +39,16 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = field(default=32, metadata={"help": "pairs per worker per step"})
     lr: float = 2e-5
-    head_lr: float = field(
-        default=0.0, metadata={"help": "lr of a fresh head (the ranker's); 0: lr"}
-    )
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
-    temperature: float = 0.05
     max_query_len: int = 64
-    max_code_len: int = 256
     max_train_pairs: int = field(
         default=8000,
         metadata={"help": "use a seeded sample of N pairs (0: all); sized for < 1 h on 2 cores"},
     )
     max_steps: int = field(default=0, metadata={"help": "stop after N steps (0: epochs decide)"})
-    hard_negatives: str = field(
-        default="", metadata={"help": "column of extra negative code texts in the pairs (optional)"}
-    )
     seed: int = 0
-    web_queries: bool = field(
-        default=False,
-        metadata={"help": "retriever: train queries rewritten toward web-query register"},
-    )
-    wise_ft: float = field(
-        default=1.0,
-        metadata={
-            "help": "retriever: export (1-w)*start + w*trained weights (WiSE-FT); 1: trained"
-        },
-    )
     # scale-out
     num_workers: int = 1
     threads_per_worker: int = 2
@@ -76,57 +65,33 @@ class TrainConfig:
     )
     eval_cosqa: str = field(default="", metadata={"help": "CoSQA folder: also report CoSQA dev"})
     eval_batch_size: int = 64
+    log_every_steps: int = 10
+
+
+@dataclass
+class RetrieverConfig(TrainConfig):
+    """The dual encoder's settings: InfoNCE with in-batch negatives (METHOD.md section 1)."""
+
+    temperature: float = 0.05
+    max_code_len: int = 256
+    web_queries: bool = field(
+        default=False, metadata={"help": "train queries rewritten toward web-query register"}
+    )
+    wise_ft: float = field(
+        default=1.0,
+        metadata={"help": "export (1-w)*start + w*trained weights (WiSE-FT); 1: trained"},
+    )
     final_test: bool = field(
         default=True, metadata={"help": "after training, compare start and trained model on test"}
-    )
-    log_every_steps: int = 10
-    # ranker (cross encoder, METHOD.md section 2); unused by the retriever
-    negatives: str = field(
-        default="", metadata={"help": "ranker: mining output folder (negatives_source=ps)"}
-    )
-    negatives_source: str = field(
-        default="ps",
-        metadata={"help": "ranker: ps (mined window, resampled each epoch) or in_batch (RR)"},
-    )
-    num_negatives: int = field(
-        default=7, metadata={"help": "ranker: m negatives per query with ps (paper: 31)"}
-    )
-    ps_inv_tau: float = field(
-        default=0.0, metadata={"help": "ranker: 1/tau' of PS sampling (0: uniform)"}
-    )
-    ranker_scale: float = field(
-        default=20.0, metadata={"help": "ranker: listwise loss on scale * tanh(score)"}
-    )
-    max_pair_len: int = field(
-        default=384, metadata={"help": "ranker: tokens of query + code (paper: 384)"}
-    )
-    retriever: str = field(
-        default="", metadata={"help": "ranker validation: DualEncoder dir (default: MiniLM)"}
-    )
-    rerank_k: int = field(default=10, metadata={"help": "ranker validation: top K reranked"})
-    residual: bool = field(
-        default=False,
-        metadata={
-            "help": "ranker: learn a correction of the retriever's score (cascade score "
-            "DE + tanh(CE)); the zero head makes step 0 the retriever"
-        },
-    )
-    start_from_retriever: bool = field(
-        default=False, metadata={"help": "ranker: start the encoder from --retriever's weights"}
-    )
-    ps_random: int = field(
-        default=0,
-        metadata={"help": "ranker: of the m PS negatives, N drawn uniformly from the whole pool"},
     )
 
 
 @dataclass
 class RankerConfig(TrainConfig):
-    """The same settings with the ranker's defaults (a run of its own, CPU-sized groups).
+    """The cross encoder's settings (METHOD.md section 2), with its own defaults: a run of
+    its own, CPU-sized groups of (query, code) pairs."""
 
-    Only defaults differ, so a RankerConfig round-trips through TrainConfig unchanged
-    (the shared loop rebuilds a TrainConfig from the dict it receives).
-    """
+    INPUT_PATHS: ClassVar[tuple[str, ...]] = TrainConfig.INPUT_PATHS + ("negatives", "retriever")
 
     out: str = field(
         default="runs/demo/ranker", metadata={"help": "where the best model is exported"}
@@ -139,14 +104,42 @@ class RankerConfig(TrainConfig):
         default=1e-3, metadata={"help": "lr of the fresh (zero-initialised) head; 0: lr"}
     )
     max_query_len: int = field(
-        default=128, metadata={"help": "ranker: query tokens kept inside a pair (paper: 128)"}
+        default=128, metadata={"help": "query tokens kept inside a pair (paper: 128)"}
     )
     max_pair_len: int = field(
-        default=256, metadata={"help": "ranker: tokens of query + code (paper: 384; CPU: 256)"}
+        default=256, metadata={"help": "tokens of query + code (paper: 384; CPU: 256)"}
     )
     max_eval_queries: int = field(
         default=200, metadata={"help": "valid queries per evaluation (each costs K pairs)"}
     )
-    final_test: bool = field(
-        default=False, metadata={"help": "unused by the ranker (see jobs/evaluate.py)"}
+    negatives: str = field(
+        default="", metadata={"help": "mining output folder (negatives_source=ps)"}
+    )
+    negatives_source: str = field(
+        default="ps",
+        metadata={"help": "ps (mined window, resampled each epoch) or in_batch (RR)"},
+    )
+    num_negatives: int = field(
+        default=7, metadata={"help": "m negatives per query with ps (paper: 31)"}
+    )
+    ps_inv_tau: float = field(default=0.0, metadata={"help": "1/tau' of PS sampling (0: uniform)"})
+    ps_random: int = field(
+        default=0, metadata={"help": "of the m PS negatives, N drawn uniformly from the whole pool"}
+    )
+    ranker_scale: float = field(
+        default=20.0, metadata={"help": "listwise loss on scale * tanh(score)"}
+    )
+    retriever: str = field(
+        default="", metadata={"help": "validation: DualEncoder dir (default: MiniLM)"}
+    )
+    rerank_k: int = field(default=10, metadata={"help": "validation: top K reranked"})
+    residual: bool = field(
+        default=False,
+        metadata={
+            "help": "learn a correction of the retriever's score (cascade score "
+            "DE + tanh(CE)); the zero head makes step 0 the retriever"
+        },
+    )
+    start_from_retriever: bool = field(
+        default=False, metadata={"help": "start the encoder from --retriever's weights"}
     )

@@ -65,15 +65,8 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     def fix(p: str) -> str:
         return p if not p or "://" in p else str(Path(p).resolve())
 
-    return dataclasses.replace(
-        cfg,
-        corpus=fix(cfg.corpus),
-        model=fix(cfg.model),
-        eval_cosqa=fix(cfg.eval_cosqa),
-        storage=fix(cfg.storage),
-        negatives=fix(cfg.negatives),
-        retriever=fix(cfg.retriever),
-    )
+    names = (*cfg.INPUT_PATHS, "storage")
+    return dataclasses.replace(cfg, **{name: fix(getattr(cfg, name)) for name in names})
 
 
 def worker_env() -> dict[str, str]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 from r2ps.config import from_dict
 from r2ps.log import get_logger, setup_logging
 from r2ps.storage import on_this_node
-from r2ps.train.config import INPUT_PATHS, TrainConfig
+from r2ps.train.config import TrainConfig
 
 log = get_logger(__name__)
 
@@ -99,6 +99,10 @@ class Task:
         """What the dataset left out and why, for train_summary.json ({}: nothing)."""
         return {}
 
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> list[dict]:
+        """The optimizer's parameter groups: by default one, at `cfg.lr`."""
+        return [{"params": list(model.parameters())}]
+
 
 def overrides(task: Task, hook: str) -> bool:
     """Whether `task`'s class overrides `hook` of the base Task."""
@@ -120,21 +124,6 @@ def deepspeed_config(cfg: TrainConfig, use_cuda: bool) -> dict:
     }
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """One group at `lr`, or with `head_lr` a second group for a freshly initialised head.
-
-    The ranker's head starts at zero (models/cross.py); at the encoder's 2e-5 Adam moves
-    each of its weights ~2e-5 per step, so in the few hundred steps a CPU run affords its
-    scores stay near 0 and nothing is learned. A fresh head is usually given a larger rate.
-    """
-    named = list(model.named_parameters())
-    head = [p for n, p in named if n.startswith("head.")]
-    if not cfg.head_lr or not head:
-        return [{"params": [p for _, p in named]}]
-    body = [p for n, p in named if not n.startswith("head.")]
-    return [{"params": body}, {"params": head, "lr": cfg.head_lr}]
-
-
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
     """Linear warm-up to the peak rate, then linear decay to zero (METHOD.md section 1)."""
 
@@ -146,14 +135,20 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_engine(model: nn.Module, cfg: TrainConfig, total_steps: int, use_cuda: bool):
-    """The DeepSpeed engine the loop trains with: AdamW over `param_groups`, warm-up then
-    linear decay over `total_steps`, `deepspeed_config`. The benchmarks build theirs here
-    too, so what they time is the loop's engine. Returns (engine, scheduler)."""
+def build_engine(
+    model: nn.Module,
+    cfg: TrainConfig,
+    total_steps: int,
+    use_cuda: bool,
+    groups: list[dict] | None = None,
+):
+    """The DeepSpeed engine the loop trains with: AdamW over `groups` (the task's
+    `param_groups`; default one group at `cfg.lr`), warm-up then linear decay over
+    `total_steps`, `deepspeed_config`. The benchmarks build theirs here too, so what they
+    time is the loop's engine. Returns (engine, scheduler)."""
     deepspeed = _import_deepspeed()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    groups = groups if groups is not None else [{"params": list(model.parameters())}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -179,10 +174,10 @@ def train_loop(config: dict) -> None:
     their URIs on the driver's node, and a worker elsewhere needs its own copy.
     """
     setup_logging()
-    cfg: TrainConfig = from_dict(TrainConfig, config["train"])
+    cfg: TrainConfig = from_dict(config["config_type"], config["train"])
     task: Task = config["task"]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(on_this_node(*(getattr(cfg, name) for name in INPUT_PATHS)))
+        stack.enter_context(on_this_node(*(getattr(cfg, name) for name in cfg.INPUT_PATHS)))
         stack.enter_context(on_this_node(*task.worker_inputs(cfg)))  # found through the above
         run(cfg, task, config["steps_per_epoch"])
 
@@ -190,7 +185,7 @@ def train_loop(config: dict) -> None:
 def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
     """The training loop of one worker."""
     # imported here, not at the top: the step's pieces above (deepspeed_config,
-    # param_groups, linear_schedule) also run without Ray (benchmarks/gpu_check.py)
+    # build_engine, linear_schedule) also run without Ray (benchmarks/gpu_check.py)
     import ray.train
 
     ctx = ray.train.get_context()
@@ -205,7 +200,9 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    engine, scheduler = build_engine(model, cfg, total_steps, use_cuda)
+    engine, scheduler = build_engine(
+        model, cfg, total_steps, use_cuda, task.param_groups(model, cfg)
+    )
 
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_valid_mrr": -1.0}
     checkpoint = ray.train.get_checkpoint()
@@ -332,4 +329,9 @@ def _hms(seconds: float) -> str:
 
 
 def config_for_workers(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> dict:
-    return {"train": asdict(cfg), "task": task, "steps_per_epoch": steps_per_epoch}
+    return {
+        "train": asdict(cfg),
+        "config_type": type(cfg),  # RetrieverConfig or RankerConfig
+        "task": task,
+        "steps_per_epoch": steps_per_epoch,
+    }

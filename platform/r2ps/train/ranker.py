@@ -1,20 +1,11 @@
-"""Ranker training: the cross encoder's rows, groups, loss, cascade validation and export.
+"""Ranker training: the cross encoder's task for the shared loop, and its validation.
 
 The shared loop (loop.py) calls this `RankerTask` as it calls the retriever's. Each
-training query becomes a *group*: its positive code first, then negatives, all scored
-as (query, code) pairs by the cross encoder and trained with the listwise softmax
-cross-entropy of METHOD.md section 2. Where the negatives come from is one setting:
-
-- `ps`: the window of candidates the mining job stored for the query (ranking-based
-  hard negatives, METHOD.md section 4), resampled every epoch with a seed made of
-  (seed, epoch, query), so a run is reproducible and resuming mid-epoch redraws exactly
-  what the lost attempt drew;
-- `in_batch`: the paper's "RR" baseline, the other codes of the batch (B queries x B
-  codes), minus codes of the query's own duplicate group (a duplicate is a false
-  negative, as in the retriever's loss).
-
-Both go through `build_groups`, which returns (queries, codes, group size); the loss
-does not know which source made the groups.
+training query becomes a *group* (train/ranker_data.py: its positive code first, then
+PS or in-batch negatives), all scored as (query, code) pairs by the cross encoder and
+trained with the listwise softmax cross-entropy of METHOD.md section 2. With `residual`
+the loss adds the retriever's score of each pair (`pair_scores`) to the ranker's, so the
+ranker learns a correction of the retriever and step 0 is the retriever.
 
 Validation is the cascade itself: the retriever (`cfg.retriever`) ranks the whole valid
 pool once per run (cached; it does not change while the ranker trains), the ranker
@@ -25,26 +16,19 @@ the log shows whether the ranker helps.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
+from torch import nn
 
 from r2ps.cascade import choose_alpha
-from r2ps.data.codetext import query_key
-from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
 from r2ps.log import get_logger
 from r2ps.losses import listwise_ce
-from r2ps.mining import read_negatives, sample_negatives
 from r2ps.models.cross import CrossEncoder, tokenize_pairs
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import load_tokenizer, model_or_default
@@ -56,289 +40,17 @@ from r2ps.retrieval import (
     top_candidates,  # noqa: F401  (moved to r2ps.retrieval; still importable from here)
     unslice,
 )
-from r2ps.train.config import TrainConfig
+from r2ps.train.config import RankerConfig
 from r2ps.train.loop import Task
-from r2ps.train.retriever import _load_cosqa, _load_split, as_blocks, training_pairs
+from r2ps.train.ranker_data import build_groups, pairs_folder, ranker_rows
+from r2ps.train.retriever import _load_cosqa, _load_split, as_blocks
 
 log = get_logger(__name__)
 
-SOURCES = ("ps", "in_batch")
-# The mining output columns the ranker reads (cand_ranks and pos_score are not needed).
-NEGATIVE_COLUMNS = ("query_id", "code_id", "cand_ids", "cand_scores")
-PS_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("query", pa.string()),
-        ("code", pa.string()),
-        ("cand_ids", pa.list_(pa.string())),
-        ("cand_scores", pa.list_(pa.float32())),
-        ("gold_ids", pa.list_(pa.string())),  # never drawn as a random negative
-    ]
-)
 
-
-def check_config(cfg: TrainConfig) -> None:
-    """Fail before any Ray work on ranker settings that cannot run."""
-    if cfg.negatives_source not in SOURCES:
-        raise ValueError(f"negatives_source must be one of {SOURCES}, got {cfg.negatives_source!r}")
-    if cfg.negatives_source == "ps" and not cfg.negatives:
-        raise ValueError("negatives_source=ps needs --negatives <mining output folder>")
-    if cfg.num_negatives < 1:
-        raise ValueError(f"num_negatives must be >= 1, got {cfg.num_negatives}")
-    if cfg.rerank_k < 1:
-        raise ValueError(f"rerank_k must be >= 1, got {cfg.rerank_k}")
-    if cfg.negatives_source == "in_batch" and cfg.batch_size < 2:
-        raise ValueError("negatives_source=in_batch needs batch_size >= 2 (no other codes)")
-    if not 0 <= cfg.ps_random <= cfg.num_negatives:
-        raise ValueError(f"ps_random must be in [0, num_negatives], got {cfg.ps_random}")
-
-
-def model_path(cfg: TrainConfig) -> str:
+def model_path(cfg: RankerConfig) -> str:
     """Where the ranker's encoder starts: `model`, the retriever, or the bundled MiniLM."""
     return model_or_default(cfg.retriever if cfg.start_from_retriever else cfg.model)
-
-
-# --- the rows -----------------------------------------------------------------------
-
-
-def pairs_folder(negatives: str | Path) -> Path:
-    """The split folder the mined ids refer to: `pairs` in `<negatives>/mine_summary.json`.
-
-    A relative path is taken from the working directory, or else from the negatives folder.
-    """
-    summary_path = Path(negatives) / MINE_SUMMARY
-    if not summary_path.exists():
-        raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
-    summary = json.loads(summary_path.read_text())
-    if not isinstance(summary, dict) or not summary.get("pairs"):
-        raise ValueError(f"{summary_path}: field 'pairs' (the mined split folder) is missing")
-    folder = Path(summary["pairs"])
-    if not folder.is_absolute() and not folder.exists():
-        folder = Path(negatives) / folder
-    if not (folder / "codes.parquet").exists():
-        raise FileNotFoundError(
-            f"{summary_path}: field 'pairs' names {summary['pairs']!r}, which holds no codes.parquet"
-        )
-    return folder
-
-
-def ps_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
-    """Mined rows joined with their texts; and a report of what could not be used.
-
-    Candidates that are a gold code of the query's text (the positive included; any
-    query id holding the same text counts, `codetext.query_key`) are removed
-    (the miner should already have done so; a false negative must never reach the loss).
-    Rows left with no candidate cannot make a group: they are counted and named in the
-    report, never silently dropped.
-    """
-    folder = pairs_folder(cfg.negatives)
-    rset = RetrievalSet.read(folder)
-    neg = read_negatives(cfg.negatives, NEGATIVE_COLUMNS)
-    query_text = dict(
-        zip(rset.queries["query_id"].to_pylist(), rset.queries["query"].to_pylist(), strict=True)
-    )
-    code_ids = set(rset.codes["code_id"].to_pylist())
-    code_text = dict(
-        zip(rset.codes["code_id"].to_pylist(), rset.codes["code"].to_pylist(), strict=True)
-    )
-    gold: dict[str, set[str]] = {}  # by query text: one text under two ids is one query
-    for q, c in zip(
-        rset.qrels["query_id"].to_pylist(), rset.qrels["code_id"].to_pylist(), strict=True
-    ):
-        gold.setdefault(query_key(query_text[q]), set()).add(c)
-
-    where = Path(cfg.negatives) / "negatives"
-    rows: dict[str, list] = {name: [] for name in PS_SCHEMA.names}
-    empty: list[str] = []
-    removed = 0
-    for qid, cid, cands, scores in zip(
-        neg["query_id"].to_pylist(),
-        neg["code_id"].to_pylist(),
-        neg["cand_ids"].to_pylist(),
-        neg["cand_scores"].to_pylist(),
-        strict=True,
-    ):
-        if qid not in query_text:
-            raise ValueError(f"{where}: query_id {qid!r} is not in {folder}/queries.parquet")
-        if cid not in code_text:
-            raise ValueError(f"{where}: code_id {cid!r} is not in {folder}/codes.parquet")
-        cands, scores = cands or [], scores or []
-        if len(cands) != len(scores):
-            raise ValueError(
-                f"{where}: query_id {qid!r}: {len(cands)} cand_ids but {len(scores)} cand_scores"
-            )
-        golds = gold.get(query_key(query_text[qid]), set()) | {cid}
-        keep = [i for i, c in enumerate(cands) if c not in golds]
-        removed += len(cands) - len(keep)
-        unknown = [cands[i] for i in keep if cands[i] not in code_ids]
-        if unknown:
-            raise ValueError(f"{where}: cand_ids {unknown[:3]} are not in {folder}/codes.parquet")
-        if not keep:
-            empty.append(qid)
-            continue
-        rows["query_id"].append(qid)
-        rows["query"].append(query_text[qid])
-        rows["code"].append(code_text[cid])
-        rows["cand_ids"].append([cands[i] for i in keep])
-        rows["cand_scores"].append([scores[i] for i in keep])
-        rows["gold_ids"].append(sorted(golds))
-    table = pa.table(rows, schema=PS_SCHEMA)
-    report = {
-        "source": "ps",
-        "negatives": str(cfg.negatives),
-        "pairs": str(folder),
-        "rows_read": neg.num_rows,
-        "rows_used": table.num_rows,
-        "empty_windows": len(empty),
-        "empty_window_queries": empty[:20],
-        "gold_candidates_removed": removed,
-    }
-    if empty:
-        log.warning(
-            "%d of %d mined rows have an empty candidate window and make no group "
-            "(first query ids: %s)",
-            len(empty),
-            neg.num_rows,
-            ", ".join(empty[:5]),
-        )
-    if removed:
-        log.warning("removed %d candidates that are gold codes of their query", removed)
-    return _shuffled(table, cfg), report
-
-
-def _shuffled(table: pa.Table, cfg: TrainConfig) -> pa.Table:
-    order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
-    if cfg.max_train_pairs:
-        order = order[: cfg.max_train_pairs]
-    return table.take(pa.array(order))
-
-
-def ranker_rows(cfg: TrainConfig) -> tuple[pa.Table, dict]:
-    """The training rows of `cfg.negatives_source`, and the data report."""
-    check_config(cfg)
-    if cfg.negatives_source == "ps":
-        return ps_rows(cfg)
-    table = training_pairs(cfg)  # (query, code, group): the retriever's rows, same seed
-    return table, {"source": "in_batch", "rows_used": table.num_rows}
-
-
-@functools.lru_cache(maxsize=2)
-def code_texts(negatives: str) -> dict[str, str]:
-    """code_id -> code of the mined split, loaded once per worker process."""
-    codes = pq.read_table(pairs_folder(negatives) / "codes.parquet", columns=["code_id", "code"])
-    return dict(zip(codes["code_id"].to_pylist(), codes["code"].to_pylist(), strict=True))
-
-
-# --- the groups ---------------------------------------------------------------------
-
-
-def query_seed(seed: int, epoch: int, query_id: str) -> np.random.Generator:
-    """A generator seeded by (seed, epoch, query): independent of batch order and worker."""
-    digest = hashlib.blake2b(str(query_id).encode(), digest_size=8).digest()
-    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, int.from_bytes(digest, "little")])
-
-
-def ps_groups(
-    batch: dict[str, Any],
-    texts: dict[str, str],
-    m: int,
-    inv_tau: float,
-    seed: int,
-    epoch: int,
-    n_random: int = 0,
-) -> tuple[list[str], list[str], int]:
-    """Groups [positive, m negatives] for each row: m - n_random drawn from the row's mined
-    window, n_random uniformly from the whole mined pool (`texts`) minus the row's gold
-    codes (easy negatives mixed with the hard ones)."""
-    if not 0 <= n_random <= m:
-        raise ValueError(f"n_random must be in [0, {m}], got {n_random}")
-    pool = list(texts) if n_random else []
-    queries: list[str] = []
-    codes: list[str] = []
-    for qid, query, positive, cands, scores, golds in zip(
-        batch["query_id"],
-        batch["query"],
-        batch["code"],
-        batch["cand_ids"],
-        batch["cand_scores"],
-        batch["gold_ids"],
-        strict=True,
-    ):
-        rng = query_seed(seed, epoch, str(qid))
-        picks = (
-            [
-                str(cands[int(p)])
-                for p in sample_negatives(
-                    np.asarray(scores, dtype=np.float32), m - n_random, inv_tau, rng
-                )
-            ]
-            if m > n_random
-            else []
-        )
-        picks += random_codes(pool, n_random, {str(g) for g in golds} | set(picks), rng)
-        queries.extend([str(query)] * (1 + m))
-        codes.append(str(positive))
-        codes.extend(texts[c] for c in picks)
-    return queries, codes, 1 + m
-
-
-def random_codes(
-    pool: Sequence[str], n: int, exclude: set[str], rng: np.random.Generator
-) -> list[str]:
-    """`n` distinct code ids drawn uniformly from `pool`, none in `exclude` (with
-    replacement only when the pool has fewer than `n` eligible codes)."""
-    if n == 0:
-        return []
-    eligible = [c for c in pool if c not in exclude] if len(pool) < 4 * (n + len(exclude)) else None
-    if eligible is not None:
-        if not eligible:
-            raise ValueError("no code of the pool is eligible as a random negative")
-        return [eligible[int(i)] for i in rng.choice(len(eligible), n, replace=len(eligible) < n)]
-    out: list[str] = []
-    while len(out) < n:  # rejection: the pool is much larger than what is excluded
-        c = pool[int(rng.integers(len(pool)))]
-        if c not in exclude and c not in out:
-            out.append(c)
-    return out
-
-
-def in_batch_groups(batch: dict[str, Any]) -> tuple[list[str], list[str], int]:
-    """Groups [positive, the other B-1 codes of the batch] for each of the B rows.
-
-    Codes of the row's own duplicate group (same code, or another gold code of the same
-    query) are not negatives; their places are filled by repeating the row's real
-    negatives in batch order, so every group keeps size B.
-    """
-    batch_codes = [str(c) for c in batch["code"]]
-    groups = np.asarray(batch["group"])
-    size = len(batch_codes)
-    queries: list[str] = []
-    codes: list[str] = []
-    for i, query in enumerate(batch["query"]):
-        negatives = [batch_codes[j] for j in range(size) if groups[j] != groups[i]]
-        if not negatives:
-            raise ValueError(
-                f"in_batch: all {size} codes of the batch are duplicates of row {i}'s "
-                "positive; raise batch_size"
-            )
-        queries.extend([str(query)] * size)
-        codes.append(batch_codes[i])
-        codes.extend(negatives[k % len(negatives)] for k in range(size - 1))
-    return queries, codes, size
-
-
-def build_groups(
-    batch: dict[str, Any], cfg: TrainConfig, epoch: int
-) -> tuple[list[str], list[str], int]:
-    """(queries, codes, group size): row-major groups, each starting with its positive."""
-    if cfg.negatives_source == "in_batch":
-        return in_batch_groups(batch)
-    if cfg.negatives_source == "ps":
-        texts = code_texts(str(cfg.negatives))
-        return ps_groups(
-            batch, texts, cfg.num_negatives, cfg.ps_inv_tau, cfg.seed, epoch, cfg.ps_random
-        )
-    raise ValueError(f"negatives_source must be one of {SOURCES}, got {cfg.negatives_source!r}")
 
 
 def pair_scores(retriever: DualEncoder, queries: Sequence[str], codes: Sequence[str]) -> np.ndarray:
@@ -407,21 +119,21 @@ class RankerTask(Task):
     def data_summary(self) -> dict:
         return self.data_report
 
-    def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+    def dataset(self, cfg: RankerConfig) -> tuple[ray.data.Dataset, int]:
         """The training rows as a Ray Dataset (driver side); the report is kept for the summary."""
         rows, self.data_report = ranker_rows(cfg)
         if rows.num_rows == 0:
             raise ValueError(f"no usable training rows: {self.data_report}")
         return ray.data.from_arrow(as_blocks(rows, cfg.num_workers)), rows.num_rows
 
-    def worker_inputs(self, cfg: TrainConfig) -> list[str]:
+    def worker_inputs(self, cfg: RankerConfig) -> list[str]:
         """The mined split the PS negatives' code ids refer to (read by `code_texts`)."""
         return [str(pairs_folder(cfg.negatives))] if cfg.negatives_source == "ps" else []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def build_model(self, cfg: TrainConfig) -> CrossEncoder:
+    def build_model(self, cfg: RankerConfig) -> CrossEncoder:
         self.start_is_candidate = cfg.residual
         return CrossEncoder.from_pretrained(
             model_path(cfg),
@@ -430,7 +142,7 @@ class RankerTask(Task):
             residual=cfg.residual,
         )
 
-    def prepare(self, batch: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], cfg: RankerConfig) -> dict[str, Any]:
         """The step's CPU part: groups and their padded token tensors (the loop runs this
         a batch ahead in a background thread). Its own tokenizer: validation tokenises
         with the model's meanwhile, and an HF tokenizer's settings are shared state."""
@@ -449,7 +161,7 @@ class RankerTask(Task):
             out["prior"] = torch.from_numpy(pair_scores(self._retriever, queries, codes))
         return out
 
-    def loss(self, engine: Any, prepared: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+    def loss(self, engine: Any, prepared: dict[str, Any], cfg: RankerConfig) -> torch.Tensor:
         inputs = {k: v.to(engine.device) for k, v in prepared["inputs"].items()}
         size = prepared["size"]
         scores = engine(**inputs).view(-1, size)
@@ -457,7 +169,7 @@ class RankerTask(Task):
         prior = None if prior is None else prior.to(engine.device).view(-1, size)
         return listwise_ce(scores, cfg.ranker_scale, prior)
 
-    def evaluate(self, model: CrossEncoder, cfg: TrainConfig) -> dict[str, float]:
+    def evaluate(self, model: CrossEncoder, cfg: RankerConfig) -> dict[str, float]:
         sets = {"valid": (_load_split(str(Path(cfg.corpus) / "valid")), cfg.max_eval_queries)}
         if cfg.eval_cosqa:
             sets["cosqa"] = (_load_cosqa(cfg.eval_cosqa), cfg.max_eval_queries)
@@ -479,3 +191,17 @@ class RankerTask(Task):
 
     def export(self, model: CrossEncoder, directory: Path) -> None:
         model.save_pretrained(directory)
+
+    def param_groups(self, model: nn.Module, cfg: RankerConfig) -> list[dict]:
+        """The encoder at `lr`, and with `head_lr` the freshly initialised head at its own.
+
+        The head starts at zero (models/cross.py); at the encoder's 2e-5 Adam moves each of
+        its weights ~2e-5 per step, so in the few hundred steps a CPU run affords its scores
+        stay near 0 and nothing is learned. A fresh head is usually given a larger rate.
+        """
+        named = list(model.named_parameters())
+        head = [p for n, p in named if n.startswith("head.")]
+        if not cfg.head_lr or not head:
+            return [{"params": [p for _, p in named]}]
+        body = [p for n, p in named if not n.startswith("head.")]
+        return [{"params": body}, {"params": head, "lr": cfg.head_lr}]

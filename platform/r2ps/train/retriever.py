@@ -35,7 +35,7 @@ from r2ps.models.encoder import (
     pad_token_id,
 )
 from r2ps.retrieval import eval_queries, unslice
-from r2ps.train.config import TrainConfig
+from r2ps.train.config import RetrieverConfig, TrainConfig
 from r2ps.train.loop import DATA_CPUS, Task
 
 log = get_logger(__name__)
@@ -94,14 +94,14 @@ def web_register(query: str) -> str:
     return text
 
 
-def training_pairs(cfg: TrainConfig) -> pa.Table:
-    """The train split as (query, code, group) rows, seeded-shuffled (and sampled); with
-    `web_queries`, each query rewritten by `web_register` (groups are computed before,
+def training_pairs(cfg: TrainConfig, web_queries: bool = False) -> pa.Table:
+    """The train split of `cfg.corpus` as (query, code, group) rows, seeded-shuffled (and
+    sampled to `cfg.max_train_pairs`); with `web_queries`, each query rewritten by `web_register` (groups are computed before,
     from the original texts, so duplicates stay masked)."""
     pairs = RetrievalSet.read(Path(cfg.corpus) / "train").pairs()
     groups = group_keys(pairs["query"].to_pylist(), pairs["code_id"].to_pylist())
     queries = pairs["query"]
-    if cfg.web_queries:
+    if web_queries:
         queries = pa.array([web_register(q) for q in queries.to_pylist()], pa.string())
     table = pa.table({"query": queries, "code": pairs["code"], "group": groups})
     order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
@@ -137,7 +137,7 @@ def tokenize_pairs(batch: pa.Table, tokenizer, max_query_len: int, max_code_len:
     )
 
 
-def model_path(cfg: TrainConfig) -> str:
+def model_path(cfg: RetrieverConfig) -> str:
     """Where the retriever starts: `cfg.model`, or the bundled MiniLM."""
     return model_or_default(cfg.model)
 
@@ -146,9 +146,9 @@ def model_path(cfg: TrainConfig) -> str:
 class RetrieverTask(Task):
     """What the shared training loop needs to train the dual encoder."""
 
-    def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
+    def dataset(self, cfg: RetrieverConfig) -> tuple[ray.data.Dataset, int]:
         """The train pairs as a Ray Dataset, tokenised in the stream; and its row count."""
-        pairs = training_pairs(cfg)
+        pairs = training_pairs(cfg, cfg.web_queries)
         ds = ray.data.from_arrow(as_blocks(pairs, cfg.num_workers))
         ds = ds.map_batches(
             tokenize_pairs,
@@ -163,7 +163,7 @@ class RetrieverTask(Task):
         )
         return ds, pairs.num_rows
 
-    def build_model(self, cfg: TrainConfig) -> DualEncoder:
+    def build_model(self, cfg: RetrieverConfig) -> DualEncoder:
         return DualEncoder.from_pretrained(
             model_path(cfg),
             temperature=cfg.temperature,
@@ -171,7 +171,7 @@ class RetrieverTask(Task):
             max_code_len=cfg.max_code_len,
         )
 
-    def loss(self, engine: Any, batch: dict[str, np.ndarray], cfg: TrainConfig) -> torch.Tensor:
+    def loss(self, engine: Any, batch: dict[str, np.ndarray], cfg: RetrieverConfig) -> torch.Tensor:
         pad = pad_token_id(engine.module.tokenizer)
         device = engine.device
         q = {k: v.to(device) for k, v in pad_batch(list(batch["q_ids"]), pad).items()}
@@ -180,7 +180,7 @@ class RetrieverTask(Task):
         groups = torch.tensor(batch["group"], dtype=torch.long, device=device)
         return gathered_info_nce(q_emb, c_emb, cfg.temperature, code_keys=groups)
 
-    def evaluate(self, model: DualEncoder, cfg: TrainConfig) -> dict[str, float]:
+    def evaluate(self, model: DualEncoder, cfg: RetrieverConfig) -> dict[str, float]:
         out = {}
         valid = _load_split(str(Path(cfg.corpus) / "valid"))
         for k, v in evaluate_retriever(
@@ -196,7 +196,7 @@ class RetrieverTask(Task):
     def export(self, model: DualEncoder, directory: Path) -> None:
         model.save_pretrained(directory)
 
-    def after_export(self, cfg: TrainConfig, directory: Path) -> dict:
+    def after_export(self, cfg: RetrieverConfig, directory: Path) -> dict:
         """WiSE-FT (the exported encoder moved back toward the start by `wise_ft`), then,
         with `final_test`, the start and the exported model compared on the test split."""
         if cfg.wise_ft != 1.0:
@@ -234,7 +234,7 @@ def evaluate_retriever(
     return evaluate_dense(q_emb, c_emb, gold)
 
 
-def compare_on_test(cfg: TrainConfig, trained: str) -> dict:
+def compare_on_test(cfg: RetrieverConfig, trained: str) -> dict:
     """The starting model against the trained one on the corpus test split (and CoSQA).
 
     Run once after training, on held-out packages no checkpoint was chosen on.
