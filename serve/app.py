@@ -218,7 +218,16 @@ class Ranker:
         return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
 
     def ready(self) -> dict:
-        return {"model": self.model_dir, "trained": self.trained, **self.runtime()}
+        return {
+            "model": self.model_dir,
+            "trained": self.trained,
+            "trained_alpha": self.trained_alpha(),
+            **self.runtime(),
+        }
+
+    def trained_alpha(self) -> float:
+        """The fusion weight this ranker was trained for (CrossEncoder.trained_alpha)."""
+        return float(self.model.trained_alpha)
 
 
 api = FastAPI(
@@ -243,6 +252,7 @@ class Cascade:
         self.ranker = ranker
         self.cfg = cfg
         self.metrics = CascadeMetrics()
+        self._trained_alpha: float | None = None  # asked of a ranker replica when needed
         # the document states this replica's own query length limit
         _SEARCH_BODY.update(search_body_openapi(cfg.max_query_chars))
         api.openapi_schema = None
@@ -285,8 +295,9 @@ class Cascade:
             self.metrics.degrade(reason)
         reranked = ce is not None
         ce_arr = np.asarray(ce if reranked else [], dtype=np.float32)
-        order = cascade_ids(np.arange(len(de)), de, ce_arr, self.cfg.alpha)[: req.top_k]
-        fused = fuse(de[: len(ce_arr)], ce_arr, self.cfg.alpha)
+        alpha = await self._alpha() if reranked else 0.0
+        order = cascade_ids(np.arange(len(de)), de, ce_arr, alpha)[: req.top_k]
+        fused = fuse(de[: len(ce_arr)], ce_arr, alpha)
         hits = [
             Hit(
                 rank=rank,
@@ -317,6 +328,15 @@ class Cascade:
             timings_ms=timings,
             retrieval=found.get("retrieval"),
         )
+
+    async def _alpha(self) -> float:
+        """The fusion weight: the `alpha` setting, or when unset the weight the served ranker
+        was trained for (0.5 residual, 0 plain), asked of a ranker replica once."""
+        if self.cfg.alpha is not None:
+            return self.cfg.alpha
+        if self._trained_alpha is None:
+            self._trained_alpha = float(await _wait(self.ranker.trained_alpha.remote()))
+        return self._trained_alpha
 
     async def _rerank(self, query: str, codes: list[str]) -> tuple[list[float] | None, str | None]:
         """(ranker scores, None), or (None, why) when the ranker timed out or failed."""
@@ -351,20 +371,24 @@ class Cascade:
     async def readyz(self):
         """Ready when the retriever answers; the ranker's state is reported beside it, and
         each one's backend, CPU threads, reserved CPUs and warm-up time, and the cascade's
-        settings: `rerank_k` 0 means answers are the retriever's alone."""
-        state = {
-            "cascade": {
-                "rerank_k": self.cfg.rerank_k,
-                "alpha": self.cfg.alpha,
-                "reranking": self.cfg.rerank_k > 0,
-                "reason": self.cfg.served_reason,
-            }
-        }
+        settings: `rerank_k` 0 means answers are the retriever's alone; `alpha` is the
+        setting or, unset, the weight the ranker was trained for (`alpha_from` says which)."""
+        state: dict = {}
         for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
             try:
                 state[name] = await asyncio.wait_for(_wait(handle.ready.remote()), 5.0)
             except Exception as e:
                 state[name] = {"error": type(e).__name__}
+        alpha, alpha_from = self.cfg.alpha, "setting"
+        if alpha is None:
+            alpha, alpha_from = state["ranker"].get("trained_alpha"), "the ranker's training"
+        state["cascade"] = {
+            "rerank_k": self.cfg.rerank_k,
+            "alpha": alpha,
+            "alpha_from": alpha_from,
+            "reranking": self.cfg.rerank_k > 0,
+            "reason": self.cfg.served_reason,
+        }
         ok = "error" not in state["retriever"]
         return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
 

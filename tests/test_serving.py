@@ -41,6 +41,7 @@ from r2ps.serving import (
     parse_search_request,
     read_limited_body,
     replica_threads,
+    resolve_model,
     search_request_schema,
 )
 
@@ -74,8 +75,23 @@ def test_settings_from_yaml_then_env(tmp_path):
         ServeConfig.from_env({"R2PS_RANKER_PAIR_BUDGET": "many"})
     with pytest.raises(ConfigError, match="alpha"):
         ServeConfig(alpha=2.0)
+    assert ServeConfig().alpha is None  # unset: the ranker's trained weight (served below)
     with pytest.raises(ConfigError, match="rerank_k"):
         ServeConfig(rerank_k=-1)
+
+
+def test_only_a_model_r2ps_trained_is_reported_trained(tmp_path, tiny_bert_dir):
+    """The bundled MiniLM named by its path (jobs/index.py without --model) is not trained,
+    nor is a plain HF folder used as a ranker (it gets a fresh head); a saved one is."""
+    from r2ps.models.encoder import default_model_path
+
+    bundled = default_model_path()
+    assert resolve_model(bundled, "retriever") == (bundled, False)
+    assert resolve_model(str(tiny_bert_dir), "retriever") == (str(tiny_bert_dir), True)
+    assert resolve_model(str(tiny_bert_dir), "ranker") == (str(tiny_bert_dir), False)
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "ranker")
+    assert resolve_model(str(tmp_path / "ranker"), "ranker") == (str(tmp_path / "ranker"), True)
+    assert resolve_model(str(tmp_path / "missing"), "ranker") == (bundled, False)
 
 
 def test_no_settings_serve_the_newest_serve_yaml_under_runs(tmp_path, monkeypatch):
@@ -269,11 +285,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_bert_dir):
-    """A tiny retriever, a tiny ranker with a saved (seeded) head, codes and a flat index."""
+    """A tiny retriever, a tiny residual ranker with a saved (seeded) head, codes and a
+    flat index."""
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     ranker_dir = root / "ranker"
-    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(ranker_dir)
+    CrossEncoder.from_pretrained(tiny_bert_dir, residual=True).save_pretrained(ranker_dir)
     codes_dir = root / "codes"
     codes_dir.mkdir()
     ids = [f"c{i}" for i in range(len(CODES))]
@@ -436,12 +453,24 @@ def test_health_readiness_and_openapi(live, models):
     query = schema["schema"]["properties"]["query"]  # this server's own limits
     assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200
-    assert ready.json()["cascade"] == {
+    assert ready.json()["cascade"] == {  # no alpha setting: the residual ranker's 0.5
         "rerank_k": 10,
-        "alpha": 0.0,
+        "alpha": 0.5,
+        "alpha_from": "the ranker's training",
         "reranking": True,
         "reason": "",
     }
+
+
+def test_an_unset_alpha_fuses_with_the_weight_the_ranker_was_trained_for(live):
+    """A residual ranker's scores are corrections of the retriever's: served alone
+    (alpha 0, the old default) they would order by noise. Unset, alpha is its 0.5, on the
+    torch and the ONNX replicas alike."""
+    for app in (live, f"{live}/onnx"):
+        hits = _search(app, query=CODES[1], top_k=5, rerank_k=5).json()["results"]
+        for hit in hits:
+            want = 0.5 * hit["retriever_score"] + 0.5 * np.tanh(hit["ranker_score"])
+            assert hit["score"] == pytest.approx(want, abs=1e-5), app
 
 
 def test_the_served_rerank_k_applies_when_a_request_names_none(live):
@@ -449,7 +478,13 @@ def test_the_served_rerank_k_applies_when_a_request_names_none(live):
     alone) is reported by /readyz and never calls the ranker."""
     alone = f"{live}/faulty"
     ready = requests.get(f"{alone}/readyz", timeout=30).json()
-    assert ready["cascade"] == {"rerank_k": 0, "alpha": 0.0, "reranking": False, "reason": ALONE}
+    assert ready["cascade"] == {
+        "rerank_k": 0,
+        "alpha": None,  # the stand-in ranker reports no trained weight
+        "alpha_from": "the ranker's training",
+        "reranking": False,
+        "reason": ALONE,
+    }
     body = _search(alone, query=CODES[2], top_k=3).json()
     assert body["reranked"] is False and body["degraded_reason"] is None  # not degraded
     assert body["reranked_count"] == 0

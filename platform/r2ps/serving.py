@@ -84,7 +84,13 @@ class ServeConfig:
         metadata={"help": "the embed job's output dir: <embed_out>/index is served"},
     )
     index: IndexConfig = field(default_factory=IndexConfig)
-    alpha: float = field(default=0.0, metadata={"help": "fusion weight (cascade.fuse)"})
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "fusion weight (cascade.fuse); default: the weight the ranker was trained "
+            "for (0.5 for a residual ranker, 0 for a plain one: CrossEncoder.trained_alpha)"
+        },
+    )
     rerank_k: int = field(
         default=10,
         metadata={"help": "candidates the ranker rescores when a request names none (0: none)"},
@@ -151,7 +157,7 @@ class ServeConfig:
             "ranker_pair_budget": self.ranker_pair_budget >= 1,
             "ranker_min_replicas": 0 <= self.ranker_min_replicas <= self.ranker_max_replicas,
             "ranker_max_replicas": self.ranker_max_replicas >= 1,
-            "alpha": 0.0 <= self.alpha <= 1.0,
+            "alpha": self.alpha is None or 0.0 <= self.alpha <= 1.0,
             "retrieval": self.retrieval in RETRIEVAL_MODES,
             "hybrid_depth": self.hybrid_depth >= 1,
             "rrf_k": self.rrf_k >= 0,
@@ -416,14 +422,20 @@ def staged_config(cfg: ServeConfig, stack: contextlib.ExitStack) -> ServeConfig:
 def resolve_model(path: str, role: str) -> tuple[str, bool]:
     """(model dir, trained?): `path` when it holds a model, else the bundled MiniLM.
 
-    Serving must start from a fresh checkout, so a missing trained model is not fatal;
-    it is logged loudly because the answers are then those of an untrained model.
+    Trained means r2ps trained it: not the bundled MiniLM itself (which `jobs/index.py`
+    names when given no --model), and for the ranker a saved cross encoder (any other
+    HF folder gets a fresh random head). Serving must start from a fresh checkout, so a
+    missing trained model is not fatal; it is logged loudly because the answers are then
+    those of an untrained model.
     """
-    if path and Path(path, "config.json").exists():
-        return path, True
-    from r2ps.models.encoder import default_model_path
+    from r2ps.models.cross import KIND as RANKER_KIND
+    from r2ps.models.encoder import default_model_path, read_meta
 
     fallback = default_model_path()
+    if path and Path(path, "config.json").exists():
+        bundled = Path(path).resolve() == Path(fallback).resolve()
+        saved_ranker = (read_meta(path) or {}).get("kind") == RANKER_KIND
+        return path, not bundled and (role != "ranker" or saved_ranker)
     log.warning(
         "no trained %s at %r: serving the bundled MiniLM %s (untrained%s)",
         role,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, BertTokenizerLegacy
 
-from r2ps.models.cross import CrossEncoder, encode_pairs, tokenize_pairs
+from r2ps.models.cross import CrossEncoder, encode_pairs, saved_trained_alpha, tokenize_pairs
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 
@@ -133,6 +133,11 @@ def test_residual_flag_round_trips_and_sets_the_trained_weight(cross, tmp_path):
     CrossEncoder(cross.encoder, cross.tokenizer, residual=True).save_pretrained(tmp_path)
     loaded = CrossEncoder.from_pretrained(tmp_path)
     assert loaded.residual and loaded.trained_alpha == 0.5
+    # read without loading (what serving and the index job use)
+    assert saved_trained_alpha(tmp_path) == 0.5
+    cross.save_pretrained(tmp_path / "plain")
+    assert saved_trained_alpha(tmp_path / "plain") == 0.0
+    assert saved_trained_alpha(tmp_path / "not-a-ranker") == 0.0
 
 
 def test_save_load_round_trip(cross, tmp_path):

@@ -172,12 +172,8 @@ class CrossEncoder(nn.Module):
 
     @property
     def trained_alpha(self) -> float:
-        """The fusion weight (cascade.fuse) this ranker was trained for.
-
-        A residual ranker learned `DE + tanh(CE)`, which orders the K candidates exactly as
-        `0.5 * DE + 0.5 * tanh(CE)`: 0.5. A plain ranker learned `tanh(CE)` alone: 0.
-        """
-        return 0.5 if self.residual else 0.0
+        """The fusion weight (cascade.fuse) this ranker was trained for (`trained_alpha`)."""
+        return trained_alpha(self.residual)
 
     def tokenize(self, queries: Sequence[str], codes: Sequence[str]) -> dict[str, torch.Tensor]:
         return tokenize_pairs(
@@ -239,6 +235,22 @@ class CrossEncoder(nn.Module):
         else:
             log.info("no ranker head in %s: starting from a fresh head", directory)
         return model
+
+
+def trained_alpha(residual: bool) -> float:
+    """The fusion weight (cascade.fuse) a ranker was trained for.
+
+    A residual ranker learned `DE + tanh(CE)`, which orders the K candidates exactly as
+    `0.5 * DE + 0.5 * tanh(CE)`: 0.5. A plain ranker learned `tanh(CE)` alone: 0.
+    """
+    return 0.5 if residual else 0.0
+
+
+def saved_trained_alpha(directory: str | Path) -> float:
+    """`trained_alpha` of the ranker saved in `directory`, read from its r2ps.json without
+    loading it; 0 for a folder that holds no saved ranker (a fresh head is a plain one)."""
+    meta = read_meta(Path(directory)) or {}
+    return trained_alpha(meta.get("kind") == KIND and bool(meta.get("residual")))
 
 
 @torch.no_grad()

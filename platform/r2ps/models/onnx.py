@@ -393,11 +393,12 @@ class OrtCrossEncoder(_OrtModule):
 
     def __init__(self, model_dir: str | Path, backend: str = "onnx", threads: int = 0) -> None:
         super().__init__(model_dir, backend, threads, "cross")
-        from r2ps.models.cross import CrossEncoder
+        from r2ps.models.cross import CrossEncoder, saved_trained_alpha
 
         self.tokenizer = load_tokenizer(model_dir)
         self.max_query_len = _setting(CrossEncoder, model_dir, "max_query_len")
         self.max_len = _setting(CrossEncoder, model_dir, "max_len")
+        self.trained_alpha = saved_trained_alpha(model_dir)  # as CrossEncoder.trained_alpha
         self.eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:

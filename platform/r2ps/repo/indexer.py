@@ -43,6 +43,7 @@ from r2ps.data.extract import extract_units
 from r2ps.data.grammars import grammar_for
 from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
 from r2ps.log import get_logger
+from r2ps.models.cross import saved_trained_alpha
 from r2ps.repo.files import OTHER_LANGUAGE, FileRules, Skipped, check_content, walk_sources
 from r2ps.storage import atomic_path
 
@@ -397,8 +398,9 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
             "nprobe": cfg.index.nprobe,
             "ef_search": cfg.index.ef_search,
         },
-        # Without a trained ranker its scores are noise: alpha 1 keeps the retriever's order.
-        "alpha": 0.0 if trained_ranker else 1.0,
+        # The weight a trained ranker was trained for (0.5 residual, 0 plain); without one
+        # its scores are noise: alpha 1 keeps the retriever's order.
+        "alpha": saved_trained_alpha(cfg.ranker) if trained_ranker else 1.0,
     }
     head = (
         f"# Written by jobs/index.py for {Path(cfg.source).resolve()}. Serve it with\n"
