@@ -62,14 +62,14 @@ EXPECTED = {
         ("Button", "class", False),
         ("Button.onClick", "method", True),
     ],
-    "php/src/Shapes.php": [
-        ("circle_area", "function", True),
-        ("undocumented", "function", False),
-        ("Circle", "class", True),
-        ("Circle.__construct", "method", False),
-        ("Circle.diameter", "method", True),
-        ("Named", "class", False),
-        ("Named.name", "method", False),
+    "php/src/Shapes.php": [  # `namespace Geo;` covers the file
+        ("Geo\\circle_area", "function", True),
+        ("Geo\\undocumented", "function", False),
+        ("Geo\\Circle", "class", True),
+        ("Geo\\Circle.__construct", "method", False),
+        ("Geo\\Circle.diameter", "method", True),
+        ("Geo\\Named", "class", False),
+        ("Geo\\Named.name", "method", False),
     ],
     "ruby/lib/shapes.rb": [
         ("Geo", "class", True),
@@ -102,7 +102,7 @@ def _check_lines(rel: str, units) -> None:
     for u in units:
         assert 1 <= u.start_line <= u.def_line <= u.end_line <= len(lines), u
         assert "\n".join(lines[u.start_line - 1 : u.end_line]) == u.code, u.symbol
-        name = u.symbol.rsplit(".", 1)[-1]
+        name = u.symbol.rsplit(".", 1)[-1].rsplit("\\", 1)[-1]  # past a PHP namespace
         window = "\n".join(lines[u.def_line - 1 : u.def_line + 1])  # decorators: next line
         assert name in window, (u.symbol, window)
         if u.doc:
@@ -206,3 +206,22 @@ def test_pairs_from_units_follow_codesearchnet_filters():
     go_pairs, _ = pairs_from_units(_extract("go/shapes/shapes.go").units)
     assert [(p["func_name"], p["line"]) for p in go_pairs] == [("Area", 12), ("Area", 22)]
     assert go_pairs[1]["query"] == "Area of the circle, pi r squared."
+
+
+def test_php_namespaces_prefix_the_symbols_they_cover():
+    """A statement namespace covers what follows it up to the next one; a block one its
+    body; the unnamed block is the global namespace."""
+    src = (
+        b"<?php\nnamespace App\\Models;\nclass User { function save() {} }\n"
+        b"function helper() {}\nnamespace Other { class K { function m() {} } }\n"
+        b"namespace { function g() {} }\n"
+    )
+    symbols = [u.symbol for u in extract_units(src, "a.php").units]
+    assert symbols == [
+        "App\\Models\\User",
+        "App\\Models\\User.save",
+        "App\\Models\\helper",
+        "Other\\K",
+        "Other\\K.m",
+        "g",
+    ]

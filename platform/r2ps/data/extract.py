@@ -9,7 +9,8 @@ documented or not, nested ones included:
 - `code` starts at the unit's doc comment when it has one above it (Go, Java, JS/TS,
   PHP, Ruby), or at its decorators (Python), and ends with the unit;
 - `symbol`: the qualified name, enclosing classes and functions joined by dots
-  (`Circle.Area`, `Geo.Point.dist`, `outer.inner`);
+  (`Circle.Area`, `Geo.Point.dist`, `outer.inner`), after the PHP namespace that covers
+  the unit (`App\\Models\\User.save`);
 - `kind`: function, method (a function directly inside a class) or class;
 - `doc`: the doc comment without its comment markers (None without one).
 
@@ -175,6 +176,45 @@ def _scope(node, units: dict[tuple[int, int], str]) -> tuple[list[str], bool]:
     return names[::-1], bool(in_class)
 
 
+def _namespaces(root, node_type: str) -> list[tuple[int, int, str]]:
+    """(start byte, end byte, name) of each namespace region of a file, in order.
+
+    A block namespace (`namespace A { ... }`) covers its body; a statement one
+    (`namespace A;`) covers what follows it, up to the next namespace declaration.
+    """
+    found = []
+
+    def visit(node) -> None:
+        for child in node.children:
+            if child.type == node_type:
+                found.append(child)
+            elif child.child_count:
+                visit(child)
+
+    if node_type:
+        visit(root)
+    regions = []
+    for i, ns in enumerate(found):
+        name = ns.child_by_field_name("name")
+        if name is None:  # `namespace { ... }`: the global namespace
+            continue
+        if ns.child_by_field_name("body") is not None:
+            start, end = ns.start_byte, ns.end_byte
+        else:
+            start = ns.end_byte
+            end = found[i + 1].start_byte if i + 1 < len(found) else root.end_byte
+        regions.append((start, end, _text(name)))
+    return regions
+
+
+def _namespace_of(node, regions: list[tuple[int, int, str]]) -> str:
+    """The prefix of a unit's symbol: its namespace and PHP's separator (`App\\Models\\`)."""
+    for start, end, name in regions:
+        if start <= node.start_byte and node.end_byte <= end:
+            return name + "\\"
+    return ""
+
+
 # ------------------------------------------------------------------ doc comments
 
 
@@ -272,6 +312,7 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
         (n for kind in ("function", "class") for n in captures.get(kind, [])),
         key=lambda n: (n.start_byte, -n.end_byte),
     )
+    namespaces = _namespaces(root, grammar.namespace)
     for node in nodes:
         kind = kinds[(node.start_byte, node.end_byte, node.type)]
         scope, in_class = _scope(node, kinds)
@@ -289,7 +330,7 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
             Unit(
                 path=path,
                 language=language,
-                symbol=".".join([*scope, unit_name(node)]),
+                symbol=_namespace_of(node, namespaces) + ".".join([*scope, unit_name(node)]),
                 kind=kind,
                 start_line=doc_row + 1,
                 end_line=end_row + 1,

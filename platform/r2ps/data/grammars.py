@@ -30,6 +30,9 @@ class Grammar:
     comments: str  # tree-sitter query: @comment captures
     doc_style: str  # docstring | block | line
     line_prefix: str = ""  # for doc_style == "line": "//" or "#"
+    # node type of a namespace declaration whose name prefixes the symbols it covers
+    # (PHP: `namespace App\Models;` up to the next one, or `namespace App { ... }`)
+    namespace: str = ""
 
     @functools.cached_property
     def ts_language(self) -> ts.Language:
@@ -166,6 +169,7 @@ GRAMMARS: dict[str, Grammar] = {
             "(enum_declaration)] @class",
             "(comment) @comment",
             "block",
+            namespace="namespace_definition",
         ),
         Grammar(
             "ruby",
