@@ -17,18 +17,16 @@ from r2ps.data.codetext import code_id, code_match_key
 from r2ps.index import CodeIndex, IndexConfig
 from r2ps.mining import (
     NEGATIVES_SCHEMA,
-    CandidateFilter,
     MineConfig,
     MiningSettingsError,
     _Miner,
     match_groups,
     mine,
     read_negatives,
-    resolve_window,
-    sample_negatives,
     search_windows,
     text_golds,
 )
+from r2ps.ps import CandidateFilter, resolve_window, sample_negatives
 
 # ------------------------------------------------------------------ the filter, by hand
 

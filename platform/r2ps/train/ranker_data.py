@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
 from r2ps.log import get_logger
-from r2ps.mining import read_negatives, sample_negatives
+from r2ps.mining import read_negatives
+from r2ps.ps import sample_negatives
 from r2ps.train.config import RankerConfig
 from r2ps.train.retriever import training_pairs
 
