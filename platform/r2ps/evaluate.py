@@ -159,9 +159,18 @@ def load_sets(cfg: EvalConfig) -> dict[str, RetrievalSet]:
 
 def present(path: str, what: str, skipped: list[str]) -> str | None:
     """`path` if it is a model folder; otherwise None, with a warning recorded in `skipped`."""
-    if path and (Path(path) / "config.json").exists():
+    return _holding(path, "config.json", f"{what}: no model at {path!r}, skipped", skipped)
+
+
+def present_split(path: str, skipped: list[str]) -> str | None:
+    """`path` if it is a split folder; else None, recorded (fused rows are then left out)."""
+    reason = f"fusion: no valid split at {path!r}, fused rows skipped"
+    return _holding(path, "queries.parquet", reason, skipped)
+
+
+def _holding(path: str, marker: str, reason: str, skipped: list[str]) -> str | None:
+    if path and (Path(path) / marker).exists():
         return path
-    reason = f"{what}: no model at {path!r}, skipped"
     log.warning(reason)
     skipped.append(reason)
     return None
@@ -362,13 +371,3 @@ def evaluate(cfg: EvalConfig) -> dict:
     why = "; ".join(skipped) or "no ranker to choose from"
     (served or ServedCascade(reason=f"retriever alone: {why}")).write(cfg.out)
     return report
-
-
-def present_split(path: str, skipped: list[str]) -> str | None:
-    """`path` if it is a split folder; else None, recorded (fused rows are then left out)."""
-    if path and (Path(path) / "queries.parquet").exists():
-        return path
-    reason = f"fusion: no valid split at {path!r}, fused rows skipped"
-    log.warning(reason)
-    skipped.append(reason)
-    return None

@@ -26,7 +26,7 @@ from r2ps.models.encoder import (
     pad_batch,
     pad_token_id,
     read_meta,
-    write_meta,
+    save_encoder,
 )
 
 log = get_logger(__name__)
@@ -202,14 +202,12 @@ class CrossEncoder(nn.Module):
         }
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """HF encoder + tokenizer + `head.safetensors` + `r2ps.json`; no pickles."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory)
-        self._need_tokenizer().save_pretrained(directory)
+        """HF encoder + tokenizer + `r2ps.json` + `head.safetensors`; no pickles."""
+        directory = save_encoder(
+            directory, self.encoder, self._need_tokenizer(), self.config_dict()
+        )
         head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(head, str(directory / HEAD_FILE))
-        write_meta(directory, self.config_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> CrossEncoder:

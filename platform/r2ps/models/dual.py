@@ -26,7 +26,7 @@ from r2ps.models.encoder import (
     pad_batch,
     pad_token_id,
     read_meta,
-    write_meta,
+    save_encoder,
 )
 
 log = get_logger(__name__)
@@ -108,11 +108,7 @@ class DualEncoder(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """HF encoder (safetensors) + tokenizer + `r2ps.json`; `AutoModel` can load the dir."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory)
-        self._need_tokenizer().save_pretrained(directory)
-        write_meta(directory, self.config_dict())
+        save_encoder(directory, self.encoder, self._need_tokenizer(), self.config_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> DualEncoder:

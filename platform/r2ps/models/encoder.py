@@ -122,6 +122,17 @@ def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 R2PS_JSON = "r2ps.json"
 
 
+def save_encoder(directory: str | Path, encoder, tokenizer, meta: dict) -> Path:
+    """An HF folder `AutoModel` can load (safetensors, tokenizer) plus `r2ps.json` (`meta`):
+    the checkpoint format of both models. Returns the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_meta(directory, meta)
+    return directory
+
+
 def write_meta(directory: str | Path, meta: dict) -> None:
     """Write `r2ps.json`: the few settings HF's config has no place for (JSON, no pickles)."""
     Path(directory, R2PS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -351,6 +351,7 @@ class _OrtModule(nn.Module):
         self.threads = threads
         self.session = session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = load_tokenizer(model_dir)
 
     def _run(self, *tensors: torch.Tensor) -> torch.Tensor:
         feed = {
@@ -367,7 +368,6 @@ class OrtDualEncoder(_OrtModule):
         super().__init__(model_dir, backend, threads, "dual")
         from r2ps.models.dual import DualEncoder
 
-        self.tokenizer = load_tokenizer(model_dir)
         self.max_query_len = _setting(DualEncoder, model_dir, "max_query_len")
         self.max_code_len = _setting(DualEncoder, model_dir, "max_code_len")
         self.dim = int(self.manifest["dim"])
@@ -395,7 +395,6 @@ class OrtCrossEncoder(_OrtModule):
         super().__init__(model_dir, backend, threads, "cross")
         from r2ps.models.cross import CrossEncoder, saved_trained_alpha
 
-        self.tokenizer = load_tokenizer(model_dir)
         self.max_query_len = _setting(CrossEncoder, model_dir, "max_query_len")
         self.max_len = _setting(CrossEncoder, model_dir, "max_len")
         self.trained_alpha = saved_trained_alpha(model_dir)  # as CrossEncoder.trained_alpha
