@@ -7,7 +7,8 @@ process on the same queries (the first `--max-queries` by id, as jobs/evaluate.p
 - `DE (queries)`: code vectors from torch, query vectors from the backend: what a Serve
   retriever replica with that backend gives over an index built by torch;
 - `cascade K=10`: the ranker, on that backend, reranking the top 10 of `DE (queries)`:
-  the served cascade with `backend=...` (alpha = 0, the served default).
+  the served cascade with `backend=...` (fused with the weight the ranker was trained
+  for, the served default: 0 for a plain ranker, 0.5 for a residual one).
 Differences to torch come with a paired bootstrap 95% interval over queries (seeded).
 Each backend's code embedding rate and ranker pair rate are timed too (single process).
 
@@ -61,7 +62,10 @@ def evaluate_backend(backend, args, texts, gold, codes, torch_codes) -> tuple[di
     t0 = time.perf_counter()
     ce = ranker.score_pairs(pair_q, pair_c, 64).reshape(len(texts), depth)
     out["pairs_per_s"] = round(len(pair_q) / (time.perf_counter() - t0), 1)
-    cascade = [cascade_ids(served.ids[i], served.scores[i], ce[i], 0.0) for i in range(len(texts))]
+    alpha = ranker.trained_alpha
+    cascade = [
+        cascade_ids(served.ids[i], served.scores[i], ce[i], alpha) for i in range(len(texts))
+    ]
     lists = {name: ids for name, (_, ids) in rows.items()}
     lists[f"cascade K={K}"] = cascade
     out["metrics"] = {
