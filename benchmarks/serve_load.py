@@ -178,7 +178,7 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
     from ray import serve
 
     from r2ps.models.onnx import ensure_export
-    from serve.app import build_app
+    from serve.deployments import build_app
 
     ranker, _ = resolve_model(scfg.ranker, "ranker")
     for backend in cfg.backends:  # exports first, outside the timed part
@@ -245,7 +245,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.deployments import build_app
 
     pool_dir, queries = make_pool(cfg)
     model, _ = resolve_model(cfg.serve.retriever, "retriever")

@@ -167,20 +167,11 @@ def make_source_repo(root: Path) -> Path:
     return root
 
 
-def import_serve_app(codes: str | Path):
-    """serve/app.py, imported as `serve run` imports it. The import binds the app from the
-    environment and refuses a code store that does not exist (so `serve run` with nothing
-    built names the command that builds something), so the import is given `codes`."""
+def serve_deployments():
+    """serve/deployments.py: the deployments and `build_app`, as the tests compose them
+    with settings of their own (serve/app.py binds the app from the environment)."""
     import importlib
 
-    if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
+    if str(REPO) not in sys.path:  # `serve` lives at the repository root
         sys.path.insert(0, str(REPO))
-    saved = os.environ.get("R2PS_CODES")
-    os.environ["R2PS_CODES"] = str(codes)
-    try:
-        return importlib.import_module("serve.app")
-    finally:
-        if saved is None:
-            del os.environ["R2PS_CODES"]
-        else:
-            os.environ["R2PS_CODES"] = saved
+    return importlib.import_module("serve.deployments")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
-from conftest import import_serve_app
+from conftest import serve_deployments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,6 +124,17 @@ def test_nothing_to_serve_names_the_command_that_builds_it(tmp_path):
     assert run.returncode != 0
     assert "nothing to serve" in run.stderr and "make demo" in run.stderr, run.stderr[-2000:]
     assert "jobs/index.py" in run.stderr
+    # the deployments and build_app import anywhere: composing or benchmarking the endpoint
+    # with settings of one's own needs nothing built under runs/
+    run = subprocess.run(
+        [sys.executable, "-c", "from serve.deployments import build_app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_pair_chunks_cut_a_request_at_the_budget():
@@ -346,7 +357,7 @@ def live(ray_local, models):
     """Two apps: `main` (the real cascade) and `faulty` (a ranker that fails or stalls)."""
     from ray import serve
 
-    build_app = import_serve_app(models["codes"]).build_app
+    build_app = serve_deployments().build_app
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class FaultyRanker:
@@ -561,7 +572,7 @@ def test_ranker_gpus_follow_the_cluster_unless_set(
 ):
     """Ranker replicas ask for a GPU when the cluster has GPUs (detected where the app is
     built, the cluster's resources), never the Retriever; `ranker_gpus` >= 0 overrides."""
-    app_module = import_serve_app(models["codes"])
+    app_module = serve_deployments()
 
     monkeypatch.setattr(app_module, "cluster_has_gpus", lambda: cluster_gpus)
     ingress = app_module.build_app(ServeConfig(ranker_gpus=setting))._bound_deployment

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
-from conftest import import_serve_app
+from conftest import serve_deployments
 
 from r2ps.bm25 import BM25
 from r2ps.hybrid import rrf
@@ -28,7 +28,7 @@ def test_retriever_dense_and_hybrid_with_locations(source_repo, tiny_bert_dir, t
     out = tmp_path / "index"
     index_repo(RepoIndexConfig(source=str(source_repo), out=str(out), model=str(tiny_bert_dir)))
     settings = yaml.safe_load((out / "serve.yaml").read_text())
-    Retriever = import_serve_app(settings["codes"]).Retriever
+    Retriever = serve_deployments().Retriever
     retriever = Retriever.func_or_class(ServeConfig.from_mapping(settings))  # the plain class
     codes = {c["code_id"]: c for c in pq.read_table(out / CODES).to_pylist()}
     target = next(c for c in codes.values() if c["symbol"] == "Geo.Circle.area")

@@ -16,7 +16,7 @@ import pytest
 import requests
 import torch
 import yaml
-from conftest import import_serve_app, make_source_repo
+from conftest import make_source_repo, serve_deployments
 
 from r2ps.bm25 import BM25
 from r2ps.hybrid import rrf
@@ -55,7 +55,7 @@ def live(ray_local, indexed):
     from ray import serve
 
     settings = yaml.safe_load((indexed["out"] / "serve.yaml").read_text())
-    build_app = import_serve_app(settings["codes"]).build_app
+    build_app = serve_deployments().build_app
     settings.update(
         ranker=str(indexed["ranker"]),
         retriever_cpus=0.1,

@@ -1,0 +1,420 @@
+"""The deployments of the r2ps search endpoint: Retriever, Ranker and the Cascade ingress,
+and `build_app`, which binds them with a `ServeConfig`.
+
+serve/app.py binds the app `serve run serve.app:cascade` serves; import `build_app` from
+here to compose or benchmark the endpoint with settings of your own (importing this
+module reads no settings and checks nothing). Serve replicas import this module to
+unpickle their class.
+
+The retriever ranks the whole code store with the dual encoder and a faiss index; the
+ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering is
+`r2ps.cascade`'s, the same one evaluation measures. When the ranker is slow or down the
+answer is the retriever's alone, marked `"reranked": false`, and counted.
+"""
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from r2ps.bm25 import BM25
+from r2ps.cascade import cascade_ids, fuse
+from r2ps.hybrid import rrf
+from r2ps.log import get_logger, setup_logging
+from r2ps.models.onnx import load_ranker, load_retriever
+from r2ps.resources import cluster_has_gpus
+from r2ps.serving import (
+    CascadeMetrics,
+    Hit,
+    RequestError,
+    SearchRequest,
+    SearchResponse,
+    ServeConfig,
+    count_pairs,
+    load_code_store,
+    load_index,
+    pair_chunks,
+    parse_search_request,
+    read_limited_body,
+    replica_threads,
+    resolve_model,
+    search_body_openapi,
+    staged_config,
+    warm_up_ranker,
+    warm_up_retriever,
+)
+from r2ps.web import search_page
+
+log = get_logger("r2ps.serve")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+async def _wait(response):
+    """A DeploymentResponse as a coroutine, for asyncio.wait_for.
+
+    Defined before the deployments: Serve serialises an ingress class when it is
+    decorated, so a helper defined below it would be missing in the replica.
+    """
+    return await response
+
+
+def _replica_setup(cfg: ServeConfig) -> None:
+    setup_logging()
+
+
+@serve.deployment
+class Retriever:
+    """Dual encoder + faiss index + code store; query encoding batched across requests."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        _replica_setup(cfg)
+        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
+        cfg = staged_config(cfg, self._staged)
+        self.cpus = cfg.retriever_cpus
+        self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
+        threads = replica_threads(cfg.threads, cfg.retriever_cpus)
+        self.loaded = load_retriever(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
+        self.warmup_ms = warm_up_retriever(self.model)  # before Serve counts it ready
+        self.store = load_code_store(cfg.codes)
+        self.index = load_index(cfg, self.model_dir)
+        missing = [c for c in self.index.code_ids if c not in self.store.rows]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} indexed code ids (e.g. {missing[0]!r}) are not in the code "
+                f"store {self.store.path}: the index was built from another corpus"
+            )
+        self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
+        self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
+        self.retrieval, self.hybrid_depth, self.rrf_k = cfg.retrieval, cfg.hybrid_depth, cfg.rrf_k
+        self._bm25 = None  # built at start for a hybrid default, else at the first hybrid query
+        if cfg.retrieval == "hybrid":
+            self._lexical()
+        log.info(
+            "retriever ready: %s (trained: %s), %d codes, index %s, %s",
+            self.model_dir,
+            self.trained,
+            len(self.index.code_ids),
+            self.index.manifest.get("kind"),
+            self.runtime(),
+        )
+
+    async def retrieve(self, query: str, k: int, retrieval: str | None = None) -> dict:
+        """The top `k` codes: ids, code text, language, source, location and scores
+        (cosines; RRF scores for `retrieval="hybrid"`)."""
+        return await self._search_batch((query, k, retrieval or self.retrieval))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _search_batch(self, items: list[tuple[str, int, str]]) -> list[dict]:
+        # Off the event loop, so readiness probes answer while a batch encodes.
+        return await asyncio.to_thread(self._search, items)
+
+    def _lexical(self) -> BM25:
+        if self._bm25 is None:
+            start = time.perf_counter()
+            self._bm25 = BM25([self.store.get(i)[0] for i in self.index.code_ids])
+            log.info("BM25 over %d codes built in %.1f s", len(self.index.code_ids),
+                     time.perf_counter() - start)  # fmt: skip
+        return self._bm25
+
+    def _search(self, items: list[tuple[str, int, str]]) -> list[dict]:
+        n = len(self.index.code_ids)
+        depth = [k if mode == "dense" else max(k, self.hybrid_depth) for _, k, mode in items]
+        embeddings = self.model.embed_queries([q for q, _, _ in items])
+        scores, positions = self.index.search(embeddings, min(max(depth), n))
+        out = []
+        for (query, k, mode), d, s_row, p_row in zip(items, depth, scores, positions, strict=True):
+            if mode == "hybrid":  # BM25's and the dense list fused by rank (r2ps.hybrid)
+                lexical, lex_scores = self._lexical().top_k(query, min(d, n))
+                lexical = lexical[lex_scores > 0]  # no shared term: not in BM25's list
+                ids, fused = rrf([p_row[:d], lexical], k=self.rrf_k, top=k)
+                keep = list(zip(fused.tolist(), ids.tolist(), strict=True))
+            else:
+                keep = [
+                    (float(s), int(p)) for s, p in zip(s_row[:k], p_row[:k], strict=True) if p >= 0
+                ]
+            ids = [self.index.code_ids[p] for _, p in keep]
+            rows = [self.store.get(i) for i in ids]
+            out.append(
+                {
+                    "code_ids": ids,
+                    "codes": [r[0] for r in rows],
+                    "languages": [r[1] for r in rows],
+                    "sources": [r[2] for r in rows],
+                    "locations": [self.store.location(i) for i in ids],
+                    "scores": [s for s, _ in keep],
+                    "retrieval": mode,
+                }
+            )
+        return out
+
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
+    def ready(self) -> dict:
+        return {
+            "model": self.model_dir,
+            "trained": self.trained,
+            "codes": len(self.index.code_ids),
+            **self.runtime(),
+        }
+
+
+@serve.deployment
+class Ranker:
+    """Cross encoder; requests are batched by their number of (query, code) pairs."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        _replica_setup(cfg)
+        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
+        cfg = staged_config(cfg, self._staged)
+        self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
+        self.cpus = cfg.ranker_cpus
+        threads = replica_threads(cfg.threads, cfg.ranker_cpus)
+        self.loaded = load_ranker(self.model_dir, cfg.backend, threads, _device())
+        self.model = self.loaded.model
+        self.budget = cfg.ranker_pair_budget
+        self.warmup_ms = warm_up_ranker(self.model, self.budget)  # before Serve counts it ready
+        self._score_batch.set_max_batch_size(self.budget)
+        self._score_batch.set_batch_wait_timeout_s(cfg.ranker_batch_wait_s)
+        self.batches: deque[list[int]] = deque(maxlen=256)  # pairs per item, per batch
+        log.info("ranker ready: %s (trained: %s), %s", self.model_dir, self.trained, self.runtime())
+
+    async def score(self, query: str, codes: list[str]) -> list[float]:
+        """Raw cross-encoder scores of (query, code) for each code, in order."""
+        chunks = pair_chunks(len(codes), self.budget)
+        parts = await asyncio.gather(*(self._score_batch((query, codes[c])) for c in chunks))
+        return [s for part in parts for s in part]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=count_pairs)
+    async def _score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        self.batches.append([len(codes) for _, codes in items])
+        queries = [q for q, codes in items for _ in codes]
+        codes = [c for _, cs in items for c in cs]
+        scores = await asyncio.to_thread(self.model.score_pairs, queries, codes, self.budget)
+        out, start = [], 0
+        for _, cs in items:
+            out.append(scores[start : start + len(cs)].tolist())
+            start += len(cs)
+        return out
+
+    def stats(self) -> dict:
+        """Recent batch compositions and the replica's pid (the fault benchmark kills it)."""
+        return {"batches": list(self.batches), "pid": os.getpid(), "budget": self.budget}
+
+    def runtime(self) -> dict:
+        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
+    def ready(self) -> dict:
+        return {
+            "model": self.model_dir,
+            "trained": self.trained,
+            "trained_alpha": self.trained_alpha(),
+            **self.runtime(),
+        }
+
+    def trained_alpha(self) -> float:
+        """The fusion weight this ranker was trained for (CrossEncoder.trained_alpha)."""
+        return float(self.model.trained_alpha)
+
+
+api = FastAPI(
+    title="r2ps code search",
+    description="Natural-language code search: dual-encoder retrieval, cross-encoder reranking.",
+    version="0.1.0",
+)
+
+_SEARCH_BODY = search_body_openapi(ServeConfig().max_query_chars)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Cascade:
+    """HTTP ingress: validate, retrieve, rerank the top K (or degrade), answer."""
+
+    def __init__(
+        self, retriever: DeploymentHandle, ranker: DeploymentHandle, cfg: ServeConfig
+    ) -> None:
+        _replica_setup(cfg)
+        self.retriever = retriever
+        self.ranker = ranker
+        self.cfg = cfg
+        self.metrics = CascadeMetrics()
+        self._trained_alpha: float | None = None  # asked of a ranker replica when needed
+        # the document states this replica's own query length limit
+        _SEARCH_BODY.update(search_body_openapi(cfg.max_query_chars))
+        api.openapi_schema = None
+
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        openapi_extra=_SEARCH_BODY,
+        responses={413: {"description": "body too large"}, 422: {"description": "bad input"}},
+    )
+    async def search(self, request: Request):
+        # The body is read by hand so its size is capped before it is parsed.
+        try:
+            body = await read_limited_body(
+                request.stream(), self.cfg.max_body_bytes, request.headers.get("content-length")
+            )
+            req = parse_search_request(body, self.cfg.max_query_chars)
+        except RequestError as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        return await self.answer(req)
+
+    async def answer(self, req: SearchRequest) -> SearchResponse | JSONResponse:
+        t0 = time.perf_counter()
+        rerank_k = self.cfg.rerank_k if req.rerank_k is None else req.rerank_k
+        try:
+            found = await self.retriever.retrieve.remote(
+                req.query, max(req.top_k, rerank_k), req.retrieval
+            )
+        except Exception as e:  # the retriever is the one stage the answer cannot do without
+            log.error("retriever failed: %r", e)
+            return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
+        t1 = time.perf_counter()
+        de = np.asarray(found["scores"], dtype=np.float32)
+        k = min(rerank_k, len(de))
+        ce, reason = None, None
+        if k:
+            ce, reason = await self._rerank(req.query, found["codes"][:k])
+        t2 = time.perf_counter()
+        if reason is not None:
+            self.metrics.degrade(reason)
+        reranked = ce is not None
+        ce_arr = np.asarray(ce if reranked else [], dtype=np.float32)
+        alpha = await self._alpha() if reranked else 0.0
+        order = cascade_ids(np.arange(len(de)), de, ce_arr, alpha)[: req.top_k]
+        fused = fuse(de[: len(ce_arr)], ce_arr, alpha)
+        hits = [
+            Hit(
+                rank=rank,
+                code_id=found["code_ids"][p],
+                code=found["codes"][p],
+                language=found["languages"][p],
+                source=found["sources"][p],
+                score=float(fused[p] if p < len(ce_arr) else de[p]),
+                retriever_score=float(de[p]),
+                retriever_rank=int(p) + 1,
+                ranker_score=float(ce_arr[p]) if p < len(ce_arr) else None,
+                **found["locations"][p],
+            )
+            for rank, p in enumerate(order.tolist(), start=1)
+        ]
+        timings = {
+            "retrieve": (t1 - t0) * 1e3,
+            "rerank": (t2 - t1) * 1e3,
+            "total": (time.perf_counter() - t0) * 1e3,
+        }
+        self.metrics.observe(timings, len(ce_arr))
+        return SearchResponse(
+            query=req.query,
+            results=hits,
+            reranked=reranked,
+            reranked_count=len(ce_arr),
+            degraded_reason=reason,
+            timings_ms=timings,
+            retrieval=found.get("retrieval"),
+        )
+
+    async def _alpha(self) -> float:
+        """The fusion weight: the `alpha` setting, or when unset the weight the served ranker
+        was trained for (0.5 residual, 0 plain), asked of a ranker replica once."""
+        if self.cfg.alpha is not None:
+            return self.cfg.alpha
+        if self._trained_alpha is None:
+            self._trained_alpha = float(await _wait(self.ranker.trained_alpha.remote()))
+        return self._trained_alpha
+
+    async def _rerank(self, query: str, codes: list[str]) -> tuple[list[float] | None, str | None]:
+        """(ranker scores, None), or (None, why) when the ranker timed out or failed."""
+        response = self.ranker.score.remote(query, codes)
+        try:
+            scores = await asyncio.wait_for(_wait(response), self.cfg.ranker_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            log.warning(
+                "ranker timed out after %.1fs: retriever-only answer", self.cfg.ranker_timeout_s
+            )
+            return None, "timeout"
+        except Exception as e:
+            log.warning("ranker failed: %r: retriever-only answer", e)
+            return None, "error"
+        if len(scores) != len(codes):
+            log.error("ranker returned %d scores for %d codes", len(scores), len(codes))
+            return None, "error"
+        return scores, None
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The search page (r2ps/web/search.html): a query box over POST /search."""
+        return HTMLResponse(search_page())
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness, plus the counters (requests, pairs reranked, degraded answers)."""
+        return {"status": "ok", **self.metrics.counts}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        """Ready when the retriever answers; the ranker's state is reported beside it, and
+        each one's backend, CPU threads, reserved CPUs and warm-up time, and the cascade's
+        settings: `rerank_k` 0 means answers are the retriever's alone; `alpha` is the
+        setting or, unset, the weight the ranker was trained for (`alpha_from` says which)."""
+        state: dict = {}
+        for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
+            try:
+                state[name] = await asyncio.wait_for(_wait(handle.ready.remote()), 5.0)
+            except Exception as e:
+                state[name] = {"error": type(e).__name__}
+        alpha, alpha_from = self.cfg.alpha, "setting"
+        if alpha is None:
+            alpha, alpha_from = state["ranker"].get("trained_alpha"), "the ranker's training"
+        state["cascade"] = {
+            "rerank_k": self.cfg.rerank_k,
+            "alpha": alpha,
+            "alpha_from": alpha_from,
+            "reranking": self.cfg.rerank_k > 0,
+            "reason": self.cfg.served_reason,
+        }
+        ok = "error" not in state["retriever"]
+        return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
+
+
+def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
+    """The bound application: deployment options (replicas, CPUs, GPUs) from `cfg`.
+
+    `ranker` replaces the Ranker deployment (e.g. a different model class); by default
+    the cross encoder above, autoscaled between the configured replica counts.
+    """
+    gpus = cfg.ranker_gpus if cfg.ranker_gpus >= 0 else float(cluster_has_gpus())
+    retriever = Retriever.options(
+        ray_actor_options={"num_cpus": cfg.retriever_cpus, "num_gpus": 0},
+        max_ongoing_requests=max(8, cfg.retriever_batch_size * 2),
+    )
+    if ranker is None:
+        ranker = Ranker.options(
+            ray_actor_options={"num_cpus": cfg.ranker_cpus, "num_gpus": gpus},
+            max_ongoing_requests=cfg.ranker_max_ongoing,
+            autoscaling_config={
+                "min_replicas": cfg.ranker_min_replicas,
+                "initial_replicas": max(1, cfg.ranker_min_replicas),
+                "max_replicas": cfg.ranker_max_replicas,
+                "target_ongoing_requests": cfg.ranker_target_ongoing,
+            },
+        )
+    ingress = Cascade.options(ray_actor_options={"num_cpus": cfg.ingress_cpus})
+    return ingress.bind(retriever.bind(cfg), ranker.bind(cfg), cfg)
