@@ -245,9 +245,12 @@ def module_source(import_path: str) -> tuple[ast.Module, str]:
 
 
 def deployment_classes(tree: ast.Module) -> set[str]:
-    """Classes decorated with `serve.deployment` (bare or called)."""
+    """Classes decorated with `serve.deployment` (bare or called), in the module and in the
+    repository modules it imports from (serve/app.py binds serve/deployments.py's)."""
     names = set()
     for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("serve."):
+            names |= deployment_classes(module_source(f"{node.module}:_")[0])
         if isinstance(node, ast.ClassDef):
             for d in node.decorator_list:
                 d = d.func if isinstance(d, ast.Call) else d

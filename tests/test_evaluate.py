@@ -20,7 +20,7 @@ import r2ps.evaluate as ev
 from r2ps.bm25 import BM25, tokenize
 from r2ps.cascade import ServedCascade
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
-from r2ps.efficiency import efficiency_row, extrapolate
+from r2ps.efficiency import efficiency_row, extrapolate, pool_codes
 from r2ps.evaluate import EvalConfig, evaluate
 from r2ps.models.cross import CrossEncoder
 
@@ -272,7 +272,7 @@ def test_bad_settings_fail_clearly(setup):
     with pytest.raises(ValueError, match="not a trained ranker"):
         ev.load_ranker(setup.retriever)  # a plain encoder: its head would be random
     with pytest.raises(FileNotFoundError, match="codes.parquet"):
-        ev.pool_codes("/nonexistent/pool", 10)
+        pool_codes("/nonexistent/pool", 10)
 
 
 def test_job_command_line(setup, tmp_path, capsys):
