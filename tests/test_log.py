@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
 
-def test_ray_data_bars_are_off_when_stderr_is_not_a_terminal():
+def test_ray_data_and_model_loading_bars_are_off_when_stderr_is_not_a_terminal():
+    """A model load's "Loading weights" bar filled make demo's log once per actor."""
     code = (
+        "import os\n"
+        "import transformers\n"
         "from ray.data import DataContext\n"
         "from r2ps.log import setup_logging\n"
         "setup_logging()\n"
         "print(DataContext.get_current().enable_progress_bars)\n"
+        "print(transformers.utils.logging.is_progress_bar_enabled())\n"
+        "print(os.environ['HF_HUB_DISABLE_PROGRESS_BARS'])\n"  # what Ray workers inherit
     )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
     )
-    assert run.stdout.strip() == "False"
+    assert run.stdout.split() == ["False", "False", "1"]
 
 
 def test_progress_logs_periodic_lines_and_a_last_one(caplog, monkeypatch):

@@ -19,8 +19,10 @@ def setup_logging(level: str | int | None = None) -> None:
     """Configure the root logger; the level comes from the argument or `R2PS_LOG_LEVEL`.
 
     Off a terminal, Ray Data's progress bars are switched off for the datasets this
-    process runs (they are redrawn every second, one log line per redraw); r2ps's own
-    stages log `Progress` lines instead.
+    process runs (they are redrawn every second, one log line per redraw), and so are the
+    Hugging Face bars ("Loading weights" of every model load) here and in the Ray workers
+    this process starts (they inherit the variable); r2ps's own stages log `Progress`
+    lines instead.
     """
     level = level or os.environ.get("R2PS_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format=_FORMAT, datefmt="%H:%M:%S", force=True)
@@ -28,6 +30,9 @@ def setup_logging(level: str | int | None = None) -> None:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import
+        if "transformers" in sys.modules:  # imported already: switch its bars off too
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def get_logger(name: str) -> logging.Logger:
