@@ -18,7 +18,9 @@ Backend comparison (`backends` with more than one): the same app, models, pool a
 queries deployed once per backend (torch, onnx, onnx-int8; ONNX exports made first when
 missing), the cascade (K = 10) measured at each of `client_counts`, in `rounds` rounds
 whose backend order alternates, so drift in the machine's load hits every backend alike.
-Each round redeploys the app; latencies are pooled over the rounds.
+Each round redeploys the app; latencies are pooled over the rounds. An entry may carry
+serve settings of its own after `+` (`onnx-int8+ranker_pair_budget=5`), so a setting is
+compared on the same run too. The first entry is the baseline of the ratio columns.
 
     python benchmarks/serve_load.py "backends=[torch,onnx,onnx-int8]" "client_counts=[1,8]" \
         serve.retriever=runs/demo/pipeline/retriever serve.ranker=runs/demo/pipeline/ranker_ps \
@@ -27,7 +29,6 @@ Each round redeploys the app; latencies are pooled over the rounds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import requests
 
-from r2ps.config import parse_config
+from r2ps.config import from_dict, parse_config
 from r2ps.data.schema import codes_file
 from r2ps.embed import EmbedConfig, ensure_index
 from r2ps.log import get_logger, setup_logging
@@ -65,7 +66,10 @@ class LoadConfig:
     out: str = "benchmarks/results/serve_load.json"
     backends: list[str] = field(
         default_factory=lambda: ["torch"],
-        metadata={"help": "more than one: compare them (cascade K=10 only, no fault test)"},
+        metadata={
+            "help": "more than one: compare them (cascade K=10 only, no fault test); an "
+            "entry may add serve settings: onnx-int8+ranker_pair_budget=5"
+        },
     )
     client_counts: list[int] = field(
         default_factory=lambda: [1, 8], metadata={"help": "backend comparison: clients"}
@@ -173,6 +177,15 @@ def pooled(records: list[list[dict]], seconds: float) -> dict:
     return out
 
 
+def variant(spec: str, scfg: ServeConfig) -> ServeConfig:
+    """The settings of one compared row: `backend`, or `backend+key=value+...`."""
+    backend, *pairs = spec.split("+")
+    if any("=" not in p for p in pairs):
+        raise ValueError(f"backends entry {spec!r}: settings after '+' are key=value")
+    overrides = dict(p.split("=", 1) for p in pairs)
+    return from_dict(ServeConfig, {**asdict(scfg), "backend": backend, **overrides})
+
+
 def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], port: int) -> dict:
     """Cascade K=10 per backend and client count; rounds alternate the backend order."""
     from ray import serve
@@ -181,7 +194,8 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
     from serve.deployments import build_app
 
     ranker, _ = resolve_model(scfg.ranker, "ranker")
-    for backend in cfg.backends:  # exports first, outside the timed part
+    settings = {spec: variant(spec, scfg) for spec in cfg.backends}
+    for backend in {s.backend for s in settings.values()}:  # exports first, not timed
         if backend != "torch":
             ensure_export(scfg.retriever, backend)
             ensure_export(ranker, backend)
@@ -196,7 +210,7 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
         order = cfg.backends if rnd % 2 == 0 else list(reversed(cfg.backends))
         for backend in order:
             t0 = time.perf_counter()
-            app = build_app(dataclasses.replace(scfg, backend=backend))
+            app = build_app(settings[backend])
             serve.run(app, name="r2ps", route_prefix="/")
             ready = requests.get(f"{url}/readyz", timeout=60).json()
             info[backend].append({"startup_s": round(time.perf_counter() - t0, 1), **ready})
@@ -228,11 +242,11 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
 def print_comparison(cfg: LoadConfig, report: dict) -> None:
     print(f"\ncascade K=10, pool {cfg.pool} codes, {cfg.seconds:.0f} s x {cfg.rounds} rounds per "
           f"row, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")  # fmt: skip
-    print(f"{'backend':<10} {'clients':>7} {'QPS':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+    print(f"{'backend':<34} {'clients':>7} {'QPS':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
           f"{'QPS x':>6} {'p99 x':>6} {'errors':>6}")  # fmt: skip
     for backend, by_clients in report["results"].items():
         for clients, r in by_clients.items():
-            print(f"{backend:<10} {clients:>7} {r['qps']:>6} {r['p50_ms']:>7} {r['p95_ms']:>7} "
+            print(f"{backend:<34} {clients:>7} {r['qps']:>6} {r['p50_ms']:>7} {r['p95_ms']:>7} "
                   f"{r['p99_ms']:>7} {r['qps_vs_first']:>6} {r['p99_vs_first']:>6} "
                   f"{r['errors']:>6}")  # fmt: skip
 
@@ -277,7 +291,7 @@ def main() -> None:
                                    **report}, indent=1) + "\n")  # fmt: skip
         print(f"wrote {out}")
         return
-    scfg = dataclasses.replace(scfg, backend=cfg.backends[0])
+    scfg = variant(cfg.backends[0], scfg)
     t0 = time.perf_counter()
     serve.run(build_app(scfg), name="r2ps", route_prefix="/")
     startup = time.perf_counter() - t0
