@@ -73,14 +73,20 @@ def _replica_setup(cfg: ServeConfig) -> None:
     setup_logging()
 
 
+def _replica_inputs(cfg: ServeConfig) -> tuple[contextlib.ExitStack, ServeConfig]:
+    """Logging, and the settings with URI inputs staged on this node: the stack keeps them
+    there while the replica lives."""
+    _replica_setup(cfg)
+    stack = contextlib.ExitStack()
+    return stack, staged_config(cfg, stack)
+
+
 @serve.deployment
 class Retriever:
     """Dual encoder + faiss index + code store; query encoding batched across requests."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        _replica_setup(cfg)
-        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
-        cfg = staged_config(cfg, self._staged)
+        self._staged, cfg = _replica_inputs(cfg)
         self.cpus = cfg.retriever_cpus
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
         threads = replica_threads(cfg.threads, cfg.retriever_cpus)
@@ -177,9 +183,7 @@ class Ranker:
     """Cross encoder; requests are batched by their number of (query, code) pairs."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        _replica_setup(cfg)
-        self._staged = contextlib.ExitStack()  # URI inputs, staged on this node while it lives
-        cfg = staged_config(cfg, self._staged)
+        self._staged, cfg = _replica_inputs(cfg)
         self.model_dir, self.trained = resolve_model(cfg.ranker, "ranker")
         self.cpus = cfg.ranker_cpus
         threads = replica_threads(cfg.threads, cfg.ranker_cpus)

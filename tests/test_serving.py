@@ -113,27 +113,24 @@ def test_nothing_to_serve_names_the_command_that_builds_it(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("R2PS_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    run = subprocess.run(
-        [sys.executable, "-c", "import serve.app"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def python(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    run = python("import serve.app")
     assert run.returncode != 0
     assert "nothing to serve" in run.stderr and "make demo" in run.stderr, run.stderr[-2000:]
     assert "jobs/index.py" in run.stderr
     # the deployments and build_app import anywhere: composing or benchmarking the endpoint
     # with settings of one's own needs nothing built under runs/
-    run = subprocess.run(
-        [sys.executable, "-c", "from serve.deployments import build_app"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = python("from serve.deployments import build_app")
     assert run.returncode == 0, run.stderr[-2000:]
 
 
