@@ -187,7 +187,8 @@ def check_train(queries: list[str], codes: list[str], args) -> dict:
     single_process_dist_env()
     torch.manual_seed(cfg.seed)
     task = RetrieverTask()
-    engine, _ = build_engine(task.build_model(cfg), cfg, steps, use_cuda=True)
+    model = task.build_model(cfg)
+    engine, _ = build_engine(model, cfg, steps, True, task.param_groups(model, cfg))
     losses: list[float] = []
 
     def run(part: list[dict]) -> None:

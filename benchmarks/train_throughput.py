@@ -112,7 +112,8 @@ def deepspeed_loop(pairs: pa.Table, cfg: RetrieverConfig, steps: int, window: in
     )
     single_process_dist_env()
     task = RetrieverTask()
-    engine, _ = build_engine(task.build_model(cfg), cfg, steps, use_cuda=False)
+    model = task.build_model(cfg)
+    engine, _ = build_engine(model, cfg, steps, False, task.param_groups(model, cfg))
     tokenizer = load_tokenizer(default_model_path())
     rates, start = [], time.perf_counter()
     for step in range(steps):

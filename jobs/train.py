@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         staged(cfg, inputs=cfg.INPUT_PATHS, outputs=OUTPUTS) as local,
         contextlib.ExitStack() as more,
     ):
-        if kind == "ranker" and (uri := mined_split(local.negatives)):
-            more.enter_context(local_input(uri))
         if kind == "ranker":
+            if uri := mined_split(local.negatives):
+                more.enter_context(local_input(uri))
             from r2ps.train.ranker import RankerTask
 
             summary = train(local, task=RankerTask())

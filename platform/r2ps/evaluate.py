@@ -319,11 +319,11 @@ def evaluate(cfg: EvalConfig) -> dict:
             valid_ce[label] = ce
             alphas[label] = choose_fusion(valid_retrieved, ce, cfg.ks, cfg.alpha_grid)
             log.info("%s fusion weights (on %s): %s", label, valid_path, alphas[label])
-        base = reciprocal_ranks(cascade_ranks(valid_retrieved, None, 0, 1.0), MRR_CUTOFF)
 
         def valid_gain(label: str, k: int, alpha: float) -> dict[str, float]:
             ranks = cascade_ranks(valid_retrieved, valid_ce[label], k, alpha)
-            rr = reciprocal_ranks(ranks, MRR_CUTOFF)
+            alone = rank_of_gold_topk(valid_retrieved.ids, valid_retrieved.gold)
+            rr, base = (reciprocal_ranks(r, MRR_CUTOFF) for r in (ranks, alone))
             return paired_bootstrap(rr, base, cfg.bootstrap, cfg.seed)
 
         served = choose_served(

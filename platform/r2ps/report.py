@@ -9,10 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r2ps.log import get_logger
-
-log = get_logger(__name__)
-
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 

@@ -428,13 +428,13 @@ def resolve_model(path: str, role: str) -> tuple[str, bool]:
     missing trained model is not fatal; it is logged loudly because the answers are then
     those of an untrained model.
     """
-    from r2ps.models.cross import KIND as RANKER_KIND
-    from r2ps.models.encoder import default_model_path, read_meta
+    from r2ps.models.cross import saved_ranker_meta
+    from r2ps.models.encoder import default_model_path
 
     fallback = default_model_path()
     if path and Path(path, "config.json").exists():
         bundled = Path(path).resolve() == Path(fallback).resolve()
-        saved_ranker = (read_meta(path) or {}).get("kind") == RANKER_KIND
+        saved_ranker = saved_ranker_meta(path) is not None
         return path, not bundled and (role != "ranker" or saved_ranker)
     log.warning(
         "no trained %s at %r: serving the bundled MiniLM %s (untrained%s)",

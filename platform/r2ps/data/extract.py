@@ -176,23 +176,18 @@ def _scope(node, units: dict[tuple[int, int], str]) -> tuple[list[str], bool]:
     return names[::-1], bool(in_class)
 
 
-def _namespaces(root, node_type: str) -> list[tuple[int, int, str]]:
+def _namespaces(root, grammar: Grammar) -> list[tuple[int, int, str]]:
     """(start byte, end byte, name) of each namespace region of a file, in order.
 
     A block namespace (`namespace A { ... }`) covers its body; a statement one
     (`namespace A;`) covers what follows it, up to the next namespace declaration.
     """
-    found = []
-
-    def visit(node) -> None:
-        for child in node.children:
-            if child.type == node_type:
-                found.append(child)
-            elif child.child_count:
-                visit(child)
-
-    if node_type:
-        visit(root)
+    if grammar.namespace_query is None:
+        return []
+    found = sorted(
+        ts_captures(grammar.namespace_query, root).get("namespace", []),
+        key=lambda n: n.start_byte,
+    )
     regions = []
     for i, ns in enumerate(found):
         name = ns.child_by_field_name("name")
@@ -312,7 +307,7 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
         (n for kind in ("function", "class") for n in captures.get(kind, [])),
         key=lambda n: (n.start_byte, -n.end_byte),
     )
-    namespaces = _namespaces(root, grammar.namespace)
+    namespaces = _namespaces(root, grammar)
     for node in nodes:
         kind = kinds[(node.start_byte, node.end_byte, node.type)]
         scope, in_class = _scope(node, kinds)

@@ -30,9 +30,9 @@ class Grammar:
     comments: str  # tree-sitter query: @comment captures
     doc_style: str  # docstring | block | line
     line_prefix: str = ""  # for doc_style == "line": "//" or "#"
-    # node type of a namespace declaration whose name prefixes the symbols it covers
-    # (PHP: `namespace App\Models;` up to the next one, or `namespace App { ... }`)
-    namespace: str = ""
+    # tree-sitter query: @namespace captures, declarations whose name prefixes the symbols
+    # they cover (PHP: `namespace App\Models;` up to the next one, `namespace App { ... }`)
+    namespaces: str = ""
 
     @functools.cached_property
     def ts_language(self) -> ts.Language:
@@ -45,6 +45,10 @@ class Grammar:
     @functools.cached_property
     def comment_query(self) -> ts.Query:
         return ts.Query(self.ts_language, self.comments)
+
+    @functools.cached_property
+    def namespace_query(self) -> ts.Query | None:
+        return ts.Query(self.ts_language, self.namespaces) if self.namespaces else None
 
     def parser(self) -> ts.Parser:
         return ts.Parser(self.ts_language)
@@ -169,7 +173,7 @@ GRAMMARS: dict[str, Grammar] = {
             "(enum_declaration)] @class",
             "(comment) @comment",
             "block",
-            namespace="namespace_definition",
+            namespaces="(namespace_definition) @namespace",
         ),
         Grammar(
             "ruby",

@@ -244,11 +244,18 @@ def trained_alpha(residual: bool) -> float:
     return 0.5 if residual else 0.0
 
 
+def saved_ranker_meta(directory: str | Path) -> dict | None:
+    """The r2ps.json of the ranker saved in `directory`; None when the folder holds no saved
+    ranker (a retriever, a plain HF encoder: a ranker started there gets a fresh head)."""
+    meta = read_meta(Path(directory))
+    return meta if meta is not None and meta.get("kind") == KIND else None
+
+
 def saved_trained_alpha(directory: str | Path) -> float:
-    """`trained_alpha` of the ranker saved in `directory`, read from its r2ps.json without
-    loading it; 0 for a folder that holds no saved ranker (a fresh head is a plain one)."""
-    meta = read_meta(Path(directory)) or {}
-    return trained_alpha(meta.get("kind") == KIND and bool(meta.get("residual")))
+    """`trained_alpha` of the ranker saved in `directory`, read without loading it; 0 for a
+    folder that holds no saved ranker (a fresh head is a plain one)."""
+    meta = saved_ranker_meta(directory) or {}
+    return trained_alpha(bool(meta.get("residual")))
 
 
 @torch.no_grad()

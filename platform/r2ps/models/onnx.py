@@ -127,10 +127,9 @@ class _CrossGraph(nn.Module):
 
 def _kind(model_dir: Path) -> str:
     """'cross' for a saved ranker, else 'dual' (a retriever or a plain HF encoder)."""
-    from r2ps.models.cross import HEAD_FILE
+    from r2ps.models.cross import HEAD_FILE, saved_ranker_meta
 
-    meta = read_meta(model_dir) or {}
-    if meta.get("kind") == "cross":
+    if saved_ranker_meta(model_dir) is not None:
         if not (model_dir / HEAD_FILE).exists():
             raise FileNotFoundError(f"{model_dir} is a saved ranker but has no {HEAD_FILE}")
         return "cross"

@@ -140,14 +140,13 @@ def build_engine(
     cfg: TrainConfig,
     total_steps: int,
     use_cuda: bool,
-    groups: list[dict] | None = None,
+    groups: list[dict],
 ):
     """The DeepSpeed engine the loop trains with: AdamW over `groups` (the task's
-    `param_groups`; default one group at `cfg.lr`), warm-up then linear decay over
-    `total_steps`, `deepspeed_config`. The benchmarks build theirs here too, so what they
-    time is the loop's engine. Returns (engine, scheduler)."""
+    `param_groups`), warm-up then linear decay over `total_steps`, `deepspeed_config`.
+    The benchmarks build theirs here too, so what they time is the loop's engine.
+    Returns (engine, scheduler)."""
     deepspeed = _import_deepspeed()
-    groups = groups if groups is not None else [{"params": list(model.parameters())}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     engine, _, _, _ = deepspeed.initialize(

@@ -34,7 +34,7 @@ from r2ps.log import get_logger
 from r2ps.mining import read_negatives
 from r2ps.ps import sample_negatives
 from r2ps.train.config import RankerConfig
-from r2ps.train.retriever import training_pairs
+from r2ps.train.retriever import seeded_sample, training_pairs
 
 log = get_logger(__name__)
 
@@ -174,14 +174,7 @@ def ps_rows(cfg: RankerConfig) -> tuple[pa.Table, dict]:
         )
     if removed:
         log.warning("removed %d candidates that are gold codes of their query", removed)
-    return _shuffled(table, cfg), report
-
-
-def _shuffled(table: pa.Table, cfg: RankerConfig) -> pa.Table:
-    order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
-    if cfg.max_train_pairs:
-        order = order[: cfg.max_train_pairs]
-    return table.take(pa.array(order))
+    return seeded_sample(table, cfg), report
 
 
 def ranker_rows(cfg: RankerConfig) -> tuple[pa.Table, dict]:

@@ -95,15 +95,20 @@ def web_register(query: str) -> str:
 
 
 def training_pairs(cfg: TrainConfig, web_queries: bool = False) -> pa.Table:
-    """The train split of `cfg.corpus` as (query, code, group) rows, seeded-shuffled (and
-    sampled to `cfg.max_train_pairs`); with `web_queries`, each query rewritten by `web_register` (groups are computed before,
-    from the original texts, so duplicates stay masked)."""
+    """The train split of `cfg.corpus` as (query, code, group) rows, `seeded_sample`d; with
+    `web_queries`, each query rewritten by `web_register` (groups are computed before, from
+    the original texts, so duplicates stay masked)."""
     pairs = RetrievalSet.read(Path(cfg.corpus) / "train").pairs()
     groups = group_keys(pairs["query"].to_pylist(), pairs["code_id"].to_pylist())
     queries = pairs["query"]
     if web_queries:
         queries = pa.array([web_register(q) for q in queries.to_pylist()], pa.string())
     table = pa.table({"query": queries, "code": pairs["code"], "group": groups})
+    return seeded_sample(table, cfg)
+
+
+def seeded_sample(table: pa.Table, cfg: TrainConfig) -> pa.Table:
+    """The rows in a `cfg.seed` order, the first `cfg.max_train_pairs` of them (0: all)."""
     order = np.random.default_rng(cfg.seed).permutation(table.num_rows)
     if cfg.max_train_pairs:
         order = order[: cfg.max_train_pairs]
