@@ -7,7 +7,8 @@
 For each WiSE-FT weight w the retriever `(1-w)*start + w*trained` (models/encoder.py
 `interpolate_encoders`; start = the bundled MiniLM unless --start) is scored on the
 whole valid pool (MRR, R@1, R@10), with the paired bootstrap interval of its MRR
-difference to the trained retriever (w = 1) on the same queries. `--others` adds
+difference to the trained retriever (w = 1) on the same queries, and the weight the
+valid rule of train/wise_ft.py (`wise_ft_choose`) keeps is printed. `--others` adds
 retrievers trained with other settings (e.g. a smaller lr, web-register queries).
 `--cosqa` also REPORTS CoSQA dev for each row (never used to choose anything).
 """
@@ -25,8 +26,9 @@ from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.dual import DualEncoder
-from r2ps.models.encoder import default_model_path, interpolate_encoders
+from r2ps.models.encoder import default_model_path
 from r2ps.retrieval import MRR_CUTOFF, retrieve
+from r2ps.train.wise_ft import closest_to_start, interpolated
 
 
 def scores(path: str, sets: dict[str, RetrievalSet]) -> dict[str, tuple[dict, object]]:
@@ -57,15 +59,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         candidates = []
-        for w in [float(x) for x in args.weights.split(",")]:
-            path = args.trained if w == 1.0 else str(Path(tmp, f"w{w}"))
-            if w != 1.0:
-                interpolate_encoders(start, args.trained, w, path)
-                # the trained folder's r2ps.json (pooling, lengths) applies to the mix too
-                meta = Path(args.trained, "r2ps.json")
-                if meta.exists():
-                    Path(path, "r2ps.json").write_text(meta.read_text())
-            candidates.append((f"WiSE-FT w={w}", path))
+        weights = [float(x) for x in args.weights.split(",")]
+        for w in weights:
+            candidates.append(
+                (f"WiSE-FT w={w}", interpolated(start, args.trained, w, Path(tmp, f"w{w}")))
+            )
         for item in filter(None, args.others.split(",")):
             name, path = item.split("=", 1)
             candidates.append((name, path))
@@ -84,9 +82,11 @@ def main() -> None:
             for s in sets
         )
         print(f"{name:<28} {cells}", flush=True)
+    chosen, _ = closest_to_start({w: results[f"WiSE-FT w={w}"]["valid"][1] for w in weights})
+    print(f"the valid rule (train/wise_ft.py) keeps w={chosen}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "rule_keeps": chosen}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,16 +14,6 @@ The deployments themselves: serve/deployments.py.
 from r2ps.serving import ServeConfig
 from serve.deployments import build_app
 
-
-def _in_a_replica() -> bool:
-    """Whether this import runs inside a Serve replica (an actor), where the driver's
-    working directory and settings may not hold: the check is the driver's."""
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-
-
 _settings = ServeConfig.from_env()
-if not _in_a_replica():
-    _settings.check_inputs()  # fail at `serve run`, naming what to build, not in a replica
+_settings.check_inputs()  # fail at `serve run`, naming what to build (replicas never import this)
 cascade = build_app(_settings)

@@ -69,20 +69,25 @@ async def _wait(response):
     return await response
 
 
-def _replica_setup(cfg: ServeConfig) -> None:
-    setup_logging()
-
-
 def _replica_inputs(cfg: ServeConfig) -> tuple[contextlib.ExitStack, ServeConfig]:
     """Logging, and the settings with URI inputs staged on this node: the stack keeps them
     there while the replica lives."""
-    _replica_setup(cfg)
+    setup_logging()
     stack = contextlib.ExitStack()
     return stack, staged_config(cfg, stack)
 
 
+class _ModelReplica:
+    """What both model replicas (Retriever, Ranker) report about how they compute; each
+    sets `loaded` (models/onnx.py), `cpus` and `warmup_ms` in its constructor."""
+
+    def runtime(self) -> dict:
+        """Backend, CPU threads, reserved CPUs, warm-up time (ms)."""
+        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+
+
 @serve.deployment
-class Retriever:
+class Retriever(_ModelReplica):
     """Dual encoder + faiss index + code store; query encoding batched across requests."""
 
     def __init__(self, cfg: ServeConfig) -> None:
@@ -165,10 +170,6 @@ class Retriever:
             )
         return out
 
-    def runtime(self) -> dict:
-        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
-        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
-
     def ready(self) -> dict:
         return {
             "model": self.model_dir,
@@ -179,7 +180,7 @@ class Retriever:
 
 
 @serve.deployment
-class Ranker:
+class Ranker(_ModelReplica):
     """Cross encoder; requests are batched by their number of (query, code) pairs."""
 
     def __init__(self, cfg: ServeConfig) -> None:
@@ -218,10 +219,6 @@ class Ranker:
         """Recent batch compositions and the replica's pid (the fault benchmark kills it)."""
         return {"batches": list(self.batches), "pid": os.getpid(), "budget": self.budget}
 
-    def runtime(self) -> dict:
-        """How this replica computes: backend, CPU threads, reserved CPUs, warm-up time."""
-        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
-
     def ready(self) -> dict:
         return {
             "model": self.model_dir,
@@ -252,7 +249,7 @@ class Cascade:
     def __init__(
         self, retriever: DeploymentHandle, ranker: DeploymentHandle, cfg: ServeConfig
     ) -> None:
-        _replica_setup(cfg)
+        setup_logging()
         self.retriever = retriever
         self.ranker = ranker
         self.cfg = cfg

@@ -165,3 +165,32 @@ def test_a_model_setting_becomes_one_path(tmp_path, monkeypatch):
     assert model_or_default("") == model_or_default(None) == default_model_path()
     assert model_or_default("runs/retriever") == str(tmp_path / "runs" / "retriever")
     assert model_or_default("s3://bucket/retriever") == "s3://bucket/retriever"
+
+
+def test_only_a_load_report_of_the_dropped_pooler_is_kept_out_of_the_log(tiny_bert_dir, tmp_path):
+    """transformers reports the pooler load_encoder drops on every load (in every Ray actor);
+    that report is filtered, a report of a weight really missing is not."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        load_encoder(tiny_bert_dir)
+        assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+
+        broken = tmp_path / "broken"
+        model = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
+        weights = {k: v for k, v in model.state_dict().items() if k != "embeddings.LayerNorm.weight"}
+        model.save_pretrained(broken, state_dict=weights)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            if (tiny_bert_dir / name).exists():
+                (broken / name).write_bytes((tiny_bert_dir / name).read_bytes())
+        records.clear()
+        load_encoder(broken)
+        reports = [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+        assert reports and "embeddings.LayerNorm.weight" in reports[0]
+    finally:
+        logger.removeHandler(handler)

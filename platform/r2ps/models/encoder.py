@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,26 @@ def _accepts_add_pooling_layer(config) -> bool:
     return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
 
 
+class _PoolerOnlyReport(logging.Filter):
+    """Drops transformers' load report when all it lists is the pooler we chose not to
+    load (`pooler.*` UNEXPECTED): printed once per model load, in every Ray actor, it
+    buried job logs. A report that lists anything else (a missing or mismatched weight)
+    still reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.splitlines() if line.count("|") >= 2]
+        keys = [(cells[0].strip(), cells[1].strip()) for cells in rows[1:]]  # after header
+        return not keys or not all(
+            key.startswith("pooler.") and status == "UNEXPECTED" for key, status in keys
+        )
+
+
+_POOLER_FILTER = _PoolerOnlyReport()
+
+
 def load_encoder(
     path: str | Path, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, AutoTokenizer]:
@@ -68,6 +89,7 @@ def load_encoder(
     path = str(path)
     config = AutoConfig.from_pretrained(path)
     kwargs = {"add_pooling_layer": False} if _accepts_add_pooling_layer(config) else {}
+    logging.getLogger("transformers.modeling_utils").addFilter(_POOLER_FILTER)  # idempotent
     model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **kwargs)
     tokenizer = load_tokenizer(path)
     log.debug("loaded encoder %s (%s) from %s", type(model).__name__, config.model_type, path)

@@ -81,9 +81,23 @@ class RetrieverConfig(TrainConfig):
         default=1.0,
         metadata={"help": "export (1-w)*start + w*trained weights (WiSE-FT); 1: trained"},
     )
+    wise_ft_choose: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "WiSE-FT weights to choose from on valid: the one closest to the start "
+            "whose valid MRR is within noise of the best (train/wise_ft.py); empty: wise_ft"
+        },
+    )
     final_test: bool = field(
         default=True, metadata={"help": "after training, compare start and trained model on test"}
     )
+
+    def __post_init__(self) -> None:
+        if self.wise_ft_choose and self.wise_ft != 1.0:
+            raise ValueError(
+                "set wise_ft (one weight) or wise_ft_choose (weights chosen among on valid), "
+                f"not both: wise_ft={self.wise_ft}, wise_ft_choose={self.wise_ft_choose}"
+            )
 
 
 @dataclass

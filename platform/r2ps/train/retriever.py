@@ -37,6 +37,7 @@ from r2ps.models.encoder import (
 from r2ps.retrieval import eval_queries, unslice
 from r2ps.train.config import RetrieverConfig, TrainConfig
 from r2ps.train.loop import DATA_CPUS, Task
+from r2ps.train.wise_ft import choose_weight
 
 log = get_logger(__name__)
 
@@ -202,11 +203,28 @@ class RetrieverTask(Task):
         model.save_pretrained(directory)
 
     def after_export(self, cfg: RetrieverConfig, directory: Path) -> dict:
-        """WiSE-FT (the exported encoder moved back toward the start by `wise_ft`), then,
-        with `final_test`, the start and the exported model compared on the test split."""
-        if cfg.wise_ft != 1.0:
-            interpolate_encoders(model_path(cfg), directory, cfg.wise_ft, directory)
-        return {"final_test": compare_on_test(cfg, str(directory))} if cfg.final_test else {}
+        """WiSE-FT (the exported encoder moved back toward the start by `wise_ft`, or by
+        the weight chosen on valid among `wise_ft_choose`: train/wise_ft.py), then, with
+        `final_test`, the start and the exported model compared on the test split."""
+        out: dict = {}
+        weight = cfg.wise_ft
+        if cfg.wise_ft_choose:
+            torch.set_num_threads(cfg.threads_per_worker)
+            valid = _load_split(str(Path(cfg.corpus) / "valid"))
+            out["wise_ft"] = choose_weight(
+                model_path(cfg),
+                directory,
+                cfg.wise_ft_choose,
+                valid,
+                cfg.max_eval_queries,
+                cfg.eval_batch_size,
+            )
+            weight = out["wise_ft"]["chosen"]
+        if weight != 1.0:
+            interpolate_encoders(model_path(cfg), directory, weight, directory)
+        if cfg.final_test:
+            out["final_test"] = compare_on_test(cfg, str(directory))
+        return out
 
 
 @functools.lru_cache(maxsize=2)
