@@ -193,12 +193,11 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
     from r2ps.models.onnx import ensure_export
     from serve.deployments import build_app
 
-    ranker, _ = resolve_model(scfg.ranker, "ranker")
     settings = {spec: variant(spec, scfg) for spec in cfg.backends}
-    for backend in {s.backend for s in settings.values()}:  # exports first, not timed
-        if backend != "torch":
-            ensure_export(scfg.retriever, backend)
-            ensure_export(ranker, backend)
+    for s in settings.values():  # exports first, not timed (an entry may name other models)
+        if s.backend != "torch":
+            ensure_export(resolve_model(s.retriever, "retriever")[0], s.backend)
+            ensure_export(resolve_model(s.ranker, "ranker")[0], s.backend)
     url = f"http://127.0.0.1:{port}"
 
     def body(i, n):
