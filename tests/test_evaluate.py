@@ -189,6 +189,9 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
         return real(retrieved, ce, ks, grid)
 
     monkeypatch.setattr(ev, "choose_fusion", spy)
+    # the PS ranker as a training run leaves it: its summary names the step exported
+    summary = {"best_metrics": {"step": 0}, "history": [{"step": 0}, {"step": 10}]}
+    (Path(cfg.rr_ps) / "train_summary.json").write_text(json.dumps(summary))
     report = evaluate(cfg)
 
     valid_queries = {q for q, _ in VALID_PAIRS}
@@ -229,6 +232,8 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
         assert f"| {method}" in table
     assert "| served (retriever alone) |" in table and "MRR - DE [95% CI]" in table
     assert "(extrapolated)" in table
+    assert report["checkpoints"] == {"RR": None, "RR+PS": {"step": 0, "of": 10}}
+    assert "RR+PS step 0 of 10" in table
     assert Path(files["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     eff = report["efficiency"]

@@ -21,6 +21,7 @@ served.json (the cascade the endpoint serves, chosen on valid: cascade.ServedCas
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import numpy as np
 from r2ps.bm25 import BM25
 from r2ps.cascade import ServedCascade, best_setting, choose_alpha, choose_served
 from r2ps.config import to_dict
-from r2ps.data.schema import RetrievalSet
+from r2ps.data.schema import TRAIN_SUMMARY, RetrievalSet
 from r2ps.efficiency import efficiency
 from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
@@ -155,6 +156,20 @@ def load_sets(cfg: EvalConfig) -> dict[str, RetrievalSet]:
         if rset.queries.num_rows == 0 or rset.codes.num_rows == 0:
             raise ValueError(f"data set {name!r} has no queries or no codes")
     return sets
+
+
+def exported_checkpoint(model_dir: str) -> dict | None:
+    """Which training step a trained model folder holds and how many its run made
+    ({"step", "of"}), from its train_summary.json; None when there is none (a model not
+    trained by r2ps). A residual ranker exported at step 0 scores like the retriever
+    (its head starts at zero), which is what makes its rows equal DE's."""
+    path = Path(model_dir, TRAIN_SUMMARY)
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    steps = [h["step"] for h in summary.get("history", []) if "step" in h]
+    step = summary.get("best_metrics", {}).get("step")
+    return None if step is None else {"step": int(step), "of": int(max(steps, default=step))}
 
 
 def present(path: str, what: str, skipped: list[str]) -> str | None:
@@ -342,6 +357,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "first_stage": first_stage_label,
             **ranker_paths,
         },
+        "checkpoints": {label: exported_checkpoint(p) for label, p in ranker_paths.items()},
         "alpha": {"split": valid_path, "by_ranker": alphas},
         "served": None if served is None else dataclasses.asdict(served),
         "skipped": skipped,

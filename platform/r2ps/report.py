@@ -41,6 +41,13 @@ def markdown(report: dict) -> str:
             for label, by_k in report["alpha"]["by_ranker"].items()
         )
         lines.append(f"Fusion weights chosen on {report['alpha']['split']}: {chosen}.")
+    exported = {k: v for k, v in report.get("checkpoints", {}).items() if v}
+    if exported:
+        lines.append(
+            "Rankers evaluated at the step chosen on valid: "
+            + ", ".join(f"{k} step {v['step']} of {v['of']}" for k, v in exported.items())
+            + " (a residual ranker at step 0 is the retriever)."
+        )
     if report.get("served"):
         lines.append(f"Served (chosen on the valid split): {report['served']['reason']}.")
     lines.append(
