@@ -183,7 +183,9 @@ def test_only_a_load_report_of_the_dropped_pooler_is_kept_out_of_the_log(tiny_be
 
         broken = tmp_path / "broken"
         model = BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False)
-        weights = {k: v for k, v in model.state_dict().items() if k != "embeddings.LayerNorm.weight"}
+        weights = {
+            k: v for k, v in model.state_dict().items() if k != "embeddings.LayerNorm.weight"
+        }
         model.save_pretrained(broken, state_dict=weights)
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
             if (tiny_bert_dir / name).exists():
