@@ -17,7 +17,6 @@ start keeps the most of what valid does not measure.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from r2ps.data.schema import RetrievalSet
 from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks
 from r2ps.models.dual import DualEncoder
-from r2ps.models.encoder import interpolate_encoders
+from r2ps.models.encoder import interpolate_encoders, read_meta, write_meta
 from r2ps.retrieval import MRR_CUTOFF, retrieve
 
 log = get_logger(__name__)
@@ -40,9 +39,9 @@ def interpolated(start: str | Path, trained: str | Path, weight: float, out: str
     if weight == 1.0:
         return str(trained)
     interpolate_encoders(start, trained, weight, out)
-    meta = Path(trained, "r2ps.json")
-    if meta.exists():
-        shutil.copy(meta, Path(out, "r2ps.json"))
+    meta = read_meta(trained)
+    if meta is not None:
+        write_meta(out, meta)
     return str(out)
 
 
