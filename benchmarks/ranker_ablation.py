@@ -1,4 +1,4 @@
-"""Ranker recipes at the demo budget, side by side on the VALID split (issue 15's ablation).
+"""Ranker recipes at a preset's budget (demo unless --preset), side by side on the VALID split (issue 15's ablation).
 
     python benchmarks/ranker_ablation.py --base runs/base --out runs/ablation \
         --variants baseline,residual,residual_init --json benchmarks/results/ranker_ablation.json
@@ -58,6 +58,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "residual_init_group8_halfsteps": ({**RES, "num_negatives": 7, "max_steps": 15}, {}),
     "residual_init_lr5e-5": ({**RES, "lr": 5e-5}, {}),
     "residual_init_head_lr1e-4": ({**RES, "head_lr": 1e-4}, {}),
+    # the first 3 of MiniLM's 6 layers: half the arithmetic per pair (issue 18's speed lever)
+    "residual_init_layers3": ({**RES, "num_layers": 3}, {}),
+    # ... trained on twice the queries (twice the steps), about the 6-layer run's time
+    "residual_init_layers3_x2queries": ({**RES, "num_layers": 3, "max_train_pairs": 1920}, {}),
 }
 
 
@@ -97,12 +101,18 @@ def main() -> None:
     p.add_argument(
         "--base", required=True, help="a demo pipeline output (corpus, retriever, mined)"
     )
+    p.add_argument("--preset", default="demo", help="the pipeline preset --base was made with")
     p.add_argument("--out", required=True)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0", help="comma-separated ranker seeds")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--queries", type=int, default=0, help="valid queries scored (0: all)")
     p.add_argument("--json", default="", help="append rows to this JSON file")
+    p.add_argument(
+        "--saved",
+        default="",
+        help="NAME=DIR,...: also score these saved rankers (no training) on the same queries",
+    )
     p.add_argument("overrides", nargs="*", help="ranker key=value for every variant")
     args = p.parse_args()
 
@@ -114,7 +124,7 @@ def main() -> None:
 
     setup_logging()
     ray.init(ignore_reinit_error=True)
-    stages = {s.name: s for s in build_stages(PipelineConfig(preset="demo", out=args.base))}
+    stages = {s.name: s for s in build_stages(PipelineConfig(preset=args.preset, out=args.base))}
     ranker_cfg, mine_cfg = stages["ranker_ps"].config, stages["mine"].config
     shared = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.overrides)}
     valid = RetrievalSet.read(Path(ranker_cfg.corpus) / "valid")
@@ -130,7 +140,29 @@ def main() -> None:
     out = Path(args.out)
     rows = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else []
     print(f"retriever on valid: MRR {100 * base_rr.mean():.1f} over {len(base_rr)} queries")
-    for name in args.variants.split(","):
+
+    def report(row: dict, seconds: float) -> None:
+        rows.append(row)
+        d = row["vs_de"]
+        print(
+            f"ROW {row['variant']} seed {row['seed']}: valid MRR {100 * row['valid_mrr']:.1f} "
+            f"(DE {100 * base_rr.mean():.1f}; diff {100 * d['diff']:+.1f} "
+            f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]) R@1 {100 * row['valid_recall@1']:.1f} "
+            f"rho(ce,de) {row['spearman_ce_vs_de']:+.2f} rho(ce,overlap) "
+            f"{row['spearman_ce_vs_overlap']:+.2f} rho(ce,len) {row['spearman_ce_vs_length']:+.2f} "
+            f"({seconds:.0f} s)",
+            flush=True,
+        )
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+
+    for name, folder in (kv.split("=", 1) for kv in filter(None, args.saved.split(","))):
+        model = CrossEncoder.from_pretrained(folder).eval()
+        row = {"variant": name, "seed": None, "saved": folder, "valid_queries": len(base_rr)}
+        row["retriever_valid_mrr"] = float(base_rr.mean())
+        report({**row, **score_row(model, got, codes, lengths, args.k, base_rr, 0)}, 0.0)
+    for name in filter(None, args.variants.split(",")):
         ranker_over, mine_over = VARIANTS[name]
         for seed in [int(s) for s in args.seeds.split(",")]:
             t0 = time.time()
@@ -157,6 +189,7 @@ def main() -> None:
             )
             model = last_model(cfg)
             seconds = time.time() - t0
+            model.save_pretrained(out / f"{name}-s{seed}-last")  # for serving or export
             row = {
                 "variant": name,
                 "seed": seed,
@@ -168,20 +201,7 @@ def main() -> None:
                 "retriever_valid_mrr": float(base_rr.mean()),
                 **score_row(model, got, codes, lengths, args.k, base_rr, seed),
             }
-            rows.append(row)
-            d = row["vs_de"]
-            print(
-                f"ROW {name} seed {seed}: valid MRR {100 * row['valid_mrr']:.1f} "
-                f"(DE {100 * base_rr.mean():.1f}; diff {100 * d['diff']:+.1f} "
-                f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]) R@1 {100 * row['valid_recall@1']:.1f} "
-                f"rho(ce,de) {row['spearman_ce_vs_de']:+.2f} rho(ce,overlap) "
-                f"{row['spearman_ce_vs_overlap']:+.2f} rho(ce,len) {row['spearman_ce_vs_length']:+.2f} "
-                f"({seconds:.0f} s)",
-                flush=True,
-            )
-            if args.json:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(rows, indent=1))
+            report(row, seconds)
 
 
 if __name__ == "__main__":

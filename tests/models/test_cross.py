@@ -170,6 +170,25 @@ def test_starts_from_a_retriever_checkpoint(tiny_bert_dir, tmp_path):
     )
 
 
+def test_keeps_the_first_layers_and_saves_the_shallower_model(tiny_bert_dir, tmp_path):
+    full = CrossEncoder.from_pretrained(tiny_bert_dir)
+    short = CrossEncoder.from_pretrained(tiny_bert_dir, num_layers=1)
+    assert len(short.encoder.encoder.layer) == 1 and short.encoder.config.num_hidden_layers == 1
+    torch.testing.assert_close(  # the kept layer is the first one, not a fresh one
+        short.encoder.encoder.layer[0].state_dict(), full.encoder.encoder.layer[0].state_dict()
+    )
+    with torch.no_grad():
+        short.head[3].bias.fill_(0.5)
+    before = short.score_pairs(QUERIES, CODES)
+    short.save_pretrained(tmp_path)
+    loaded = CrossEncoder.from_pretrained(tmp_path)  # the saved config records the depth
+    assert len(loaded.encoder.encoder.layer) == 1
+    np.testing.assert_array_equal(loaded.score_pairs(QUERIES, CODES), before)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="has 2 layers"):
+            CrossEncoder.from_pretrained(tiny_bert_dir, num_layers=bad)
+
+
 def test_loads_in_train_mode_and_scoring_restores_it(cross):
     """The HF encoder arrives in eval mode; training must see dropout (DualEncoder's test)."""
     assert all(m.training for m in cross.modules())

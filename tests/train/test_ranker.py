@@ -413,6 +413,15 @@ def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
     assert len(RankerTask().param_groups(model, RankerConfig(head_lr=0.0))) == 1
 
 
+def test_num_layers_builds_a_shallower_ranker(corpus_dir, negatives_dir, tiny_bert_dir):
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, num_layers=1
+    )
+    assert len(RankerTask().build_model(cfg).encoder.encoder.layer) == 1
+    with pytest.raises(ValueError, match="num_layers must be >= 0"):
+        RankerConfig(num_layers=-1)
+
+
 def test_top_candidates_keep_pool_order_in_ties_and_refuse_nan():
     q = np.ones((2, 4), np.float32)
     c = np.ones((6, 4), np.float32)

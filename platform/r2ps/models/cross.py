@@ -210,16 +210,19 @@ class CrossEncoder(nn.Module):
         save_file(head, str(directory / HEAD_FILE))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides) -> CrossEncoder:
+    def from_pretrained(
+        cls, directory: str | Path, num_layers: int = 0, **overrides
+    ) -> CrossEncoder:
         """Load a saved ranker; from any other HF dir (or a retriever) start a fresh head.
 
         Starting from a retriever checkpoint is allowed on purpose: the ranker may be
-        initialised from the fine-tuned dual encoder. `overrides` (max_query_len,
-        max_len, residual) win over the saved values.
+        initialised from the fine-tuned dual encoder. `num_layers` > 0 keeps only the
+        encoder's first layers (`load_encoder`; a saved model records its own depth in
+        its config). `overrides` (max_query_len, max_len, residual) win over the saved values.
         """
         directory = Path(directory)
         meta = read_meta(directory) or {}
-        encoder, tokenizer = load_encoder(directory)
+        encoder, tokenizer = load_encoder(directory, num_layers=num_layers)
         settings = {}
         if meta.get("kind") == KIND:
             settings = {k: meta[k] for k in ("max_query_len", "max_len", "residual") if k in meta}

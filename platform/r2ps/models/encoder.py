@@ -76,9 +76,15 @@ _POOLER_FILTER = _PoolerOnlyReport()
 
 
 def load_encoder(
-    path: str | Path, dtype: torch.dtype = torch.float32
+    path: str | Path, dtype: torch.dtype = torch.float32, num_layers: int = 0
 ) -> tuple[PreTrainedModel, AutoTokenizer]:
     """Load an HF encoder and its tokenizer from a local directory.
+
+    `num_layers` > 0 keeps only the first `num_layers` transformer layers (the config's
+    `num_hidden_layers`, which HF reads the weights by; the rest are not loaded): the
+    "top-layer dropping" of Sajjad et al., "On the Effect of Dropping Layers of Pre-trained
+    Transformer Models" (Computer Speech & Language 2023), a shallower model that costs
+    proportionally less per token. Raises ValueError when the encoder has fewer layers.
 
     The pooler is dropped where the architecture has one: r2ps pools token states
     itself, and an unused pooler only costs memory and leaves parameters without
@@ -88,6 +94,14 @@ def load_encoder(
     """
     path = str(path)
     config = AutoConfig.from_pretrained(path)
+    if num_layers:
+        have = getattr(config, "num_hidden_layers", None)
+        if have is None or not 0 < num_layers <= have:
+            raise ValueError(
+                f"num_layers={num_layers}: the encoder in {path} has {have} layers "
+                "(keep between 1 and all of them)"
+            )
+        config.num_hidden_layers = num_layers
     kwargs = {"add_pooling_layer": False} if _accepts_add_pooling_layer(config) else {}
     logging.getLogger("transformers.modeling_utils").addFilter(_POOLER_FILTER)  # idempotent
     model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **kwargs)

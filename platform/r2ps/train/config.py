@@ -157,3 +157,14 @@ class RankerConfig(TrainConfig):
     start_from_retriever: bool = field(
         default=False, metadata={"help": "start the encoder from --retriever's weights"}
     )
+    num_layers: int = field(
+        default=0,
+        metadata={
+            "help": "keep the starting encoder's first N layers (0: all); fewer layers "
+            "score pairs proportionally faster (docs/INFERENCE.md)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0 (0: all layers), got {self.num_layers}")

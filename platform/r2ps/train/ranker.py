@@ -140,6 +140,7 @@ class RankerTask(Task):
             max_query_len=cfg.max_query_len,
             max_len=cfg.max_pair_len,
             residual=cfg.residual,
+            num_layers=cfg.num_layers,
         )
 
     def prepare(self, batch: dict[str, Any], cfg: RankerConfig) -> dict[str, Any]:
