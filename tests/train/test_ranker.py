@@ -342,9 +342,14 @@ def test_ps_run_learns_and_exports(ray_local, corpus_dir, negatives_dir, tiny_be
     for m in evals:  # the retriever's part does not change while the ranker trains
         assert m["valid_de_mrr"] == evals[0]["valid_de_mrr"]
         assert 0.0 < m["valid_mrr"] <= 1.0 and m["valid_n_queries"] == 20
-    # the start (a zero head: the retriever's order) is reported but never the best
-    assert summary["best_metrics"]["step"] > 0
-    assert summary["best_metrics"]["valid_mrr"] == max(m["valid_mrr"] for m in evals[1:])
+    # the start (a zero head: the retriever's order) is reported but never the best; the
+    # best is the checkpoint whose cascade fused at its valid-chosen weight scores highest
+    best = summary["best_metrics"]
+    assert best["step"] > 0
+    assert best["selection_mrr"] == best["valid_fused_mrr"]
+    assert best["valid_fused_mrr"] == max(m["valid_fused_mrr"] for m in evals[1:])
+    # throughput counts what a row is here: a query's group, not a pair
+    assert all("groups_per_s" in h and "pairs_per_s" not in h for h in summary["history"][1:])
     assert summary["data"]["empty_windows"] == 1
 
     model = CrossEncoder.from_pretrained(cfg.out)
@@ -373,7 +378,9 @@ def test_in_batch_run_learns(ray_local, corpus_dir, tiny_bert_dir, tmp_path):
     evals = [r["metrics"] for r in read_records(log_dir, "eval")]
     assert evals[0]["valid_mrr"] == evals[0]["valid_de_mrr"]  # zero head: no reordering
     assert summary["best_metrics"]["step"] > 0
-    assert summary["best_metrics"]["valid_mrr"] == max(m["valid_mrr"] for m in evals[1:])
+    assert summary["best_metrics"]["valid_fused_mrr"] == max(
+        m["valid_fused_mrr"] for m in evals[1:]
+    )
     assert summary["data"] == {"source": "in_batch", "rows_used": 2 * 12 * 10 + 2}
     assert (Path(cfg.out) / "head.safetensors").exists()
 

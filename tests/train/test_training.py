@@ -524,5 +524,8 @@ def test_the_task_contract_is_a_base_class_with_defaults():
             call()
     assert bare.worker_inputs(TrainConfig()) == [] and bare.data_summary() == {}
     assert bare.start_is_candidate and bare.prepare({"x": 1}, TrainConfig()) == {"x": 1}
+    # a ranker's checkpoint is chosen as its cascade is served: fused with the retriever
+    assert (bare.selects_on, RankerTask().selects_on) == ("valid_mrr", "valid_fused_mrr")
+    assert (bare.rows, RankerTask().rows) == ("pairs", "groups")  # what "<rows>/s" counts
     assert overrides(RankerTask(), "prepare") and not overrides(RetrieverTask(), "prepare")
     assert isinstance(RetrieverTask(), Task) and isinstance(RankerTask(), Task)

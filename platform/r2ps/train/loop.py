@@ -38,8 +38,8 @@ STATE_FILE = "r2ps_state.json"
 DS_DIR = "deepspeed"
 HF_DIR = "hf"
 DS_TAG = "r2ps"
-# The metric the best checkpoint is chosen by: valid MRR, except at a task's starting point
-# when that is no model of its own (see RankerTask.start_is_candidate).
+# The metric the best checkpoint is chosen by: the task's `selects_on` (valid MRR), except at
+# a task's starting point when that is no model of its own (see Task.start_is_candidate).
 DATA_CPUS = 0.5  # logical CPUs training leaves free for the Ray Data tasks feeding it
 SELECTION = (
     "selection_mrr"  # not "latest": DeepSpeed writes a file of that name beside the tag folder
@@ -59,6 +59,11 @@ class Task:
     # Whether the model before the first step may be exported as the best: False for a
     # model whose start is no model of its own (a fresh ranker head scores at random).
     start_is_candidate: bool = True
+    # The validation metric the best checkpoint is chosen by (the loop's SELECTION).
+    selects_on: str = "valid_mrr"
+    # What one training row is, for the throughput the loop logs and reports
+    # (`<rows>_per_s`): a (query, code) pair for the retriever, a query's group for a ranker.
+    rows: str = "pairs"
 
     def dataset(self, cfg: TrainConfig) -> tuple[ray.data.Dataset, int]:
         """The training rows as a Ray Dataset (on the driver), and how many there are."""
@@ -228,7 +233,7 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
 
     def validate() -> dict[str, float]:
         metrics = task.evaluate(engine.module, cfg)
-        metrics[SELECTION] = metrics.get("valid_mrr", -1.0)
+        metrics[SELECTION] = metrics.get(task.selects_on, -1.0)
         state["best_valid_mrr"] = max(state["best_valid_mrr"], metrics.get("valid_mrr", -1.0))
         if rank == 0:
             log.info("step %d: %s", state["step"], _fmt(metrics))
@@ -275,25 +280,26 @@ def run(cfg: TrainConfig, task: Task, steps_per_epoch: int) -> None:
                 rate = seen / (time.time() - tick)
                 eta = (total_steps - state["step"]) * cfg.batch_size * world / max(rate, 1e-9)
                 log.info(
-                    "epoch %d step %d/%d loss %.4f lr %.2e %.1f pairs/s eta %s",
+                    "epoch %d step %d/%d loss %.4f lr %.2e %.1f %s/s eta %s",
                     state["epoch"],
                     state["step"],
                     total_steps,
                     last_loss,
                     scheduler.get_last_lr()[0],
                     rate,
+                    task.rows,
                     _hms(eta),
                 )
             if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
                 rate = seen / (time.time() - tick)  # before validation, which is not training
-                report({**validate(), "train_loss": last_loss, "pairs_per_s": rate})
+                report({**validate(), "train_loss": last_loss, f"{task.rows}_per_s": rate})
                 reported_at = state["step"]
                 tick, seen = time.time(), 0
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         if reported_at != state["step"]:  # not twice for the same weights
             rate = seen / max(time.time() - tick, 1e-9)
-            report({**validate(), "train_loss": last_loss, "pairs_per_s": rate})
+            report({**validate(), "train_loss": last_loss, f"{task.rows}_per_s": rate})
         tick, seen = time.time(), 0
 
 

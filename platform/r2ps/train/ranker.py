@@ -9,9 +9,10 @@ ranker learns a correction of the retriever and step 0 is the retriever.
 
 Validation is the cascade itself: the retriever (`cfg.retriever`) ranks the whole valid
 pool once per run (cached; it does not change while the ranker trains), the ranker
-rescores its top K, and MRR is reported for the cascade (`valid_mrr`, which picks the
-best checkpoint) and for the retriever alone (`valid_de_mrr`) on the same queries, so
-the log shows whether the ranker helps.
+rescores its top K, and MRR is reported for the cascade at the ranker's trained weight
+(`valid_mrr`), fused with the retriever at the weight best on these queries
+(`valid_fused_mrr`, which picks the best checkpoint) and for the retriever alone
+(`valid_de_mrr`) on the same queries, so the log shows whether the ranker helps.
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ class RankerTask(Task):
     # exported best; except for a residual ranker, whose step 0 IS the retriever as the
     # cascade will score it (set by build_model, which runs on the worker first).
     start_is_candidate: bool = False
+    # The checkpoint is chosen as the cascade will be served: fused with the retriever at
+    # the weight that is best on the same valid queries (evaluate.py chooses K and weight
+    # on valid the same way). At its trained weight alone a ranker that learned a useful
+    # but over-confident correction loses to step 0 and is never seen (the full run's
+    # step-120 PS ranker: 60.8 unfused, 62.2 fused, step 0 61.3). Whether a cascade is
+    # served at all is decided later, by evaluate's interval rule.
+    selects_on: str = "valid_fused_mrr"
+    rows: str = "groups"  # a training row is a query with its positive and negatives
     # Retriever rankings per evaluation set, computed once per worker process.
     retrieved: dict[str, Retrieved] = field(default_factory=dict, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
