@@ -420,6 +420,33 @@ def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
     assert len(RankerTask().param_groups(model, RankerConfig(head_lr=0.0))) == 1
 
 
+def test_a_fresh_head_is_validated_without_scoring_its_pairs(tiny_bert_dir, monkeypatch):
+    """A zero last layer scores every pair 0, so step 0's cascade is the retriever's order
+    and is computed without a forward pass; a head that learned anything is scored."""
+    from r2ps.models.cross import CrossEncoder
+    from r2ps.retrieval import Retrieved
+    from r2ps.train.ranker import cascade_metrics
+
+    codes = ["def f(): pass", "x = 1", "open(p).read()"]
+    got = Retrieved(
+        ["read a file", "sort a list"],
+        [{0}, {0}],  # ranks 1 and 2
+        np.array([[0, 2, 1], [1, 0, 2]]),
+        np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5]], np.float32),
+    )
+    model = CrossEncoder.from_pretrained(tiny_bert_dir)
+    calls = []
+    real = CrossEncoder._score
+    monkeypatch.setattr(CrossEncoder, "_score", lambda self, *a: calls.append(1) or real(self, *a))
+    assert model.scores_zero()
+    fresh = cascade_metrics(model, got, codes, 3, 8)
+    assert not calls and fresh["mrr"] == fresh["de_mrr"] == pytest.approx(0.75)
+    with torch.no_grad():
+        model.head[3].bias.fill_(0.1)  # still one score for every pair, but not known as 0
+    assert not model.scores_zero()
+    assert cascade_metrics(model, got, codes, 3, 8)["mrr"] == fresh["mrr"] and calls
+
+
 def test_num_layers_builds_a_shallower_ranker(corpus_dir, negatives_dir, tiny_bert_dir):
     cfg = ranker_config(
         corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, num_layers=1
