@@ -46,6 +46,7 @@ from r2ps.retrieval import (
     cascade_metrics_at,
     cascade_ranks,
     eval_queries,
+    ranker_scores,
     retrieve,
 )
 
@@ -208,17 +209,6 @@ def bm25_ranks(
     index = BM25(rset.codes["code"].to_pylist())
     lists = [index.top_k(text, MRR_CUTOFF)[0] for text in texts]
     return rank_of_gold_topk(lists, gold)
-
-
-def ranker_scores(
-    model: CrossEncoder, retrieved: Retrieved, codes: Sequence[str], depth: int, batch_size: int
-) -> np.ndarray:
-    """Ranker scores [Q, depth] of each query's top `depth` retrieved codes, in retriever order."""
-    depth = min(depth, retrieved.ids.shape[1])
-    n = len(retrieved.queries)
-    pair_q = [retrieved.queries[i] for i in range(n) for _ in range(depth)]
-    pair_c = [codes[p] for i in range(n) for p in retrieved.ids[i, :depth]]
-    return model.score_pairs(pair_q, pair_c, batch_size).reshape(n, depth)
 
 
 def choose_fusion(

@@ -9,6 +9,7 @@ Ties keep pool order everywhere (the rule of `r2ps.metrics`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,25 @@ def cascade_ranks(retrieved: Retrieved, ce: np.ndarray, k: int, alpha: float) ->
         for i in range(len(retrieved.queries))
     ]
     return rank_of_gold_topk(lists, retrieved.gold)
+
+
+def ranker_scores(
+    model, retrieved: Retrieved, codes: Sequence[str], k: int, batch_size: int, rows=None
+) -> np.ndarray:
+    """Ranker scores [len(rows), k] of the `rows` queries' (default: all) top k retrieved
+    codes, in retriever order. `model` has `score_pairs` (CrossEncoder, the ONNX ranker).
+
+    A CrossEncoder whose head is fresh (`scores_zero`: a residual ranker at step 0, which
+    is the retriever) scores every pair 0: returned without a forward pass, so validating
+    or evaluating it costs nothing. Only for quality: timing must run the model.
+    """
+    k = min(k, retrieved.ids.shape[1])
+    rows = range(len(retrieved.queries)) if rows is None else rows
+    if getattr(model, "scores_zero", lambda: False)():
+        return np.zeros((len(rows), k), np.float32)
+    pair_q = [retrieved.queries[i] for i in rows for _ in range(k)]
+    pair_c = [codes[p] for i in rows for p in retrieved.ids[i, :k]]
+    return model.score_pairs(pair_q, pair_c, batch_size).reshape(len(rows), k)
 
 
 def cascade_metrics_at(

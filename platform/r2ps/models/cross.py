@@ -172,7 +172,8 @@ class CrossEncoder(nn.Module):
 
     def scores_zero(self) -> bool:
         """Whether every pair scores exactly 0 whatever the encoder computes: the head's last
-        layer is all zeros, as `make_head` initialises it (a fresh ranker)."""
+        layer is all zeros, as `make_head` initialises it (a fresh ranker). Quality code may
+        skip the forward pass then (`retrieval.ranker_scores`); timing and serving may not."""
         last = self.head[-1]
         return last.weight.numel() > 0 and not last.weight.any() and not last.bias.any()
 
@@ -189,15 +190,7 @@ class CrossEncoder(nn.Module):
     def score_pairs(
         self, queries: Sequence[str], codes: Sequence[str], batch_size: int = 64
     ) -> np.ndarray:
-        """Scores [len(queries)] float32 in input order; eval mode, batched by length.
-
-        A fresh head (`scores_zero`: a residual ranker at step 0 is the retriever) scores
-        every pair 0 without a forward pass: its validation and evaluation cost nothing.
-        """
-        if self.scores_zero():
-            if len(queries) != len(codes):
-                raise ValueError(f"{len(queries)} queries but {len(codes)} codes")
-            return np.zeros(len(queries), np.float32)
+        """Scores [len(queries)] float32 in input order; eval mode, batched by length."""
         return score_pairs(self, queries, codes, batch_size)
 
     def _need_tokenizer(self):

@@ -37,6 +37,7 @@ from r2ps.retrieval import (
     Retrieved,
     cascade_metrics_at,
     rank_world,
+    ranker_scores,
     retrieve,
     top_candidates,  # noqa: F401  (moved to r2ps.retrieval; still importable from here)
     unslice,
@@ -85,9 +86,7 @@ def cascade_metrics(
     k = min(k, retrieved.ids.shape[1])
     rank, world = rank_world()
     mine = range(rank, len(retrieved.queries), world)
-    pair_q = [retrieved.queries[i] for i in mine for _ in range(k)]
-    pair_c = [codes[p] for i in mine for p in retrieved.ids[i, :k]]
-    part = model.score_pairs(pair_q, pair_c, batch_size).reshape(len(mine), k)
+    part = ranker_scores(model, retrieved, codes, k, batch_size, rows=mine)
     ce = unslice(part, len(retrieved.queries), world)
 
     out = cascade_metrics_at(retrieved, ce, k, model.trained_alpha)
