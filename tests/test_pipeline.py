@@ -253,7 +253,9 @@ def test_demo_is_small_and_full_is_the_readme_run(tmp_path):
     }
     assert full["corpus"].max_files == 0 and full["sample"].n_queries == 20000
     assert full["retriever"].max_steps == RetrieverConfig().max_steps
-    assert full["retriever"].max_train_pairs == RetrieverConfig().max_train_pairs
+    # the 2-hour budget: 215 steps of 32 pairs, validated at its start and end only
+    assert full["retriever"].max_train_pairs == 6880 and full["retriever"].eval_every_steps == 0
+    assert full["retriever"].batch_size == RetrieverConfig().batch_size == 32
     assert full["ranker_ps"].batch_size == RankerConfig().batch_size
     assert full["evaluate"].ks == [5, 10] and full["ranker_rr"].max_pair_len == 128
     for preset in (demo, full):  # the recipe chosen on valid (docs/RESULTS.md)
