@@ -1,4 +1,5 @@
-"""Ranker recipes at a preset's budget (demo unless --preset), side by side on the VALID split (issue 15's ablation).
+"""Ranker recipes at a preset's budget (demo unless --preset), side by side on the VALID split
+(issue 15's ablation).
 
     python benchmarks/ranker_ablation.py --base runs/base --out runs/ablation \
         --variants baseline,residual,residual_init --json benchmarks/results/ranker_ablation.json
@@ -33,12 +34,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ranker_probe import mean_spearman, n_tokens, overlap  # noqa: E402
 
 from r2ps.data.schema import RetrievalSet  # noqa: E402
-from r2ps.evaluate import ranker_scores  # noqa: E402
 from r2ps.metrics import paired_bootstrap, reciprocal_ranks, retrieval_metrics  # noqa: E402
 from r2ps.models.cross import CrossEncoder  # noqa: E402
 from r2ps.models.dual import DualEncoder  # noqa: E402
 from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
-from r2ps.retrieval import MRR_CUTOFF, cascade_ranks, retrieve  # noqa: E402
+from r2ps.retrieval import (  # noqa: E402
+    MRR_CUTOFF,
+    cascade_ranks,
+    ranker_scores,  # noqa: E402
+    retrieve,
+)
 
 # Every variant sets every lever, so a row does not depend on the preset's recipe.
 OFF = {"residual": False, "start_from_retriever": False, "ps_random": 0}
@@ -99,7 +104,7 @@ def score_row(model: CrossEncoder, got, codes, lengths, k: int, base_rr, seed: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--base", required=True, help="a demo pipeline output (corpus, retriever, mined)"
+        "--base", required=True, help="a pipeline output of --preset (corpus, retriever, mined)"
     )
     p.add_argument("--preset", default="demo", help="the pipeline preset --base was made with")
     p.add_argument("--out", required=True)
@@ -159,9 +164,15 @@ def main() -> None:
 
     for name, folder in (kv.split("=", 1) for kv in filter(None, args.saved.split(","))):
         model = CrossEncoder.from_pretrained(folder).eval()
-        row = {"variant": name, "seed": None, "saved": folder, "valid_queries": len(base_rr)}
-        row["retriever_valid_mrr"] = float(base_rr.mean())
-        report({**row, **score_row(model, got, codes, lengths, args.k, base_rr, 0)}, 0.0)
+        row = {
+            "variant": name,
+            "seed": None,
+            "saved": folder,
+            "valid_queries": len(base_rr),
+            "retriever_valid_mrr": float(base_rr.mean()),
+            **score_row(model, got, codes, lengths, args.k, base_rr, 0),
+        }
+        report(row, 0.0)
     for name in filter(None, args.variants.split(",")):
         ranker_over, mine_over = VARIANTS[name]
         for seed in [int(s) for s in args.seeds.split(",")]:

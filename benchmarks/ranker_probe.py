@@ -27,13 +27,12 @@ from scipy.stats import spearmanr
 
 from r2ps.bm25 import tokenize as words
 from r2ps.data.schema import RetrievalSet
-from r2ps.evaluate import ranker_scores
 from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.mining import read_negatives
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.ps import sample_negatives
-from r2ps.retrieval import retrieve
+from r2ps.retrieval import ranker_scores, retrieve
 from r2ps.train.ranker_data import pairs_folder, query_seed
 
 
