@@ -63,6 +63,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "residual_init_group8_halfsteps": ({**RES, "num_negatives": 7, "max_steps": 15}, {}),
     "residual_init_lr5e-5": ({**RES, "lr": 5e-5}, {}),
     "residual_init_head_lr1e-4": ({**RES, "head_lr": 1e-4}, {}),
+    "residual_init_head_lr1e-3": ({**RES, "head_lr": 1e-3}, {}),
+    # the head reads the query and code segments' mean states multiplied (what the
+    # mean-pooling retriever it starts from compares), not the [CLS] state
+    "residual_init_segments": ({**RES, "pooling": "segments"}, {}),
     # the first 3 of MiniLM's 6 layers: half the arithmetic per pair (issue 18's speed lever)
     "residual_init_layers3": ({**RES, "num_layers": 3}, {}),
     # ... trained on twice the queries (twice the steps), about the 6-layer run's time

@@ -20,6 +20,7 @@ import r2ps.pipeline as pipeline_module
 from r2ps.cascade import SERVED_FILE
 from r2ps.config import ConfigError, parse_config
 from r2ps.pipeline import (
+    ADDED_SETTINGS,
     STAGE_FILE,
     PipelineConfig,
     Stage,
@@ -84,6 +85,37 @@ def test_fingerprint_follows_config_and_inputs_only():
     assert base != fingerprint("b", Toy("y", 1), {"a": "f1"})  # an output path
     assert base != fingerprint("b", Toy("x", 1), {"a": "f2"})  # the upstream stage
     assert base != fingerprint("c", Toy("x", 1), {"a": "f1"})  # the stage
+
+
+def test_a_setting_added_at_its_old_behaviour_keeps_finished_stages(monkeypatch):
+    """A stage fingerprinted before `value` existed stays up to date while `value` holds
+    the behaviour it had then (ADDED_SETTINGS); any other value reruns it."""
+
+    @dataclass
+    class Before:
+        out: str
+
+    @dataclass
+    class After:  # the same job once `value` was added
+        out: str
+        value: int = 1
+
+    old = fingerprint("b", Before("x"), {})
+    assert fingerprint("b", After("x"), {}) != old  # unregistered: every stage would rerun
+    monkeypatch.setitem(ADDED_SETTINGS, "After", {"value": 1})
+    assert fingerprint("b", After("x"), {}) == old
+    assert fingerprint("b", After("x", 2), {}) != old
+    assert fingerprint("b", After("y"), {}) != old  # the other settings still count
+
+
+def test_the_settings_registered_as_added_exist_with_their_registered_types():
+    jobs = {c.__name__: c for c in (pipeline_module.RetrieverConfig, pipeline_module.RankerConfig)}
+    jobs.update({c.__name__: c for c in (pipeline_module.MineConfig, pipeline_module.EvalConfig)})
+    for job, settings in ADDED_SETTINGS.items():
+        fields = {f.name: f for f in dataclasses.fields(jobs[job])}
+        for key, before in settings.items():
+            assert key in fields, f"{job}.{key}"
+            assert isinstance(before, type(fields[key].default)), f"{job}.{key}"
 
 
 def test_an_upstream_change_changes_every_fingerprint_downstream(tmp_path):

@@ -179,8 +179,21 @@ class PipelineConfig:
 # ---------------------------------------------------------------- running stages
 
 
+# Settings added to a job's config after runs were made, each with the value that does
+# what the job did before the setting existed. At that value a setting is left out of the
+# fingerprint, so adding one does not rerun every finished stage; any other value (a
+# changed default included) is hashed as usual. A new setting goes here when it is added.
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {
+    "RankerConfig": {"pooling": "first_token"},
+}
+
+
 def fingerprint(name: str, config: Any, inputs: dict[str, str]) -> str:
-    blob = {"stage": name, "config": to_dict(config), "inputs": inputs, "version": __version__}
+    settings = to_dict(config)
+    for key, before in ADDED_SETTINGS.get(type(config).__name__, {}).items():
+        if key in settings and settings[key] == before:
+            del settings[key]
+    blob = {"stage": name, "config": settings, "inputs": inputs, "version": __version__}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 from transformers import AutoModel, BertTokenizerLegacy
 
-from r2ps.models.cross import CrossEncoder, encode_pairs, saved_trained_alpha, tokenize_pairs
+from r2ps.models.cross import (
+    CrossEncoder,
+    encode_pairs,
+    saved_trained_alpha,
+    segment_features,
+    tokenize_pairs,
+)
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
 
@@ -21,10 +27,24 @@ QUERIES = ["sort a list", "read a file", LONG_QUERY]
 CODES = ["def f(xs):\n    return sorted(xs)", "open(p).read()", LONG_CODE]
 
 
+def with_random_head(model: CrossEncoder) -> CrossEncoder:
+    """A head like a trained one: a fresh head's last layer is zero and scores every pair
+    0, which no test of order or batching could tell from the right answer."""
+    with torch.no_grad():
+        model.head[3].weight.normal_(0, 1.0)
+    return model
+
+
 @pytest.fixture
 def cross(tiny_bert_dir) -> CrossEncoder:
     torch.manual_seed(0)
-    return CrossEncoder.from_pretrained(tiny_bert_dir)
+    return with_random_head(CrossEncoder.from_pretrained(tiny_bert_dir))
+
+
+@pytest.fixture(params=["first_token", "segments"])
+def any_pooling(request, tiny_bert_dir) -> CrossEncoder:
+    torch.manual_seed(0)
+    return with_random_head(CrossEncoder.from_pretrained(tiny_bert_dir, pooling=request.param))
 
 
 def _query_len(type_ids: list[int]) -> int:
@@ -107,7 +127,9 @@ def test_scores_do_not_depend_on_the_cpu_token_budget(cross, monkeypatch, max_to
 
 @pytest.mark.parametrize("max_tokens", [0, 40, 1024])
 @pytest.mark.parametrize("batch_size", [3, 64])
-def test_a_permuted_group_gets_the_same_scores_permuted(cross, monkeypatch, max_tokens, batch_size):
+def test_a_permuted_group_gets_the_same_scores_permuted(
+    any_pooling, monkeypatch, max_tokens, batch_size
+):
     """The listwise loss reads a group's positive from column 0: a label is a position.
     Length slicing (`by_length`, every budget) and batching (`score_pairs`) reorder rows
     inside; row i's score must stay pair i's, so permuting the pairs permutes the scores."""
@@ -115,11 +137,12 @@ def test_a_permuted_group_gets_the_same_scores_permuted(cross, monkeypatch, max_
     codes = [CODES[0], LONG_CODE, "x = 1", CODES[1], "def g(a, b):\n    return a + b", CODES[0] * 3]
     queries = [QUERIES[i % 2] for i in range(len(codes))]
     perm = np.random.default_rng(0).permutation(len(codes))
-    cross.eval()
+    cross = any_pooling.eval()
     with torch.no_grad():
         want = torch.stack(
             [cross(**cross.tokenize([q], [c]))[0] for q, c in zip(queries, codes, strict=True)]
         )
+        assert want.std() > 1e-2  # pairs score differently, so a mix-up would show
         batch = cross.tokenize(queries, codes)
         torch.testing.assert_close(cross(**batch), want, atol=1e-5, rtol=0)
         permuted = cross.tokenize([queries[i] for i in perm], [codes[i] for i in perm])
@@ -203,3 +226,54 @@ def test_nan_scores_are_refused_naming_the_pairs(cross):
         cross.encoder.embeddings.word_embeddings.weight[:] = float("nan")
     with pytest.raises(ValueError, match=r"ranker scores: 2 of 2 rows .* e.g. \['q1', 'q2'\]"):
         cross.score_pairs(["q1", "q2"], ["def f(): pass", "x = 1"])
+
+
+# ---------------------------------------------------------------- segment pooling
+
+
+def test_segment_features_are_the_segments_mean_states_multiplied(tiny_bert_dir):
+    model = CrossEncoder.from_pretrained(tiny_bert_dir, pooling="segments").eval()
+    batch = model.tokenize(QUERIES, CODES)  # padded: the short pairs end in padding
+    with torch.no_grad():
+        states = model.encoder(**batch).last_hidden_state
+        got = segment_features(states, batch["attention_mask"], batch["token_type_ids"])
+    for i in range(len(QUERIES)):
+        n = int(batch["attention_mask"][i].sum())
+        types = batch["token_type_ids"][i, :n]
+        q = states[i, :n][types == 0].mean(0)  # [CLS] query [SEP]
+        c = states[i, :n][types == 1].mean(0)  # code [SEP]
+        want = torch.nn.functional.normalize(q, dim=0) * torch.nn.functional.normalize(c, dim=0)
+        torch.testing.assert_close(got[i], want * states.shape[-1], atol=1e-5, rtol=1e-5)
+        # their mean is the cosine of the two segments' states
+        assert got[i].mean().item() == pytest.approx(
+            torch.cosine_similarity(q, c, dim=0).item(), abs=1e-5
+        )
+    with pytest.raises(ValueError, match="token_type_ids"):
+        segment_features(states, batch["attention_mask"], None)
+
+
+def test_segments_pooling_round_trips_and_a_saved_head_keeps_its_pooling(tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    model = with_random_head(CrossEncoder.from_pretrained(tiny_bert_dir, pooling="segments"))
+    before = model.score_pairs(QUERIES, CODES)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "r2ps.json").read_text())["pooling"] == "segments"
+    loaded = CrossEncoder.from_pretrained(tmp_path)
+    assert loaded.pooling == "segments"
+    np.testing.assert_array_equal(loaded.score_pairs(QUERIES, CODES), before)
+    with pytest.raises(ValueError, match="pooling='segments'"):
+        CrossEncoder.from_pretrained(tmp_path, pooling="first_token")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        CrossEncoder.from_pretrained(tiny_bert_dir, pooling="mean")
+
+
+def test_segments_pooling_refuses_a_tokenizer_that_does_not_mark_the_code(tiny_bert_dir):
+    class OneTypeTokenizer(BertTokenizerLegacy):  # as RoBERTa's pairs: every token type 0
+        def create_token_type_ids_from_sequences(self, a, b=None):
+            return [0] * len(self.build_inputs_with_special_tokens(a, b))
+
+    tokenizer = OneTypeTokenizer(vocab_file=str(Path(default_model_path()) / "vocab.txt"))
+    encoder = AutoModel.from_pretrained(tiny_bert_dir)
+    CrossEncoder(encoder, tokenizer)  # the first token needs no segments
+    with pytest.raises(ValueError, match="token type 1"):
+        CrossEncoder(encoder, tokenizer, pooling="segments")

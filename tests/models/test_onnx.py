@@ -68,6 +68,20 @@ def test_ranker_fp32_scores_match_torch(ranker_dir):
     assert ort.max_len == 384 and ort.max_query_len == 128
 
 
+def test_a_segments_ranker_exports_its_pooling(tiny_bert_dir, tmp_path):
+    """The graph is `_score` itself: segment pooling (token types -> masks) goes with it."""
+    torch.manual_seed(1)
+    model = CrossEncoder.from_pretrained(tiny_bert_dir, pooling="segments")
+    with torch.no_grad():
+        model.head[3].weight.normal_(0, 1.0)
+    model.save_pretrained(tmp_path)
+    export_onnx(tmp_path, int8=False)
+    ref = CrossEncoder.from_pretrained(tmp_path).score_pairs(QUERIES, CODES)
+    got = OrtCrossEncoder(tmp_path, "onnx", threads=1).score_pairs(QUERIES, CODES)
+    assert ref.std() > 0.05
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
 def test_ranker_int8_graph_is_quantised_and_close(ranker_dir):
     """Quality of int8 is measured by benchmarks/backend_quality.py on trained models; a
     random tiny BERT only shows the graph is int8 and its scores are the same scale."""

@@ -456,6 +456,15 @@ def test_num_layers_builds_a_shallower_ranker(corpus_dir, negatives_dir, tiny_be
         RankerConfig(num_layers=-1)
 
 
+def test_pooling_setting_builds_a_segments_ranker(corpus_dir, negatives_dir, tiny_bert_dir):
+    cfg = ranker_config(
+        corpus_dir, tiny_bert_dir, corpus_dir, "unused", negatives=negatives_dir, pooling="segments"
+    )
+    assert RankerTask().build_model(cfg).pooling == "segments"
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        RankerConfig(pooling="cls")
+
+
 def test_top_candidates_keep_pool_order_in_ties_and_refuse_nan():
     q = np.ones((2, 4), np.float32)
     c = np.ones((6, 4), np.float32)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
@@ -53,6 +54,38 @@ def make_head(hidden: int, init_std: float = 0.02) -> nn.Sequential:
     nn.init.zeros_(head[3].weight)
     nn.init.zeros_(head[3].bias)
     return head
+
+
+# What the head reads (`CrossEncoder.pooling`): the first token's state (BERT's [CLS], as
+# the paper's ranker) or the two segments' mean states multiplied (`segment_features`).
+POOLINGS = ("first_token", "segments")
+
+
+def segment_features(
+    states: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+) -> torch.Tensor:
+    """`h * (q_hat * c_hat)` [B, h]: the element-wise product of the query segment's and the
+    code segment's mean token states (type 0 and type 1 of `[CLS] q [SEP] c [SEP]`, each
+    mean L2-normalised), times the width h.
+
+    Their sum over h / h is the cosine of the two segments' states, which is how a dual
+    encoder trained with mean pooling (MiniLM, the retriever) scores a pair: a ranker
+    started from the retriever reads features that already carry its relevance signal,
+    contextualised by attention across the pair, where the first token's state of a
+    mean-pooling model carries none until trained. The factor h keeps the entries O(1)
+    for the head's first layer.
+
+    states [B, T, h]; attention_mask, token_type_ids [B, T]. Raises ValueError without
+    token type ids (a pair's segments are found by them).
+    """
+    if token_type_ids is None:
+        raise ValueError("pooling='segments' needs token_type_ids marking the code segment")
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    code = token_type_ids.unsqueeze(-1).to(states.dtype) * mask
+    query = mask - code
+    q = (states * query).sum(1) / query.sum(1).clamp(min=1.0)
+    c = (states * code).sum(1) / code.sum(1).clamp(min=1.0)
+    return F.normalize(q, dim=-1) * F.normalize(c, dim=-1) * states.shape[-1]
 
 
 _PAIR_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -127,7 +160,8 @@ def tokenize_pairs(
 
 
 class CrossEncoder(nn.Module):
-    """Any HF encoder + an MLP head on the first token: one relevance score per pair."""
+    """Any HF encoder + an MLP head on the first token's state (or on `segment_features`,
+    `pooling="segments"`): one relevance score per pair."""
 
     def __init__(
         self,
@@ -136,8 +170,12 @@ class CrossEncoder(nn.Module):
         max_query_len: int = 128,
         max_len: int = 384,
         residual: bool = False,
+        pooling: str = "first_token",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_query_len = int(max_query_len)
@@ -148,6 +186,8 @@ class CrossEncoder(nn.Module):
         self.head = make_head(config.hidden_size, getattr(config, "initializer_range", 0.02))
         # RoBERTa-like models have one token type: passing type ids 1 would index out of range.
         self._use_token_types = getattr(config, "type_vocab_size", 0) > 1
+        if pooling == "segments" and tokenizer is not None:
+            _check_marks_code(tokenizer)
         self.train()  # the HF encoder arrives in eval mode: see DualEncoder.__init__
 
     def forward(
@@ -167,8 +207,14 @@ class CrossEncoder(nn.Module):
         kwargs = {}
         if token_type_ids is not None and self._use_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return self.head(out.last_hidden_state[:, 0]).squeeze(-1).float()
+        states = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **kwargs
+        ).last_hidden_state
+        if self.pooling == "segments":
+            features = segment_features(states, attention_mask, token_type_ids)
+        else:
+            features = states[:, 0]
+        return self.head(features).squeeze(-1).float()
 
     def scores_zero(self) -> bool:
         """Whether every pair scores exactly 0 whatever the encoder computes: the head's last
@@ -202,7 +248,7 @@ class CrossEncoder(nn.Module):
         return {
             "kind": KIND,
             "head": "linear-gelu-layernorm-linear",
-            "pooling": "first_token",
+            "pooling": self.pooling,
             "max_query_len": self.max_query_len,
             "max_len": self.max_len,
             "residual": self.residual,
@@ -225,14 +271,21 @@ class CrossEncoder(nn.Module):
         Starting from a retriever checkpoint is allowed on purpose: the ranker may be
         initialised from the fine-tuned dual encoder. `num_layers` > 0 keeps only the
         encoder's first layers (`load_encoder`; a saved model records its own depth in
-        its config). `overrides` (max_query_len, max_len, residual) win over the saved values.
+        its config). `overrides` (max_query_len, max_len, residual, pooling) win over the
+        saved values; a saved head keeps its pooling (ValueError for another one).
         """
         directory = Path(directory)
         meta = read_meta(directory) or {}
         encoder, tokenizer = load_encoder(directory, num_layers=num_layers)
         settings = {}
         if meta.get("kind") == KIND:
-            settings = {k: meta[k] for k in ("max_query_len", "max_len", "residual") if k in meta}
+            keys = ("max_query_len", "max_len", "residual", "pooling")
+            settings = {k: meta[k] for k in keys if k in meta}
+            if overrides.get("pooling", settings.get("pooling")) != settings.get("pooling"):
+                raise ValueError(
+                    f"{directory}: its head reads pooling={settings.get('pooling')!r}, "
+                    f"not {overrides['pooling']!r}; start a new ranker from a retriever"
+                )
         settings.update(overrides)
         model = cls(encoder, tokenizer, **settings)
         head_path = directory / HEAD_FILE
@@ -243,6 +296,17 @@ class CrossEncoder(nn.Module):
         else:
             log.info("no ranker head in %s: starting from a fresh head", directory)
         return model
+
+
+def _check_marks_code(tokenizer) -> None:
+    """Segment pooling finds the code by its token type: the tokenizer's pair template
+    must give the code type 1 (BERT's does; RoBERTa's gives every token type 0)."""
+    ((_, types),) = encode_pairs(tokenizer, ["q"], ["c"], max_len=16)
+    if 1 not in types:
+        raise ValueError(
+            f"pooling='segments' needs a tokenizer whose pairs mark the code with token type "
+            f"1; {type(tokenizer).__name__} gives {types}: use pooling='first_token'"
+        )
 
 
 def trained_alpha(residual: bool) -> float:

@@ -165,6 +165,20 @@ class RankerConfig(TrainConfig):
         },
     )
 
+    pooling: str = field(
+        default="first_token",
+        metadata={
+            "help": "what the head reads: first_token (the [CLS] state, the paper's) or "
+            "segments (query and code mean states multiplied: what a mean-pooling retriever "
+            "compares; models/cross.segment_features)"
+        },
+    )
+
     def __post_init__(self) -> None:
+        # the model owns the list; imported here to keep this module light to import
+        from r2ps.models.cross import POOLINGS
+
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.num_layers < 0:
             raise ValueError(f"num_layers must be >= 0 (0: all layers), got {self.num_layers}")

@@ -149,6 +149,7 @@ class RankerTask(Task):
             max_len=cfg.max_pair_len,
             residual=cfg.residual,
             num_layers=cfg.num_layers,
+            pooling=cfg.pooling,
         )
 
     def prepare(self, batch: dict[str, Any], cfg: RankerConfig) -> dict[str, Any]:
