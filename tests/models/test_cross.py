@@ -234,6 +234,7 @@ def test_nan_scores_are_refused_naming_the_pairs(cross):
 def test_segment_features_are_the_segments_mean_states_multiplied(tiny_bert_dir):
     model = CrossEncoder.from_pretrained(tiny_bert_dir, pooling="segments").eval()
     batch = model.tokenize(QUERIES, CODES)  # padded: the short pairs end in padding
+    assert (batch["attention_mask"] == 0).any()
     with torch.no_grad():
         states = model.encoder(**batch).last_hidden_state
         got = segment_features(states, batch["attention_mask"], batch["token_type_ids"])
@@ -265,6 +266,22 @@ def test_segments_pooling_round_trips_and_a_saved_head_keeps_its_pooling(tiny_be
         CrossEncoder.from_pretrained(tmp_path, pooling="first_token")
     with pytest.raises(ValueError, match="pooling must be one of"):
         CrossEncoder.from_pretrained(tiny_bert_dir, pooling="mean")
+    # a ranker saved before the option (no "pooling" in its r2ps.json) read the first token
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "r2ps.json").read_text())
+    del meta["pooling"]
+    (tmp_path / "old" / "r2ps.json").write_text(json.dumps(meta))
+    assert CrossEncoder.from_pretrained(tmp_path / "old", pooling="first_token").pooling == (
+        "first_token"
+    )
+
+
+def test_a_segments_ranker_starts_from_a_retriever_with_a_fresh_head(tiny_bert_dir, tmp_path):
+    """The recipe's start: the retriever's folder (its r2ps.json says pooling "mean", a
+    dual encoder's setting) and a fresh head reading the segments."""
+    DualEncoder.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    model = CrossEncoder.from_pretrained(tmp_path, pooling="segments", residual=True)
+    assert model.pooling == "segments" and model.scores_zero()
 
 
 def test_segments_pooling_refuses_a_tokenizer_that_does_not_mark_the_code(tiny_bert_dir):

@@ -23,6 +23,7 @@ from r2ps.models.encoder import (
     batches_by_length,
     by_length,
     load_encoder,
+    mean_pool,
     module_device,
     pad_batch,
     pad_token_id,
@@ -80,12 +81,10 @@ def segment_features(
     """
     if token_type_ids is None:
         raise ValueError("pooling='segments' needs token_type_ids marking the code segment")
-    mask = attention_mask.unsqueeze(-1).to(states.dtype)
-    code = token_type_ids.unsqueeze(-1).to(states.dtype) * mask
-    query = mask - code
-    q = (states * query).sum(1) / query.sum(1).clamp(min=1.0)
-    c = (states * code).sum(1) / code.sum(1).clamp(min=1.0)
-    return F.normalize(q, dim=-1) * F.normalize(c, dim=-1) * states.shape[-1]
+    code = attention_mask * (token_type_ids != 0)
+    q = F.normalize(mean_pool(states, attention_mask - code), dim=-1)  # float32 sums
+    c = F.normalize(mean_pool(states, code), dim=-1)
+    return (q * c * states.shape[-1]).to(states.dtype)
 
 
 _PAIR_PROCESSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -279,11 +278,11 @@ class CrossEncoder(nn.Module):
         encoder, tokenizer = load_encoder(directory, num_layers=num_layers)
         settings = {}
         if meta.get("kind") == KIND:
-            keys = ("max_query_len", "max_len", "residual", "pooling")
-            settings = {k: meta[k] for k in keys if k in meta}
-            if overrides.get("pooling", settings.get("pooling")) != settings.get("pooling"):
+            settings = {k: meta[k] for k in ("max_query_len", "max_len", "residual") if k in meta}
+            settings["pooling"] = meta.get("pooling", "first_token")  # saved before the option
+            if overrides.get("pooling", settings["pooling"]) != settings["pooling"]:
                 raise ValueError(
-                    f"{directory}: its head reads pooling={settings.get('pooling')!r}, "
+                    f"{directory}: its head reads pooling={settings['pooling']!r}, "
                     f"not {overrides['pooling']!r}; start a new ranker from a retriever"
                 )
         settings.update(overrides)

@@ -9,7 +9,7 @@ sentence-transformers use:
 
 The graph is the model's own forward, not a re-implementation: the dual encoder's
 `_encode` (mean pooling, L2 norm) -> embeddings [B, h]; the cross encoder's `_score`
-(first-token state -> MLP head) -> scores [B]. So an ONNX model is a drop-in replacement
+(first-token state or segment features -> MLP head) -> scores [B]. So an ONNX model is a drop-in replacement
 for the torch one's `encode` / `forward`, and anything built on top of those (the
 cascade's fusion, a score added outside the forward) stays the same.
 
@@ -400,9 +400,11 @@ class OrtCrossEncoder(_OrtModule):
         self.eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """Scores [B] float32, one per (query, code) row, as `CrossEncoder.forward`."""
+        """Scores [B] float32, one per (query, code) row, as `CrossEncoder.forward`.
+        Raises ValueError without `token_type_ids`: the graph takes them (a segment-pooling
+        head finds the code by them; zeros would silently score every pair alike)."""
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            raise ValueError("the ranker's graph needs token_type_ids (see tokenize)")
         return by_length(self._run, input_ids, attention_mask, token_type_ids)
 
     def tokenize(self, queries: Sequence[str], codes: Sequence[str]) -> dict[str, torch.Tensor]:
