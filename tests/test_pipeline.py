@@ -109,8 +109,17 @@ def test_a_setting_added_at_its_old_behaviour_keeps_finished_stages(monkeypatch)
 
 
 def test_the_settings_registered_as_added_exist_with_their_registered_types():
-    jobs = {c.__name__: c for c in (pipeline_module.RetrieverConfig, pipeline_module.RankerConfig)}
-    jobs.update({c.__name__: c for c in (pipeline_module.MineConfig, pipeline_module.EvalConfig)})
+    jobs = {
+        c.__name__: c
+        for c in (
+            pipeline_module.CorpusConfig,
+            pipeline_module.SampleConfig,
+            pipeline_module.RetrieverConfig,
+            pipeline_module.MineConfig,
+            pipeline_module.RankerConfig,
+            pipeline_module.EvalConfig,
+        )
+    }
     for job, settings in ADDED_SETTINGS.items():
         fields = {f.name: f for f in dataclasses.fields(jobs[job])}
         for key, before in settings.items():

@@ -9,9 +9,9 @@ sentence-transformers use:
 
 The graph is the model's own forward, not a re-implementation: the dual encoder's
 `_encode` (mean pooling, L2 norm) -> embeddings [B, h]; the cross encoder's `_score`
-(first-token state or segment features -> MLP head) -> scores [B]. So an ONNX model is a drop-in replacement
-for the torch one's `encode` / `forward`, and anything built on top of those (the
-cascade's fusion, a score added outside the forward) stays the same.
+(first-token state or segment features -> MLP head) -> scores [B]. So an ONNX model is a
+drop-in replacement for the torch one's `encode` / `forward`, and anything built on top
+of those (the cascade's fusion, a score added outside the forward) stays the same.
 
 `load_retriever` / `load_ranker` are what serving and the embedding actors call: they
 return the torch model (`backend="torch"`) or an `OrtDualEncoder` / `OrtCrossEncoder`
