@@ -74,15 +74,17 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def last_model(cfg) -> CrossEncoder:
-    """Train `cfg` on Ray Train and load the model of its last checkpoint."""
+def last_model(cfg) -> tuple[CrossEncoder, int]:
+    """Train `cfg` on Ray Train; the model of its last checkpoint and the steps it took
+    (`max_steps` is 0 where the budget is `max_train_pairs`)."""
     from r2ps.train.launch import make_trainer
     from r2ps.train.loop import HF_DIR
     from r2ps.train.ranker import RankerTask
 
     result = make_trainer(cfg, RankerTask()).fit()
     with result.checkpoint.as_directory() as d:
-        return CrossEncoder.from_pretrained(Path(d) / HF_DIR).eval()
+        model = CrossEncoder.from_pretrained(Path(d) / HF_DIR).eval()
+    return model, int(result.metrics["step"])
 
 
 def score_row(model: CrossEncoder, got, codes, lengths, k: int, base_rr, seed: int) -> dict:
@@ -202,7 +204,7 @@ def main() -> None:
                 storage=str((out / "ray_results").resolve()),
                 max_eval_queries=5,  # the loop's own start/end checks; the row is scored below
             )
-            model = last_model(cfg)
+            model, steps = last_model(cfg)
             seconds = time.time() - t0
             model.save_pretrained(out / f"{name}-s{seed}-last")  # for serving or export
             row = {
@@ -210,7 +212,7 @@ def main() -> None:
                 "seed": seed,
                 "ranker_overrides": {**ranker_over, **shared},
                 "mine_overrides": mine_over,
-                "steps": cfg.max_steps,
+                "steps": steps,
                 "train_seconds": round(seconds, 1),
                 "valid_queries": len(base_rr),
                 "retriever_valid_mrr": float(base_rr.mean()),

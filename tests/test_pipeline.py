@@ -421,6 +421,12 @@ def test_run_pipeline_wires_serving_and_summary(tmp_path, monkeypatch):
     text = format_summary(summary)
     assert "| method | MRR |" in text and summary["serve_command"] in text
     assert str(out / "mined" / "index") in text or summary["index"] in text
+    # every path the summary names is absolute, as serve.yaml names them
+    assert summary["rankers"] == {
+        "RR+PS": str((out / "ranker_ps").resolve()),
+        "RR": str((out / "ranker_rr").resolve()),
+    }
+    assert summary["results"]["md"] == str((out / "eval" / "results.md").resolve())
 
 
 def test_serve_yaml_carries_the_cascade_chosen_on_valid(tmp_path, monkeypatch):
@@ -508,6 +514,7 @@ def test_a_uri_out_uploads_each_stage_as_it_finishes_and_resumes_from_it(
     served = yaml.safe_load(remote_text(f"{uri}/serve.yaml"))
     assert (served["retriever"], served["ranker"]) == (f"{uri}/retriever", f"{uri}/ranker_ps")
     assert (served["codes"], served["embed_out"]) == (f"{uri}/sample", f"{uri}/mined")
+    assert summary["rankers"] == {"RR+PS": f"{uri}/ranker_ps", "RR": f"{uri}/ranker_rr"}
     assert f"uploaded:  every stage and serve.yaml to {uri}" in format_summary(summary)
 
 

@@ -448,13 +448,14 @@ def _run_local(
     serve = serve_config(stages, served_as)
     serve_file = Path(cfg.out, SERVE_FILE).resolve()
     write_text_atomic(serve_file, yaml.safe_dump(to_dict(serve), sort_keys=False))
-    evaluation = Path(stages["evaluate"].config.out)
+    evaluation = Path(stages["evaluate"].config.out).resolve()
     return {
         "stages": report,
         "retriever": serve.retriever,
+        # named as serve.yaml names the retriever: absolute, or the uploaded URI
         "rankers": {
-            "RR+PS": stages["ranker_ps"].config.out,
-            "RR": stages["ranker_rr"].config.out,
+            name: served_as(str(Path(stages[stage].config.out).resolve()))
+            for name, stage in (("RR+PS", "ranker_ps"), ("RR", "ranker_rr"))
         },
         "index": f"{serve.embed_out}/index",
         "codes": serve.codes,
