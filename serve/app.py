@@ -16,4 +16,4 @@ from serve.deployments import build_app
 
 _settings = ServeConfig.from_env()
 _settings.check_inputs()  # fail at `serve run`, naming what to build (replicas never import this)
-cascade = build_app(_settings)
+cascade = build_app(_settings.without_untrained_ranker())

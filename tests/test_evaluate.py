@@ -228,8 +228,8 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
     saved = json.loads(Path(files["json"]).read_text())
     assert set(saved["datasets"]["test"]["methods"]) == expected
     table = Path(files["md"]).read_text()
-    for method in expected:
-        assert f"| {method}" in table
+    for method in expected:  # a fused row is shown as "<ranker> fused (K=.., alpha=..)"
+        assert f"| {method.replace(' as served', ' fused (K=')}" in table
     assert "| served (retriever alone) |" in table and "MRR - DE [95% CI]" in table
     assert "(extrapolated)" in table
     assert report["checkpoints"] == {"RR": None, "RR+PS": {"step": 0, "of": 10}}
@@ -307,7 +307,11 @@ def test_job_command_line(setup, tmp_path, capsys):
     ]
     assert job.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| RR+PS as served (K=" in printed and str(out / "results.md") in printed
+    assert (
+        "| RR+PS fused (K=" in printed
+        and "chosen on valid) |" in printed
+        and str(out / "results.md") in printed
+    )
     assert np.isfinite(
         json.loads((out / "results.json").read_text())["datasets"]["test"]["methods"]["DE"]["mrr"]
     )

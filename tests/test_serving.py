@@ -94,6 +94,24 @@ def test_only_a_model_r2ps_trained_is_reported_trained(tmp_path, tiny_bert_dir):
     assert resolve_model(str(tmp_path / "missing"), "ranker") == (bundled, False)
 
 
+def test_an_untrained_ranker_is_not_used_by_default(tmp_path, tiny_bert_dir):
+    """A ranker r2ps did not train has no relevance signal and costs 20-35x the retriever's
+    latency: the default rerank_k becomes 0 and the reason is served; a trained ranker, a
+    URI (checked by the replica) and rerank_k 0 keep their settings."""
+    trained = tmp_path / "ranker"
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(trained)
+    for untrained in (str(tmp_path / "missing"), str(tiny_bert_dir), ""):
+        cfg = ServeConfig(ranker=untrained, rerank_k=10).without_untrained_ranker()
+        assert cfg.rerank_k == 0, untrained
+        assert cfg.served_reason.startswith("retriever alone: no trained ranker at "), untrained
+    for kept in (
+        ServeConfig(ranker=str(trained), rerank_k=10, served_reason="chosen on valid"),
+        ServeConfig(ranker="s3://bucket/ranker", rerank_k=5),
+        ServeConfig(ranker=str(tmp_path / "missing"), rerank_k=0, served_reason="as set"),
+    ):
+        assert kept.without_untrained_ranker() == kept
+
+
 def test_no_settings_serve_the_newest_serve_yaml_under_runs(tmp_path, monkeypatch):
     """`serve run serve.app:cascade` with no settings serves what was built last."""
     monkeypatch.chdir(tmp_path)

@@ -41,6 +41,11 @@ def markdown(report: dict) -> str:
             for label, by_k in report["alpha"]["by_ranker"].items()
         )
         lines.append(f"Fusion weights chosen on {report['alpha']['split']}: {chosen}.")
+        lines.append(
+            "Rows: `K=` is a ranker's cascade at its trained weight; `fused` at the K and "
+            "weight chosen on valid (each ranker's, served or not); `served` is what "
+            "serve.yaml serves."
+        )
     exported = {k: v for k, v in report.get("checkpoints", {}).items() if v}
     if exported:
         lines.append(
@@ -81,12 +86,17 @@ def markdown(report: dict) -> str:
 
 
 def _label(method: str, datasets: dict) -> str:
-    """A row's name; "as served" and "served" rows name their K and weight."""
+    """A row's name; the fused rows ("<ranker> as served" in results.json: each ranker's
+    cascade at the K and weight chosen on valid, served or not) and "served" name their
+    K and weight."""
     for data in datasets.values():
         row = data["methods"].get(method)
         if row and method.endswith("served"):
             if not row["k"]:
                 return f"{method} (retriever alone)"
+            if method != "served":
+                family = method.removesuffix(" as served")
+                return f"{family} fused (K={row['k']}, alpha={row['alpha']} chosen on valid)"
             return f"{method} (K={row['k']}, alpha={row['alpha']})"
     return method
 

@@ -196,6 +196,29 @@ class ServeConfig:
         except FileNotFoundError as e:
             raise ConfigError(f"nothing to serve: {e}; {BUILD_HINT}") from None
 
+    def without_untrained_ranker(self) -> ServeConfig:
+        """These settings, with the default `rerank_k` 0 when the ranker named is not one
+        r2ps trained (a local path that is missing, the bundled MiniLM, or a folder that is
+        not a saved cross encoder: `resolve_model`), and `served_reason` saying so.
+
+        Such a ranker has no relevance signal (a fresh head scores every pair 0) and costs
+        20-35x the retriever's latency on CPU (0.8-1.4 s against ~40 ms per query for a
+        repository index), so by default answers are the retriever's alone; a request may
+        still name a `rerank_k`. URIs are staged by the replicas and are not checked here
+        (the pipeline writes them, for rankers it trained).
+        """
+        if self.rerank_k == 0 or is_uri(self.ranker):
+            return self
+        path, trained = resolve_model(self.ranker, "ranker")
+        if trained:
+            return self
+        reason = (
+            f"retriever alone: no trained ranker at {self.ranker!r} (served: {path}, "
+            "untrained); a request may still name a rerank_k"
+        )
+        log.warning("rerank_k %d -> 0: %s", self.rerank_k, reason)
+        return dataclasses.replace(self, rerank_k=0, served_reason=reason)
+
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ServeConfig:
         return from_dict(cls, data)

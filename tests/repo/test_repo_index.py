@@ -95,6 +95,8 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     from r2ps.serving import ServeConfig, load_code_store, load_index
 
     serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / "serve.yaml").read_text()))
+    # no --ranker: answers are the retriever's, and /readyz says why
+    assert serve_cfg.rerank_k == 0 and "no --ranker" in serve_cfg.served_reason
     index = load_index(serve_cfg, serve_cfg.retriever)
     assert not (out / "embeddings").exists()
     assert index.code_ids == new_codes["code_id"].to_pylist()

@@ -402,13 +402,19 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
         # its scores are noise: alpha 1 keeps the retriever's order.
         "alpha": saved_trained_alpha(cfg.ranker) if trained_ranker else 1.0,
     }
+    if not trained_ranker:  # no reranking by default: an untrained ranker only costs time
+        settings["rerank_k"] = 0
+        settings["served_reason"] = "retriever alone: jobs/index.py was given no --ranker"
     head = (
         f"# Written by jobs/index.py for {Path(cfg.source).resolve()}. Serve it with\n"
         f"#   R2PS_SERVE_CONFIG={(out / SERVE_YAML).resolve()} serve run serve.app:cascade\n"
         "# then open http://127.0.0.1:8000/ (the search page) or POST /search.\n"
     )
     if not trained_ranker:
-        head += "# No --ranker given: alpha 1.0 orders answers by the retriever alone.\n"
+        head += (
+            "# No --ranker given: answers are the retriever's (rerank_k 0); a request that\n"
+            "# names a rerank_k is reranked by an untrained ranker, alpha 1.0 keeps its order.\n"
+        )
     path = out / SERVE_YAML
     path.write_text(head + yaml.safe_dump(settings, sort_keys=False))
     return path
