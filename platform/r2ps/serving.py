@@ -213,8 +213,8 @@ class ServeConfig:
         if trained:
             return self
         reason = (
-            f"retriever alone: no trained ranker at {self.ranker!r} (served: {path}, "
-            "untrained); a request may still name a rerank_k"
+            f"retriever alone: no trained ranker at {self.ranker!r}; a request that names a "
+            f"rerank_k is reranked by {path}, untrained"
         )
         log.warning("rerank_k %d -> 0: %s", self.rerank_k, reason)
         return dataclasses.replace(self, rerank_k=0, served_reason=reason)
