@@ -17,15 +17,20 @@ import sys
 
 import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 
-from r2ps.config import parse_config
+from r2ps.config import ConfigError, parse_config
 from r2ps.log import setup_logging
-from r2ps.repo.indexer import RepoIndexConfig, format_summary, index_repo
+from r2ps.repo.indexer import NothingToIndex, RepoIndexConfig, format_summary, index_repo
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(RepoIndexConfig, argv, description=__doc__)
     setup_logging()
-    print(format_summary(index_repo(cfg)))
+    try:
+        summary = index_repo(cfg)
+    except (ConfigError, NothingToIndex) as e:  # the user's input, not a fault: no traceback
+        print(f"index.py: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
     return 0
 
 

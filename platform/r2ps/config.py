@@ -235,6 +235,6 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
             if value is not None:
                 data[f.name] = value
         return from_dict(cls, data)
-    except ConfigError as e:
+    except ValueError as e:  # ConfigError, or a config's own check (__post_init__)
         parser.error(str(e))
         raise  # unreachable: parser.error exits

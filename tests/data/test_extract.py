@@ -185,6 +185,19 @@ def test_crlf_files_keep_their_line_numbers():
     assert (u.start_line, u.def_line, u.end_line, u.doc) == (1, 2, 4, "Doc line.")
 
 
+def test_lone_carriage_returns_end_lines():
+    """Classic Mac OS line ends (a lone \\r) are lines, as for Python and editors: each
+    unit gets its own lines, not the whole file on line 1."""
+    data = b"x = 1\r\rdef a(p):\r    return p * 2\r\rdef b():\r    pass\r"
+    found = extract_units(data, "cr.py")
+    spans = [(u.symbol, u.start_line, u.end_line, u.code) for u in found.units]
+    assert spans == [("a", 3, 4, "def a(p):\n    return p * 2"), ("b", 6, 7, "def b():\n    pass")]
+    mixed = b"def a():\r\n    return 1\rdef b():\n    return '\xff'\n"
+    found = extract_units(mixed, "mixed.py")
+    assert [(u.start_line, u.end_line) for u in found.units] == [(1, 2), (3, 4)]
+    assert found.undecodable_line == 4  # counted with the same line ends
+
+
 def test_grammar_for_extensions():
     assert grammar_for("a/b.PY").name == "python"
     assert grammar_for("x.tsx").name == "tsx"

@@ -144,8 +144,52 @@ def test_the_command_line_job(source_repo, tiny_bert_dir, tmp_path):
     assert "serve: R2PS_SERVE_CONFIG=" in done.stdout and "(full run" in done.stdout
     summary = json.loads((out / SUMMARY).read_text())
     assert "python/big.py" not in summary["skipped_files"].get(OVERSIZE, [])  # key=value took
-    bad = subprocess.run(
-        [sys.executable, "jobs/index.py", "--source", str(tmp_path / "missing"), "--out", str(out)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert bad.returncode != 0 and "missing" in bad.stderr and "is not a folder" in bad.stderr
+    # the user's mistakes: one line naming the setting, exit 2, no traceback, nothing written
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no code\n")
+    mistakes = {
+        "source: ": ["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o1")],
+        "out: ": ["--source", str(source_repo), "--out", str(tmp_path / "a_file")],
+        "files_per_task: must be >= 1": ["--source", str(source_repo), "--files-per-task", "0"],
+        "index.kind: expected one of": ["--source", str(source_repo), "index.kind=bogus"],
+        "no function, method or class": [
+            "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"),
+            "--model", str(tiny_bert_dir),
+        ],
+    }  # fmt: skip
+    for message, args in mistakes.items():
+        bad = subprocess.run(
+            [sys.executable, "jobs/index.py", *args],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-1000:])
+        assert "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert not (tmp_path / "o1").exists()
+
+
+def test_a_file_that_could_not_be_read_is_read_again(tmp_path, tiny_bert_dir, monkeypatch):
+    """A read error (permissions, a flaky mount) is not cached: a permission change keeps
+    size and mtime, so the next run must retry the file rather than trust them."""
+    import builtins
+
+    from r2ps.repo import indexer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("def a():\n    return 1\n")
+    (src / "b.py").write_text("def b():\n    return 2\n")
+    denied = str(src / "b.py")
+
+    def flaky_open(path, *args, **kwargs):
+        if str(path) == denied:
+            raise PermissionError(13, "Permission denied", denied)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(indexer, "open", flaky_open, raising=False)
+    first = index_repo(_cfg(src, tmp_path / "out", tiny_bert_dir))
+    assert first["files"]["skipped"]["unreadable"] == 1 and first["files"]["indexed"] == 1
+    monkeypatch.undo()
+    second = index_repo(_cfg(src, tmp_path / "out", tiny_bert_dir))
+    assert second["run"]["files_read"] == 1 and second["run"]["files_unchanged"] == 1
+    assert second["files"]["indexed"] == 2 and "unreadable" not in second["skipped_files"]

@@ -80,7 +80,9 @@ def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
     """(text with `\\n` newlines, encoding, first undecodable line or None).
 
     Python files follow PEP 263 (a coding cookie, else UTF-8); the others are read as
-    UTF-8 (a BOM is dropped). Bytes that do not decode become U+FFFD.
+    UTF-8 (a BOM is dropped). Bytes that do not decode become U+FFFD. `\r\n` and a lone
+    `\r` (classic Mac OS) both end a line, as in Python's universal newlines and editors,
+    so unit line numbers are the lines a reader sees.
     """
     encoding = "utf-8-sig"
     if grammar.name == "python":
@@ -93,10 +95,10 @@ def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as e:
         start = getattr(e, "start", 0)
-        bad_line = data[:start].count(b"\n") + 1
+        bad_line = data[:start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
         text = data.decode("utf-8", errors="replace")
         encoding = "utf-8"
-    return text.replace("\r\n", "\n"), encoding.removesuffix("-sig"), bad_line
+    return text.replace("\r\n", "\n").replace("\r", "\n"), encoding.removesuffix("-sig"), bad_line
 
 
 # ------------------------------------------------------------------ names and spans

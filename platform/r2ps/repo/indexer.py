@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from r2ps.config import ConfigError
 from r2ps.data import codetext
 from r2ps.data.corpus import map_files
 from r2ps.data.extract import extract_units
@@ -44,12 +45,21 @@ from r2ps.data.grammars import grammar_for
 from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
 from r2ps.log import get_logger
 from r2ps.models.cross import saved_trained_alpha
-from r2ps.repo.files import OTHER_LANGUAGE, FileRules, Skipped, check_content, walk_sources
+from r2ps.repo.files import (
+    OTHER_LANGUAGE,
+    UNREADABLE,
+    FileRules,
+    Skipped,
+    check_content,
+    walk_sources,
+)
 from r2ps.storage import atomic_path
 
 log = get_logger(__name__)
 
-EXTRACTOR_VERSION = "1"  # bump when extraction changes what a file gives
+# bump when extraction changes what a file gives (2: a lone carriage return ends a line,
+# "generated" markers only where a line says so)
+EXTRACTOR_VERSION = "2"
 CODES = "codes.parquet"
 FILES = "files.parquet"
 VECTORS_DIR = "vectors"
@@ -57,7 +67,6 @@ VECTORS = "vectors.parquet"
 SUMMARY = "index_summary.json"
 SKIPPED = "skipped.jsonl"
 SERVE_YAML = "serve.yaml"
-UNREADABLE = "unreadable"
 
 UNIT_FIELDS = [
     ("code_id", pa.string()),  # unit id: location + content (what the index's rows are)
@@ -467,31 +476,52 @@ def summarise(walk_skipped: list[Skipped], files: pa.Table, units: pa.Table, ext
     }, skipped
 
 
+class NothingToIndex(ValueError):
+    """The source tree holds no function, method or class of a supported language."""
+
+
+def check_paths(cfg: RepoIndexConfig) -> None:
+    """Raise ConfigError naming `--source` or `--out` before anything is written."""
+    if not cfg.source:
+        raise ConfigError("source: no folder given (--source DIR)")
+    if not Path(cfg.source).is_dir():
+        raise ConfigError(f"source: {cfg.source!r} is not a folder")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
+
+
 def index_repo(cfg: RepoIndexConfig) -> dict:
-    """Run every stage; returns the summary (also `<out>/index_summary.json`)."""
+    """Run every stage; returns the summary (also `<out>/index_summary.json`).
+
+    Raises ConfigError for a bad `--source`/`--out`, NothingToIndex for a tree without
+    code to index (both before the index is written)."""
     from r2ps.models.encoder import model_or_default
 
-    if not cfg.source:
-        raise ValueError("source: no folder given (--source DIR)")
+    check_paths(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model_or_default(cfg.model)
-    # 1. walk
-    keep, walk_skipped = walk_sources(cfg.source, cfg.rules)
+    # 1. walk (not into the output folder, when it lies inside the source)
+    keep, walk_skipped = walk_sources(cfg.source, cfg.rules, exclude=out)
     t_walk = time.perf_counter()
     # 2. extract what changed
     fingerprint = state_fingerprint(cfg)
     previous = None if cfg.full else load_state(out, fingerprint)
     old_files = (
-        {r["path"]: r for r in previous[0].select(["path", "size", "mtime_ns"]).to_pylist()}
+        {
+            r["path"]: r
+            for r in previous[0].select(["path", "size", "mtime_ns", "reason"]).to_pylist()
+        }
         if previous
         else {}
     )
     reused, to_read = [], []
     for f in keep:
         old = old_files.get(f.path)
-        if old and old["size"] == f.size and old["mtime_ns"] == f.mtime_ns:
+        # a file that could not be read is read again: permissions change the ctime only
+        retry = old is not None and (old["reason"] or "").startswith(UNREADABLE)
+        if old and not retry and old["size"] == f.size and old["mtime_ns"] == f.mtime_ns:
             reused.append(f.path)
         else:
             to_read.append(asdict(f))
@@ -516,7 +546,7 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
     )
     t_extract = time.perf_counter()
     if units.num_rows == 0:
-        raise ValueError(f"{cfg.source}: no function, method or class found to index")
+        raise NothingToIndex(f"{cfg.source}: no function, method or class found to index")
     _write_atomic(units, out / CODES)
     # 3. embed what is new
     vectors, vec_stats = update_vectors(units, model, cfg, out)
