@@ -4,12 +4,14 @@ Each tree holds functions, methods, classes, nested definitions, doc comments, a
 with a syntax error and a binary file; tests/repo/ adds an ignored and a vendored folder.
 """
 
+import codecs
 from pathlib import Path
 
 import pytest
 
 from r2ps.data.extract import clean_comment, doc_summary, extract_units, pairs_from_units
 from r2ps.data.grammars import GRAMMARS, LANGUAGES, grammar_for
+from r2ps.repo.files import FileRules, check_content
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "repos"
 
@@ -196,6 +198,18 @@ def test_lone_carriage_returns_end_lines():
     found = extract_units(mixed, "mixed.py")
     assert [(u.start_line, u.end_line) for u in found.units] == [(1, 2), (3, 4)]
     assert found.undecodable_line == 4  # counted with the same line ends
+
+
+def test_utf16_files_with_a_byte_order_mark_are_read():
+    text = "def f():\r\n    return 'é'\r\n"
+    for codec in ("utf-16", "utf-16-be"):
+        data = (codecs.BOM_UTF16_BE if codec.endswith("be") else b"") + text.encode(codec)
+        found = extract_units(data, "w.py")
+        assert found.encoding == "utf-16" and found.undecodable_line is None, codec
+        assert [(u.code, u.start_line, u.end_line) for u in found.units] == [
+            ("def f():\n    return 'é'", 1, 2)
+        ]
+        assert check_content(data, FileRules()) is None  # not binary for its NUL bytes
 
 
 def test_grammar_for_extensions():

@@ -26,6 +26,7 @@ comment is the code, with CodeSearchNet's filters (Husain et al. 2019, section 2
 
 from __future__ import annotations
 
+import codecs
 import inspect
 import io
 import re
@@ -76,16 +77,24 @@ class FileUnits:
 # ------------------------------------------------------------------ decoding
 
 
+def is_utf16(data: bytes) -> bool:
+    """Whether `data` starts with a UTF-16 byte order mark (Windows tools write these)."""
+    return data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+
+
 def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
     """(text with `\\n` newlines, encoding, first undecodable line or None).
 
-    Python files follow PEP 263 (a coding cookie, else UTF-8); the others are read as
-    UTF-8 (a BOM is dropped). Bytes that do not decode become U+FFFD. `\r\n` and a lone
-    `\r` (classic Mac OS) both end a line, as in Python's universal newlines and editors,
-    so unit line numbers are the lines a reader sees.
+    A UTF-16 byte order mark decides first; then Python files follow PEP 263 (a coding
+    cookie, else UTF-8) and the others are read as UTF-8 (a BOM is dropped). Bytes that do
+    not decode become U+FFFD. `\\r\\n` and a lone `\\r` (classic Mac OS) both end a line,
+    as in Python's universal newlines and editors, so unit line numbers are the lines a
+    reader sees.
     """
     encoding = "utf-8-sig"
-    if grammar.name == "python":
+    if is_utf16(data):
+        encoding = "utf-16"  # the BOM says which byte order; it is dropped
+    elif grammar.name == "python":
         try:
             encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
         except SyntaxError:

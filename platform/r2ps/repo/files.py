@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pathspec
 
+from r2ps.data.extract import is_utf16
 from r2ps.data.grammars import grammar_for
 
 VCS_DIRS = {".git", ".hg", ".svn"}  # repository metadata, never source: not walked
@@ -250,7 +251,10 @@ def walk_sources(
 
 
 def check_content(data: bytes, rules: FileRules) -> str | None:
-    """The reason to skip a file read as `data` (binary, generated, minified), or None."""
+    """The reason to skip a file read as `data` (binary, generated, minified), or None.
+    UTF-16 text (a byte order mark) is checked as the text it holds, not its NUL bytes."""
+    if is_utf16(data):
+        data = data.decode("utf-16", errors="replace").encode("utf-8")
     if b"\0" in data[:8192]:
         return BINARY
     head = b"\n".join(data.split(b"\n", rules.generated_head_lines)[: rules.generated_head_lines])

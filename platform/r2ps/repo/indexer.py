@@ -58,7 +58,7 @@ from r2ps.storage import atomic_path
 log = get_logger(__name__)
 
 # bump when extraction changes what a file gives (2: a lone carriage return ends a line,
-# "generated" markers only where a line says so)
+# "generated" markers only where a line says so, UTF-16 files with a BOM are read)
 EXTRACTOR_VERSION = "2"
 CODES = "codes.parquet"
 FILES = "files.parquet"
