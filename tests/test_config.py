@@ -54,6 +54,18 @@ def test_cli_error_exits_with_message(capsys):
     assert "inner.lr" in capsys.readouterr().err
 
 
+def test_a_config_file_that_cannot_be_read_is_a_usage_error(tmp_path, capsys):
+    """A missing or malformed --config file: one line naming it, exit 2, no traceback."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [1, 2\n")
+    for path, needle in ((tmp_path / "nope.yaml", "No such file"), (broken, "broken.yaml")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config(Outer, ["--config", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+
+
 def test_exponent_floats_without_a_dot(tmp_path):
     """YAML 1.1 reads 5e-5 as a string; a float field still takes it, from CLI and YAML."""
     assert load_config(Outer, None, ["inner.lr=5e-5"]).inner.lr == 5e-5

@@ -127,7 +127,10 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 def _load_data(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         data = loaded

@@ -92,11 +92,13 @@ def _label(method: str, datasets: dict) -> str:
     for data in datasets.values():
         row = data["methods"].get(method)
         if row and method.endswith("served"):
-            if not row["k"]:
-                return f"{method} (retriever alone)"
             if method != "served":
                 family = method.removesuffix(" as served")
+                if not row["k"]:
+                    return f"{family} fused (K=0 chosen on valid: the retriever alone)"
                 return f"{family} fused (K={row['k']}, alpha={row['alpha']} chosen on valid)"
+            if not row["k"]:
+                return f"{method} (retriever alone)"
             return f"{method} (K={row['k']}, alpha={row['alpha']})"
     return method
 

@@ -26,6 +26,7 @@ shaped: the state records their fingerprints.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -486,6 +487,13 @@ def check_paths(cfg: RepoIndexConfig) -> None:
         raise ConfigError("source: no folder given (--source DIR)")
     if not Path(cfg.source).is_dir():
         raise ConfigError(f"source: {cfg.source!r} is not a folder")
+    if not os.access(cfg.source, os.R_OK | os.X_OK):
+        raise ConfigError(f"source: {cfg.source!r} cannot be listed (permissions)")
+    try:  # every path is stored and shown as text: its folder's name must be too
+        str(Path(cfg.source).resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(cfg.source).decode("utf-8", errors="backslashreplace")
+        raise ConfigError(f"source: {shown!r}: the path is not UTF-8") from None
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
 
@@ -493,8 +501,9 @@ def check_paths(cfg: RepoIndexConfig) -> None:
 def index_repo(cfg: RepoIndexConfig) -> dict:
     """Run every stage; returns the summary (also `<out>/index_summary.json`).
 
-    Raises ConfigError for a bad `--source`/`--out`, NothingToIndex for a tree without
-    code to index (both before the index is written)."""
+    Raises ConfigError for a bad `--source`/`--out` (before anything is written), and
+    NothingToIndex for a tree without code to index (before the index is written; `--out`
+    exists by then)."""
     from r2ps.models.encoder import model_or_default
 
     check_paths(cfg)
