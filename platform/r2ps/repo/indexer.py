@@ -489,11 +489,12 @@ def check_paths(cfg: RepoIndexConfig) -> None:
         raise ConfigError(f"source: {cfg.source!r} is not a folder")
     if not os.access(cfg.source, os.R_OK | os.X_OK):
         raise ConfigError(f"source: {cfg.source!r} cannot be listed (permissions)")
-    try:  # every path is stored and shown as text: its folder's name must be too
-        str(Path(cfg.source).resolve()).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(cfg.source).decode("utf-8", errors="backslashreplace")
-        raise ConfigError(f"source: {shown!r}: the path is not UTF-8") from None
+    for name, path in (("source", cfg.source), ("out", cfg.out)):
+        try:  # every path is stored and shown as text: these folders' names must be too
+            str(Path(path).resolve()).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+            raise ConfigError(f"{name}: {shown!r}: the path is not UTF-8") from None
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
 
