@@ -82,6 +82,12 @@ def is_utf16(data: bytes) -> bool:
     return data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
 
 
+def unix_newlines(data: bytes) -> bytes:
+    """`data` with `\\r\\n` and a lone `\\r` (classic Mac OS) as `\\n`: the line ends Python's
+    universal newlines and editors count."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
 def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
     """(text with `\\n` newlines, encoding, first undecodable line or None).
 
@@ -104,7 +110,7 @@ def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as e:
         start = getattr(e, "start", 0)
-        bad_line = data[:start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        bad_line = unix_newlines(data[:start]).count(b"\n") + 1
         text = data.decode("utf-8", errors="replace")
         encoding = "utf-8"
     return text.replace("\r\n", "\n").replace("\r", "\n"), encoding.removesuffix("-sig"), bad_line

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pathspec
 
-from r2ps.data.extract import is_utf16
+from r2ps.data.extract import is_utf16, unix_newlines
 from r2ps.data.grammars import grammar_for
 
 VCS_DIRS = {".git", ".hg", ".svn"}  # repository metadata, never source: not walked
@@ -157,21 +157,26 @@ def _is_base(spec: pathspec.GitIgnoreSpec, index: int | None, folder: str) -> bo
     return not parent or spec.patterns[index].match_file(parent + "/") is None
 
 
+def unreadable(e: OSError) -> str:
+    """The skip reason of an entry the walk could not list, stat or read."""
+    return f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"
+
+
 def _not_a_file(path: Path) -> str | None:
     """Why `path` cannot be read as a file (a symbolic link, not a regular file, gone), or
     None."""
     try:
         st = os.lstat(path)
     except OSError as e:
-        return f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"
+        return unreadable(e)
     if stat.S_ISLNK(st.st_mode):
         return SYMLINK
     return None if stat.S_ISREG(st.st_mode) else NOT_REGULAR
 
 
-def _utf8(name: str) -> bool:
-    """False for a name os.walk decoded with surrogate escapes (bytes that are not UTF-8):
-    it cannot be stored, hashed or shown as text."""
+def is_utf8(name: str) -> bool:
+    """False for a name or path Python decoded with surrogate escapes (bytes that are not
+    UTF-8): it cannot be stored, hashed or shown as text."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -179,9 +184,9 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def _shown(rel: str) -> str:
-    """A relative path as text, bytes that are not UTF-8 escaped (`bad\\xffname.py`)."""
-    return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
+def shown(path: str) -> str:
+    """A path as text, bytes that are not UTF-8 escaped (`bad\\xffname.py`)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def walk_sources(
@@ -208,8 +213,8 @@ def walk_sources(
 
     def unlistable(e: OSError) -> None:  # os.walk's onerror: a folder it cannot list
         rel = Path(e.filename).relative_to(root).as_posix()
-        where = "./" if rel == "." else _shown(rel) + "/"
-        skipped.append(Skipped(where, f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"))
+        where = "./" if rel == "." else shown(rel) + "/"
+        skipped.append(Skipped(where, unreadable(e)))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -223,7 +228,7 @@ def walk_sources(
                 try:
                     ignores.push(prefix, full)
                 except OSError as e:
-                    reason = f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"
+                    reason = unreadable(e)
             if reason is not None:  # named once, here, not again as a file below
                 skipped.append(
                     Skipped(prefix + ".gitignore", f"{reason} (its rules are not applied)")
@@ -234,8 +239,8 @@ def walk_sources(
             rel = prefix + d
             if d in VCS_DIRS:
                 continue
-            if not _utf8(rel):
-                skipped.append(Skipped(_shown(rel) + "/", BAD_NAME))
+            if not is_utf8(rel):
+                skipped.append(Skipped(shown(rel) + "/", BAD_NAME))
             elif os.path.islink(os.path.join(dirpath, d)):
                 skipped.append(Skipped(rel + "/", SYMLINK))
             elif rel == excluded:
@@ -250,8 +255,8 @@ def walk_sources(
         for name in sorted(filenames):
             rel = prefix + name
             full = os.path.join(dirpath, name)
-            if not _utf8(rel):
-                skipped.append(Skipped(_shown(rel), BAD_NAME))
+            if not is_utf8(rel):
+                skipped.append(Skipped(shown(rel), BAD_NAME))
                 continue
             if os.path.islink(full):
                 skipped.append(Skipped(rel, SYMLINK))
@@ -265,7 +270,7 @@ def walk_sources(
             try:
                 st = os.stat(full)
             except OSError as e:  # e.g. removed since the folder was listed
-                skipped.append(Skipped(rel, f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"))
+                skipped.append(Skipped(rel, unreadable(e)))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 skipped.append(Skipped(rel, NOT_REGULAR))
@@ -287,7 +292,7 @@ def check_content(data: bytes, rules: FileRules) -> str | None:
     UTF-16 text (a byte order mark) is checked as the text it holds, not its NUL bytes."""
     if is_utf16(data):
         data = data.decode("utf-16", errors="replace").encode("utf-8")
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # lines as extraction counts them
+    data = unix_newlines(data)  # lines as extraction counts them
     if b"\0" in data[:8192]:
         return BINARY
     head = b"\n".join(data.split(b"\n", rules.generated_head_lines)[: rules.generated_head_lines])

@@ -52,6 +52,8 @@ from r2ps.repo.files import (
     FileRules,
     Skipped,
     check_content,
+    is_utf8,
+    shown,
     walk_sources,
 )
 from r2ps.storage import atomic_path
@@ -490,11 +492,9 @@ def check_paths(cfg: RepoIndexConfig) -> None:
     if not os.access(cfg.source, os.R_OK | os.X_OK):
         raise ConfigError(f"source: {cfg.source!r} cannot be listed (permissions)")
     for name, path in (("source", cfg.source), ("out", cfg.out)):
-        try:  # every path is stored and shown as text: these folders' names must be too
-            str(Path(path).resolve()).encode("utf-8")
-        except UnicodeEncodeError:
-            shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
-            raise ConfigError(f"{name}: {shown!r}: the path is not UTF-8") from None
+        # every path is stored and shown as text: these folders' names must be too
+        if not is_utf8(str(Path(path).resolve())):
+            raise ConfigError(f"{name}: {shown(path)!r}: the path is not UTF-8")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
 
