@@ -13,7 +13,7 @@ shared machine hits every row alike. Ray rows include
 starting the actors and loading the model in each; the plain loop's model is loaded
 once beforehand (its load time is printed apart). Prints a table and writes JSON.
 
-    python benchmarks/embed_throughput.py [--codes runs/demo/corpus/train] [--n 1000]
+    python benchmarks/embed_throughput.py [--codes runs/demo/pipeline/corpus/train] [--n 1000]
     python benchmarks/embed_throughput.py --codes runs/corpus_full/train --n 5000 --repeats 1
 """
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--codes", default="runs/demo/corpus/train", help="split folder")
+    parser.add_argument("--codes", default="runs/demo/pipeline/corpus/train", help="split folder")
     parser.add_argument("--n", type=int, default=1000, help="codes to embed (seeded sample)")
     parser.add_argument("--model", default="", help="retriever dir ('' = bundled MiniLM)")
     parser.add_argument("--batch-size", type=int, default=64)

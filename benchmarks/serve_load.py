@@ -56,7 +56,7 @@ log = get_logger("serve_load")
 
 @dataclass
 class LoadConfig:
-    corpus: str = field(default="runs/demo/corpus/test", metadata={"help": "split folder"})
+    corpus: str = field(default="runs/demo/pipeline/corpus/test", metadata={"help": "split folder"})
     pool: int = field(default=100, metadata={"help": "codes served (<= 100: ce_all mode)"})
     clients: int = 4
     seconds: float = 20.0

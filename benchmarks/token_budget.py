@@ -10,7 +10,7 @@ ratios are not machine drift; 0 = no budget (what r2ps did before).
 Inputs: real codes (a split's `codes.parquet`) and the bundled MiniLM (or `--model`), both
 encoders' real `score_pairs` / `embed_codes`, with the budget swapped in.
 
-    python benchmarks/token_budget.py --codes runs/demo/corpus/test
+    python benchmarks/token_budget.py --codes runs/demo/pipeline/corpus/test
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def ranker_step_pairs_per_s(model: CrossEncoder, codes: list[str]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--codes", default="runs/demo/corpus/test", help="split folder")
+    ap.add_argument("--codes", default="runs/demo/pipeline/corpus/test", help="split folder")
     ap.add_argument("--model", default="", help="model dir ('' = bundled MiniLM)")
     ap.add_argument("--n", type=int, default=120, help="codes per measurement")
     ap.add_argument("--budgets", default="0,512,1024,2048")

@@ -16,7 +16,7 @@ actors; the row's own training process excluded): about 0.05 beside the plain lo
 0.19 beside a Ray run. `--threads 1` runs the plain loop and the 1-worker row with one
 compute thread, which leaves that background a core of its own.
 
-    python benchmarks/train_throughput.py --corpus runs/demo/corpus [--steps 40 --window 10]
+    python benchmarks/train_throughput.py --corpus runs/demo/pipeline/corpus [--steps 40 --window 10]
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--corpus", default="runs/demo/corpus")
+    parser.add_argument("--corpus", default="runs/demo/pipeline/corpus")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
     parser.add_argument("--batch-size", type=int, default=32)

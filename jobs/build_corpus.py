@@ -3,7 +3,8 @@
 python jobs/build_corpus.py --out runs/corpus [--exclude ../shared/data/cosqa] [key=value ...]
 ray job submit --working-dir . -- python jobs/build_corpus.py --out s3://bucket/r2ps/corpus
 
-Paths may be storage URIs (docs/STORAGE.md).
+Every --roots, --pairs and --exclude path (the pools are read last) is checked before Ray
+starts (exit 2, naming a missing one). Paths may be storage URIs (docs/STORAGE.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 import ray
 
-from r2ps.config import parse_config
+from r2ps.config import check_inputs, parse_config
 from r2ps.data.corpus import CorpusConfig, build_corpus, format_stats
 from r2ps.log import setup_logging
 from r2ps.storage import staged
@@ -24,7 +25,7 @@ OUTPUTS = ("out",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(CorpusConfig, argv, description=__doc__)
+    cfg = parse_config(CorpusConfig, argv, description=__doc__, check=check_inputs)
     setup_logging()
     ray.init(ignore_reinit_error=True)  # joins a running cluster when there is one
     with staged(cfg, inputs=INPUTS, outputs=OUTPUTS) as local:

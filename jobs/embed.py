@@ -1,13 +1,15 @@
 """Embed a code corpus with a retriever and build its faiss index (reused when up to date).
 
-    python jobs/embed.py --model runs/demo/retriever --codes runs/demo/corpus/train --out runs/demo/embed
-    python jobs/embed.py --codes runs/demo/corpus/test --out runs/demo/embed_test index.kind=hnsw actors=2
+    python jobs/embed.py --model runs/demo/pipeline/retriever --codes runs/demo/pipeline/corpus/train --out runs/demo/embed
+    python jobs/embed.py --codes runs/demo/pipeline/corpus/test --out runs/demo/embed_test index.kind=hnsw actors=2
     ray job submit --working-dir . -- python jobs/embed.py --model /shared/retriever --codes /shared/corpus/train --out /shared/embed
     python jobs/embed.py --model s3://b/retriever --codes s3://b/corpus/train --out s3://b/embed
 
 Writes <out>/embeddings/part-*.parquet + manifest.json and <out>/index/ (index.faiss,
 code_ids.parquet, manifest.json). A second run with the same model and corpus reuses them.
-Paths may be storage URIs (docs/STORAGE.md); a URI --out is downloaded first, for that reuse.
+--codes is required; the model and the codes are checked before Ray starts (exit 2, naming
+a missing one). Paths may be storage URIs (docs/STORAGE.md); a URI --out is downloaded
+first, for that reuse.
 Actors and tasks on other nodes read staged URIs themselves (docs/STORAGE.md).
 """
 
@@ -19,7 +21,7 @@ import sys
 import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 import ray
 
-from r2ps.config import parse_config
+from r2ps.config import check_inputs, parse_config
 from r2ps.embed import EmbedConfig, ensure_index
 from r2ps.log import setup_logging
 from r2ps.storage import staged
@@ -30,7 +32,7 @@ UPDATES = ("out",)  # read (what is up to date is reused) and written
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(EmbedConfig, argv, description=__doc__)
+    cfg = parse_config(EmbedConfig, argv, description=__doc__, check=check_inputs)
     setup_logging()
     ray.init(ignore_reinit_error=True)  # joins a running cluster when there is one
     with staged(cfg, inputs=INPUTS, updates=UPDATES) as local:

@@ -1,7 +1,7 @@
 """Index a source tree for search, incrementally; write the serve.yaml that serves it.
 
     python jobs/index.py --source . --out runs/self
-    python jobs/index.py --source ~/src/project --out runs/project --model runs/demo/retriever
+    python jobs/index.py --source ~/src/project --out runs/project --model runs/demo/pipeline/retriever
     ray job submit --working-dir . -- python jobs/index.py --source /data/repo --out /data/repo-index
     R2PS_SERVE_CONFIG=runs/self/serve.yaml serve run serve.app:cascade   # then open :8000/
 

@@ -1,11 +1,14 @@
 """Train the retriever (dual encoder) or the ranker (cross encoder) on Ray Train + DeepSpeed.
 
-    python jobs/train.py retriever --corpus runs/demo/corpus --out runs/demo/retriever [key=value ...]
+    python jobs/train.py retriever --corpus runs/demo/pipeline/corpus --out runs/demo/retriever [key=value ...]
     ray job submit --working-dir . -- python jobs/train.py retriever --config configs/retriever-gpu.yaml
-    python jobs/train.py ranker --negatives runs/demo/mined [key=value ...]
+    python jobs/train.py ranker --negatives runs/demo/pipeline/mined [key=value ...]
     python jobs/train.py ranker negatives_source=in_batch     # the paper's RR baseline
 
-Without a running cluster this starts a local Ray. Running again with the same
+--corpus defaults to what `make demo` built. Every input (the corpus's splits, the
+models, the mined negatives and the split they were mined from) is checked before Ray
+starts: a missing one stops the job at once (exit 2, naming it). Without a running
+cluster this starts a local Ray. Running again with the same
 --run-name resumes that run from its latest checkpoint. Paths may be storage URIs
 (docs/STORAGE.md); --storage (the checkpoints) goes to Ray Train as it is. Training workers
 on other nodes download their own copies of staged inputs (r2ps.storage.on_this_node).
@@ -21,7 +24,7 @@ from pathlib import Path
 import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 import ray
 
-from r2ps.config import parse_config
+from r2ps.config import check_inputs, parse_config
 from r2ps.data.schema import MINE_SUMMARY
 from r2ps.log import setup_logging
 from r2ps.storage import local_input, source_uri, staged
@@ -33,21 +36,22 @@ OUTPUTS = ("out",)
 
 
 def parse(argv: list[str]) -> tuple[str, TrainConfig] | None:
-    """(kind, settings) from the command line; None (after printing why) when unusable."""
+    """(kind, settings) from the command line; None (after printing the usage) without a
+    kind. Bad settings and missing inputs exit 2, naming them (`parse_config`)."""
     if not argv or argv[0] not in KINDS:
         print(f"usage: train.py {{{','.join(KINDS)}}} [--help] [options] [key=value ...]")
         return None
     kind = argv[0]
-    cfg = parse_config(CONFIGS[kind], argv[1:], description=__doc__)
-    if kind == "ranker":
+    return kind, parse_config(CONFIGS[kind], argv[1:], description=__doc__, check=check)
+
+
+def check(cfg: TrainConfig) -> None:
+    """The settings, then every input path, before Ray starts (raises ValueError)."""
+    if isinstance(cfg, RankerConfig):
         from r2ps.train.ranker_data import check_config
 
-        try:
-            check_config(cfg)
-        except ValueError as e:
-            print(f"usage: train.py ranker [--help] [options] [key=value ...]\nerror: {e}")
-            return None
-    return kind, cfg
+        check_config(cfg)
+    check_inputs(cfg)
 
 
 def mined_split(negatives: str) -> str | None:

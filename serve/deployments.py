@@ -8,8 +8,10 @@ unpickle their class.
 
 The retriever ranks the whole code store with the dual encoder and a faiss index; the
 ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering is
-`r2ps.cascade`'s, the same one evaluation measures. When the ranker is slow or down the
-answer is the retriever's alone, marked `"reranked": false`, and counted.
+`r2ps.cascade`'s, the same one evaluation measures. A call whose replica dies is asked
+again once (`Cascade._ask`), within the request's deadline: a replica's death costs latency,
+not the answer. When the ranker is still slow or down the answer is the retriever's alone,
+marked `"reranked": false`, and counted.
 """
 
 import asyncio
@@ -23,6 +25,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from r2ps.bm25 import BM25
@@ -82,8 +85,13 @@ class _ModelReplica:
     sets `loaded` (models/onnx.py), `cpus` and `warmup_ms` in its constructor."""
 
     def runtime(self) -> dict:
-        """Backend, CPU threads, reserved CPUs, warm-up time (ms)."""
-        return {**self.loaded.info(), "reserved_cpus": self.cpus, "warmup_ms": self.warmup_ms}
+        """Backend, CPU threads, reserved CPUs, warm-up time (ms), the replica's process id."""
+        return {
+            **self.loaded.info(),
+            "reserved_cpus": self.cpus,
+            "warmup_ms": self.warmup_ms,
+            "pid": os.getpid(),
+        }
 
 
 @serve.deployment
@@ -278,10 +286,12 @@ class Cascade:
 
     async def answer(self, req: SearchRequest) -> SearchResponse | JSONResponse:
         t0 = time.perf_counter()
+        deadline = t0 + self.cfg.request_timeout_s
         rerank_k = self.cfg.rerank_k if req.rerank_k is None else req.rerank_k
+        depth = max(req.top_k, rerank_k)
         try:
-            found = await self.retriever.retrieve.remote(
-                req.query, max(req.top_k, rerank_k), req.retrieval
+            found = await self._ask(
+                self.retriever, "retrieve", req.query, depth, req.retrieval, deadline=deadline
             )
         except Exception as e:  # the retriever is the one stage the answer cannot do without
             log.error("retriever failed: %r", e)
@@ -289,15 +299,14 @@ class Cascade:
         t1 = time.perf_counter()
         de = np.asarray(found["scores"], dtype=np.float32)
         k = min(rerank_k, len(de))
-        ce, reason = None, None
+        ce, alpha, reason = None, 0.0, None
         if k:
-            ce, reason = await self._rerank(req.query, found["codes"][:k])
+            ce, alpha, reason = await self._rerank(req.query, found["codes"][:k], deadline)
         t2 = time.perf_counter()
         if reason is not None:
             self.metrics.degrade(reason)
         reranked = ce is not None
         ce_arr = np.asarray(ce if reranked else [], dtype=np.float32)
-        alpha = await self._alpha() if reranked else 0.0
         order = cascade_ids(np.arange(len(de)), de, ce_arr, alpha)[: req.top_k]
         fused = fuse(de[: len(ce_arr)], ce_arr, alpha)
         hits = [
@@ -331,33 +340,67 @@ class Cascade:
             retrieval=found.get("retrieval"),
         )
 
-    async def _alpha(self) -> float:
+    async def _ask(self, handle: DeploymentHandle, method: str, *args, deadline: float):
+        """`handle.<method>.remote(*args)`'s result, asked once more if the replica running
+        it dies: a replica's death costs the request latency, not its answer.
+
+        `deadline`: `time.perf_counter()` seconds by which the answer must have come, both
+        tries together. Serve re-routes a request by itself only until a replica accepts it;
+        one already running on a replica that dies raises RayActorError (ActorDiedError, or
+        ActorUnavailableError while Ray cannot yet tell). The second try goes through the
+        same handle, whose router has dropped the dead replica: it runs on a live replica or
+        waits for the one Serve starts in its place. Raises asyncio.TimeoutError past the
+        deadline (the call in flight is cancelled), RayActorError when the second replica
+        dies too, and whatever the method raises.
+        """
+        name = handle.deployment_name
+        for attempt in (1, 2):
+            response = getattr(handle, method).remote(*args)
+            try:
+                with self.metrics.calling(name):
+                    left = deadline - time.perf_counter()
+                    return await asyncio.wait_for(_wait(response), left)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise
+            except RayActorError as e:
+                if attempt == 2 or time.perf_counter() >= deadline:
+                    raise
+                self.metrics.retry(name)
+                log.warning("%s.%s: its replica died (%r): asked again", name, method, e)
+
+    async def _alpha(self, deadline: float) -> float:
         """The fusion weight: the `alpha` setting, or when unset the weight the served ranker
         was trained for (0.5 residual, 0 plain), asked of a ranker replica once."""
         if self.cfg.alpha is not None:
             return self.cfg.alpha
         if self._trained_alpha is None:
-            self._trained_alpha = float(await _wait(self.ranker.trained_alpha.remote()))
+            asked = await self._ask(self.ranker, "trained_alpha", deadline=deadline)
+            self._trained_alpha = float(asked)
         return self._trained_alpha
 
-    async def _rerank(self, query: str, codes: list[str]) -> tuple[list[float] | None, str | None]:
-        """(ranker scores, None), or (None, why) when the ranker timed out or failed."""
-        response = self.ranker.score.remote(query, codes)
+    async def _rerank(
+        self, query: str, codes: list[str], deadline: float
+    ) -> tuple[list[float] | None, float, str | None]:
+        """(ranker scores, fusion weight, None), or (None, 0.0, why) when the ranker gave no
+        answer by `deadline` or `ranker_timeout_s` from now, whichever comes first
+        ("timeout"), or failed ("error")."""
+        start = time.perf_counter()
+        deadline = min(deadline, start + self.cfg.ranker_timeout_s)
         try:
-            scores = await asyncio.wait_for(_wait(response), self.cfg.ranker_timeout_s)
+            scores = await self._ask(self.ranker, "score", query, codes, deadline=deadline)
+            alpha = await self._alpha(deadline)
         except asyncio.TimeoutError:
-            response.cancel()
-            log.warning(
-                "ranker timed out after %.1fs: retriever-only answer", self.cfg.ranker_timeout_s
-            )
-            return None, "timeout"
+            waited = time.perf_counter() - start
+            log.warning("ranker gave no answer in %.1f s: retriever-only answer", waited)
+            return None, 0.0, "timeout"
         except Exception as e:
             log.warning("ranker failed: %r: retriever-only answer", e)
-            return None, "error"
+            return None, 0.0, "error"
         if len(scores) != len(codes):
             log.error("ranker returned %d scores for %d codes", len(scores), len(codes))
-            return None, "error"
-        return scores, None
+            return None, 0.0, "error"
+        return scores, alpha, None
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -366,7 +409,8 @@ class Cascade:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        """Liveness, plus the counters (requests, pairs reranked, degraded answers)."""
+        """Liveness, plus the counters (requests, pairs reranked, degraded answers, calls
+        asked again because their replica died, calls in flight to each deployment)."""
         return {"status": "ok", **self.metrics.counts}
 
     @api.get("/readyz")
@@ -395,6 +439,12 @@ class Cascade:
         return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
 
 
+# Serve's controller notices a dead replica at its next health check (every 10 s by default)
+# and only then starts another; a call asked again (`Cascade._ask`) waits for it within the
+# request's deadline, so the model replicas are checked every 2 s.
+MODEL_HEALTH_CHECK_PERIOD_S = 2.0
+
+
 def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
     """The bound application: deployment options (replicas, CPUs, GPUs) from `cfg`.
 
@@ -405,11 +455,13 @@ def build_app(cfg: ServeConfig, ranker: serve.Deployment | None = None):
     retriever = Retriever.options(
         ray_actor_options={"num_cpus": cfg.retriever_cpus, "num_gpus": 0},
         max_ongoing_requests=max(8, cfg.retriever_batch_size * 2),
+        health_check_period_s=MODEL_HEALTH_CHECK_PERIOD_S,
     )
     if ranker is None:
         ranker = Ranker.options(
             ray_actor_options={"num_cpus": cfg.ranker_cpus, "num_gpus": gpus},
             max_ongoing_requests=cfg.ranker_max_ongoing,
+            health_check_period_s=MODEL_HEALTH_CHECK_PERIOD_S,
             autoscaling_config={
                 "min_replicas": cfg.ranker_min_replicas,
                 "initial_replicas": max(1, cfg.ranker_min_replicas),

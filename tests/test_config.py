@@ -1,9 +1,10 @@
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from r2ps.config import ConfigError, load_config, parse_config
+from r2ps.config import ConfigError, Need, check_inputs, load_config, needs, parse_config
 
 
 @dataclass
@@ -143,3 +144,81 @@ def test_list_overrides_read_as_yaml_lists_or_comma_separated():
     assert parse_config(Lists, ["counts=[]"]).counts == []
     with pytest.raises(ConfigError, match=r"counts: '\[1, 8' is not a YAML list"):
         load_config(Lists, None, ["counts=[1, 8"])
+
+
+# ---------------------------------------------------------------- input paths
+
+
+@dataclass
+class Reads:
+    """A job's settings that name what it reads, as every job's config does."""
+
+    model: str = ""
+    pools: list[str] = field(default_factory=list)
+    codes: str = ""
+
+    def inputs(self) -> list[Need]:
+        return [
+            *needs(self, "model", "config.json", what="a model folder"),
+            *needs(self, "pools", ("map.txt", "codes.parquet")),
+            *needs(self, "codes", required=True),
+        ]
+
+
+def make_inputs(root: Path) -> dict[str, str]:
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "config.json").write_text("{}")
+    (root / "pool").mkdir()
+    (root / "pool" / "codes.parquet").write_text("")
+    (root / "codes.parquet").write_text("")
+    return {"model": str(root / "model"), "pool": str(root / "pool")}
+
+
+def test_check_inputs_names_the_setting_and_the_path_of_the_first_missing(tmp_path):
+    made = make_inputs(tmp_path)
+    codes = str(tmp_path / "codes.parquet")
+    check_inputs(Reads(model=made["model"], pools=[made["pool"]], codes=codes))
+    check_inputs(Reads(codes=codes))  # empty settings are not read
+    cases = {
+        "model: .*/nowhere does not exist \\(expected a model folder\\)": Reads(
+            model=str(tmp_path / "nowhere"), codes=codes
+        ),
+        "model: .*/pool holds no config.json \\(expected a model folder\\)": Reads(
+            model=made["pool"], codes=codes
+        ),
+        "pools: .*/model holds none of map.txt, codes.parquet$": Reads(
+            pools=[made["pool"], made["model"]], codes=codes
+        ),
+        "^codes: not given$": Reads(model=made["model"]),
+    }
+    for says, cfg in cases.items():
+        with pytest.raises(ConfigError, match=says):
+            check_inputs(cfg)
+    # what a pipeline's earlier stages will write is not looked for
+    later = Reads(model=str(tmp_path / "out" / "retriever"), codes=codes)
+    check_inputs(later, skip_under=tmp_path / "out")
+    with pytest.raises(ConfigError, match="model: "):
+        check_inputs(later, skip_under=tmp_path / "elsewhere")
+
+
+def test_check_inputs_asks_a_uri_of_its_store(tmp_path):
+    """`file://` is a real pyarrow filesystem, as s3:// is (test_storage_s3.py)."""
+    made = make_inputs(tmp_path)
+    as_uri = {k: Path(v).resolve().as_uri() for k, v in made.items()}
+    codes = (tmp_path / "codes.parquet").as_uri()
+    check_inputs(Reads(model=as_uri["model"], pools=[as_uri["pool"]], codes=codes))
+    with pytest.raises(ConfigError, match=f"model: {re.escape(as_uri['pool'])} holds no config"):
+        check_inputs(Reads(model=as_uri["pool"], codes=codes))
+    with pytest.raises(ConfigError, match="codes: file:///.*/gone.parquet does not exist"):
+        check_inputs(Reads(codes=(tmp_path / "gone.parquet").as_uri()))
+    with pytest.raises(ConfigError, match="codes: nosuchscheme://x/y cannot be checked"):
+        check_inputs(Reads(codes="nosuchscheme://x/y"))
+
+
+def test_a_job_with_a_missing_input_exits_2_with_one_line(tmp_path, capsys):
+    argv = ["codes=" + str(tmp_path / "gone.parquet")]
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(Reads, argv, check=check_inputs)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(r"\S+: error: codes: \S+ does not exist\n", err)

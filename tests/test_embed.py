@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import RERUN_TOL
 
+from r2ps.data.errors import BadRecord
 from r2ps.data.schema import codes_file
 from r2ps.embed import (
     CodeEmbedder,
@@ -169,7 +171,7 @@ def test_the_actor_tokenises_text_blocks_as_the_tasks_do(tiny_bert_dir, tmp_path
     from_ids = actor(tokenized)
     assert from_text.column_names == ["pos", "code_id", "embedding"]
     got = np.array(from_text["embedding"].to_pylist())
-    np.testing.assert_array_equal(got, np.array(from_ids["embedding"].to_pylist()))
+    np.testing.assert_allclose(got, np.array(from_ids["embedding"].to_pylist()), **RERUN_TOL)
     want = DualEncoder.from_pretrained(model, max_code_len=64).embed_codes(
         table["code"].to_pylist()
     )
@@ -200,6 +202,29 @@ def test_bad_codes_input_names_the_file_and_field(tmp_path):
     dup = write_split(tmp_path / "dup", make_codes(3).slice(0, 1).take([0, 0]))
     with pytest.raises(ValueError, match="'code_id' has 1 duplicates"):
         embed_corpus(EmbedConfig(codes=str(dup), out=str(tmp_path / "o")))
+
+
+def _not_utf8(table: pa.Table, column: str, row: int, at: int, bad: bytes) -> pa.Table:
+    """`table` with `bad` put into one value of a string column, as a tool that does not
+    check UTF-8 may write it (pyarrow reads Parquet strings without checking them)."""
+    values = [v.encode() for v in table[column].to_pylist()]
+    values[row] = values[row][:at] + bad + values[row][at:]
+    strings = pa.array(values, pa.binary()).view(pa.string())
+    return table.set_column(table.column_names.index(column), column, strings)
+
+
+def test_codes_that_are_not_utf8_are_named_by_row_and_field(ray_local, tiny_bert_dir, tmp_path):
+    """A code id or a code whose bytes are not UTF-8 is named (row, field) before any work
+    starts, never a UnicodeError in a tokenizer inside a Ray task. Nothing is written."""
+    codes = write_split(
+        tmp_path / "codes", _not_utf8(make_codes(40), "code", 37, 9, b"\xed\xa0\x80")
+    )
+    with pytest.raises(BadRecord, match=r"codes\.parquet:38: field 'code': byte 0xed is not UTF-8"):
+        embed_corpus(small_cfg(tiny_bert_dir, codes, tmp_path / "out"))  # row group 3 of 3
+    assert not (tmp_path / "out" / "embeddings").exists()
+    ids = write_split(tmp_path / "ids", _not_utf8(make_codes(40), "code_id", 5, 2, b"\xff"))
+    with pytest.raises(BadRecord, match=r"codes\.parquet:6: field 'code_id': byte 0xff"):
+        embed_corpus(small_cfg(tiny_bert_dir, ids, tmp_path / "out"))
 
 
 def test_read_embeddings_puts_rows_in_place_and_refuses_an_incomplete_set(tmp_path):

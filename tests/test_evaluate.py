@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import r2ps.evaluate as ev
 from r2ps.bm25 import BM25, tokenize
 from r2ps.cascade import ServedCascade
+from r2ps.config import ConfigError, check_inputs
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
 from r2ps.efficiency import efficiency_row, extrapolate, pool_codes
 from r2ps.evaluate import EvalConfig, evaluate
@@ -245,11 +247,11 @@ def test_evaluation_writes_every_method_and_chooses_alpha_on_valid(setup, monkey
     assert eff["distinct_codes_embedded"] == 8
 
 
-def test_absent_models_are_skipped_with_a_warning(setup, tmp_path, caplog):
+def test_models_left_empty_are_skipped_with_a_warning(setup, tmp_path, caplog):
     cfg = EvalConfig(
         **{
             **vars(setup),
-            "rr": str(tmp_path / "missing"),
+            "rr": "",
             "retriever": "",
             "pool_sizes": [],
             "out": str(tmp_path / "out"),
@@ -257,7 +259,7 @@ def test_absent_models_are_skipped_with_a_warning(setup, tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="r2ps.evaluate"):
         report = evaluate(cfg)
-    assert any("missing" in r.getMessage() for r in caplog.records)
+    assert any("RR (rr): none given" in r.getMessage() for r in caplog.records)
     assert any("RR (rr)" in s for s in report["skipped"])
     methods = report["datasets"]["test"]["methods"]
     assert "DE" not in methods and "RR K=1" not in methods and "RR+PS as served" in methods
@@ -266,7 +268,55 @@ def test_absent_models_are_skipped_with_a_warning(setup, tmp_path, caplog):
     evaluate(no_ranker)
     alone = ServedCascade.read(no_ranker.out)  # serving always finds a choice
     assert alone.rerank_k == 0 and alone.reason.startswith("retriever alone")
-    assert "efficiency" not in report
+    assert "efficiency" not in report and report["pending"] == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "make", "says"),
+    [
+        ("rr", lambda p: p, "does not exist (expected a trained ranker folder)"),
+        ("rr_ps", lambda p: p.mkdir() or p, "holds no config.json"),
+        ("retriever", lambda p: p.mkdir() or p, "holds no config.json"),
+        ("valid", lambda p: p.mkdir() or p, "holds no codes.parquet"),
+        ("cosqa", lambda p: p.mkdir() or p, "holds no code_idx_map.txt"),
+        (
+            "pool_source",
+            lambda p: (p / "train").mkdir(parents=True) or p,
+            "holds none of codes.parquet, train/",
+        ),
+        ("pool_source", lambda p: "", "not given"),
+    ],
+)
+def test_a_bad_input_stops_the_job_before_anything_loads(setup, tmp_path, setting, make, says):
+    """Every input is checked first, the efficiency table's pool (read last) included."""
+    path = make(tmp_path / "bad")
+    cfg = EvalConfig(**{**vars(setup), setting: str(path), "out": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match=f"{setting}: {path}.*{re.escape(says)}"):
+        evaluate(cfg)
+    assert not (tmp_path / "out").exists()  # stopped before writing (or loading) anything
+    # a ranker given (here the tiny BERT, no head) must be a trained one
+    not_ranker = EvalConfig(**{**vars(setup), "rr": setup.retriever})
+    with pytest.raises(ConfigError, match="rr: .* holds no head.safetensors"):
+        check_inputs(not_ranker)
+
+
+def test_the_quality_table_is_written_before_the_efficiency_table(setup, tmp_path):
+    """A timing pool that fails to read (a codes.parquet that is not Parquet: it exists, so
+    the first check passes) stops the job in its last part: the quality table and the
+    served choice computed before it are on disk, and results.md says what is missing."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "codes.parquet").write_text("not parquet")
+    out = tmp_path / "out"
+    cfg = EvalConfig(**{**vars(setup), "pool_source": str(pool), "out": str(out)})
+    with pytest.raises(pa.ArrowInvalid):
+        evaluate(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["pending"] == ["efficiency"] and "efficiency" not in saved
+    assert saved["datasets"]["test"]["methods"]["DE"]["n_queries"] == len(TEST_PAIRS)
+    assert "Not computed yet: efficiency" in (out / "results.md").read_text()
+    assert (out / "results.png").exists() and ServedCascade.read(out).reason
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # every write whole
 
 
 def test_bad_settings_fail_clearly(setup):

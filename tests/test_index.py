@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from conftest import RERUN_TOL
 
 from r2ps.index import (
     CodeIndex,
@@ -14,6 +15,7 @@ from r2ps.index import (
     gpu_available,
     model_fingerprint,
 )
+from r2ps.metrics import top_k_of_scores
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
@@ -22,9 +24,9 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def brute_force(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = queries @ codes.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, top, axis=1), top
+    """The exact top k of the full numpy score matrix, ties (within float noise) in pool
+    order: what faiss must give, whatever order its rounding puts near-ties in."""
+    return top_k_of_scores(queries @ codes.T, k)
 
 
 def ids(n: int) -> list[str]:
@@ -73,7 +75,8 @@ def test_search_in_chunks_gives_the_same_answer(data):
     whole = index.search(queries, k=5, chunk=4096)
     chunked = index.search(queries, k=5, chunk=7)
     np.testing.assert_array_equal(whole[1], chunked[1])
-    np.testing.assert_array_equal(whole[0], chunked[0])
+    # under 20 queries a call, faiss sums by SIMD instead of BLAS: other rounding
+    np.testing.assert_allclose(whole[0], chunked[0], **RERUN_TOL)
 
 
 def test_k_beyond_the_corpus_pads_with_minus_one():

@@ -19,6 +19,7 @@ import yaml
 import r2ps.pipeline as pipeline_module
 from r2ps.cascade import SERVED_FILE
 from r2ps.config import ConfigError, parse_config
+from r2ps.data.schema import MINE_SUMMARY
 from r2ps.pipeline import (
     ADDED_SETTINGS,
     STAGE_FILE,
@@ -332,7 +333,7 @@ def test_bad_settings_name_their_section(tmp_path):
         build_stages(PipelineConfig(out=str(tmp_path), ranker={"batch_size": 1}))
 
 
-def test_cosqa_is_excluded_and_evaluated_when_present(tmp_path, cosqa_dir):
+def test_cosqa_is_excluded_and_evaluated_when_given(tmp_path, cosqa_dir):
     stages = {
         s.name: s.config
         for s in build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(cosqa_dir)))
@@ -340,11 +341,31 @@ def test_cosqa_is_excluded_and_evaluated_when_present(tmp_path, cosqa_dir):
     assert stages["corpus"].exclude == [str(cosqa_dir)] == stages["mine"].exclude
     assert stages["evaluate"].cosqa == str(cosqa_dir)
     assert stages["retriever"].eval_cosqa == ""  # CoSQA: reported by evaluate only
-    missing = {
-        s.name: s.config
-        for s in build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(tmp_path / "none")))
-    }
-    assert missing["corpus"].exclude == [] and missing["evaluate"].cosqa == ""
+
+
+def test_inputs_from_outside_out_are_checked_before_anything_runs(tmp_path):
+    """A CoSQA folder asked for but missing is an error, not a run without CoSQA; so is any
+    other input from outside `out`. What earlier stages will write is not looked for."""
+    with pytest.raises(ConfigError, match=r"cosqa: \S*none does not exist"):
+        build_stages(PipelineConfig(out=str(tmp_path), cosqa=str(tmp_path / "none")))
+    (tmp_path / "cosqa").mkdir()
+    with pytest.raises(ConfigError, match=r"cosqa: \S*cosqa holds no code_idx_map.txt"):
+        build_stages(PipelineConfig(out=str(tmp_path / "p"), cosqa=str(tmp_path / "cosqa")))
+    pairs = {"pairs": [str(tmp_path / "pairs.jsonl")]}
+    with pytest.raises(ConfigError, match=r"pairs: \S*pairs.jsonl does not exist"):
+        build_stages(PipelineConfig(out=str(tmp_path / "p"), corpus=pairs))
+    start = {"model": str(tmp_path / "start")}
+    with pytest.raises(ConfigError, match=r"model: \S*start does not exist"):
+        build_stages(PipelineConfig(out=str(tmp_path / "p"), retriever=start))
+    (tmp_path / "pairs.jsonl").write_text('{"query": "q", "code": "def f(): pass"}\n')
+    assert build_stages(PipelineConfig(out=str(tmp_path / "p"), corpus=pairs))  # the rest: later
+
+
+def test_the_default_out_is_where_make_demo_writes():
+    """What the single jobs' defaults read (runs/demo/pipeline/...), per preset."""
+    assert PipelineConfig().out == "runs/demo/pipeline"
+    assert PipelineConfig(preset="full").out == "runs/full/pipeline"
+    assert PipelineConfig(out="x").out == "x"
 
 
 def test_checkpoint_storage_is_a_setting_defaulting_to_the_cluster_environment(
@@ -383,6 +404,8 @@ def fake_stage_bodies(monkeypatch, crash_at: str = "", served: dict | None = Non
                     path = Path(config.out) / name
                     path.parent.mkdir(parents=True, exist_ok=True)
                     text = "| method | MRR |\n" if name == "results.md" else "{}"
+                    if name == MINE_SUMMARY:  # the field a ranker's input check reads
+                        text = json.dumps({"pairs": config.pairs})
                     if name == SERVED_FILE and served is not None:
                         text = json.dumps(
                             {**served, "ranker_path": str(Path(config.rr_ps))}
@@ -464,8 +487,10 @@ def test_job_help_and_usage_errors(capsys):
     flags = [ln.split()[0] for ln in help_text.splitlines() if ln.startswith("  --")]
     assert "--retriever" not in flags  # sections take section.key=value, not a flag
     assert "  retriever.lr " in help_text
-    assert job.main(["retriever.lrr=1"]) == 2  # before Ray starts
-    assert "retriever.lrr" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:  # before Ray starts
+        job.main(["retriever.lrr=1"])
+    assert exit_.value.code == 2
+    assert ": error: unknown setting(s) retriever.lrr" in capsys.readouterr().err
 
 
 @pytest.fixture(params=["file", "s3"])

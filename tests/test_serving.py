@@ -75,6 +75,8 @@ def test_settings_from_yaml_then_env(tmp_path):
         ServeConfig.from_env({"R2PS_RANKER_PAIR_BUDGET": "many"})
     with pytest.raises(ConfigError, match="alpha"):
         ServeConfig(alpha=2.0)
+    with pytest.raises(ConfigError, match="request_timeout_s"):
+        ServeConfig(request_timeout_s=0)
     assert ServeConfig().alpha is None  # unset: the ranker's trained weight (served below)
     with pytest.raises(ConfigError, match="rerank_k"):
         ServeConfig(rerank_k=-1)
@@ -562,6 +564,98 @@ def test_a_failing_or_stalled_ranker_degrades_to_the_retriever(live):
     counts = requests.get(f"{url}/healthz", timeout=30).json()
     assert counts["degraded"] == before + 2
     assert counts["degraded_by_reason"] == {"error": 1, "timeout": 1}
+
+
+def _replica_pid(handle, other_than: int | None = None, within_s: float = 90.0) -> int:
+    """The process id of the replica behind `handle` (one replica), once it is not
+    `other_than`: a killed replica's successor, as soon as Serve has started it."""
+    from ray.exceptions import RayActorError
+
+    end = time.monotonic() + within_s
+    while True:
+        try:
+            pid = handle.ready.remote().result(timeout_s=max(1.0, end - time.monotonic()))["pid"]
+            if pid != other_than:
+                return pid
+        except (RayActorError, TimeoutError):
+            pass  # the handle met the dead replica before Serve replaced it
+        assert time.monotonic() < end, f"no replica other than pid {other_than} in {within_s} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_costs_latency_never_an_answer(live, models):
+    """4 clients over loopback while the ranker's replica process and then the retriever's
+    is SIGKILLed with calls in flight on it: each such call is asked again of the replica
+    Serve starts in its place, so every request gets a 200, reranked (issue 27: before,
+    the retriever's in-flight requests got 503s and the ranker's lost their reranking)."""
+    import signal
+    import threading
+
+    from ray import serve
+
+    # Each stage holds a request ~0.5 s (its batch wait; 4 requests' 32 pairs stay under the
+    # pair budget), so a call is seen in flight well before it ends and the kill finds it.
+    cfg = _settings(
+        models, retriever_batch_wait_s=0.5, ranker_batch_wait_s=0.5, ranker_pair_budget=64
+    )
+    serve.run(serve_deployments().build_app(cfg), name="killed", route_prefix="/killed")
+    url = f"{live}/killed"
+    stop = threading.Event()
+    answers: list[tuple[int | None, dict | str, float]] = []  # status, body or error, seconds
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                r = _search(url, query=CODES[(i + n) % len(CODES)], top_k=3)
+                body = r.json() if r.status_code == 200 else r.text
+                answers.append((r.status_code, body, time.perf_counter() - start))
+            except requests.RequestException as e:
+                answers.append((None, repr(e), time.perf_counter() - start))
+            n += 1
+
+    def counts() -> dict:
+        return requests.get(f"{url}/healthz", timeout=30).json()
+
+    def kill_in_flight(name: str) -> bool:
+        """SIGKILL `name`'s replica while the ingress awaits a call to it and wait for the
+        replica Serve starts in its place, until a killed call was asked again (one may end
+        between the look and the kill): whether one was, in 3 kills."""
+        handle = serve.get_deployment_handle(name, app_name="killed")
+        before = counts()["retried_by_deployment"].get(name, 0)
+        for _ in range(3):
+            pid = _replica_pid(handle)
+            end = time.monotonic() + 30
+            while counts()["in_flight"].get(name, 0) == 0:
+                assert time.monotonic() < end, f"no call in flight to {name} in 30 s"
+                time.sleep(0.02)
+            os.kill(pid, signal.SIGKILL)
+            _replica_pid(handle, other_than=pid)
+            time.sleep(2.0)  # the load flows through the new replica again
+            if counts()["retried_by_deployment"].get(name, 0) > before:
+                return True
+        return False
+
+    clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        time.sleep(2.0)
+        asked_again = {name: kill_in_flight(name) for name in ("Ranker", "Retriever")}
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=90)
+        serve.delete("killed")
+    failed = [(status, body) for status, body, _ in answers if status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:3]}"
+    degraded = [body["degraded_reason"] for _, body, _ in answers if not body["reranked"]]
+    assert not degraded, f"{len(degraded)} of {len(answers)} answers not reranked: {degraded}"
+    assert all(asked_again.values()), f"no killed call was asked again: {asked_again}"
+    slowest = max(seconds for _, _, seconds in answers)
+    print(f"{len(answers)} requests, 0 failed, all reranked; slowest {slowest:.1f} s")
 
 
 def test_ranker_batches_pairs_from_several_requests(live, models):

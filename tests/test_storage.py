@@ -16,6 +16,7 @@ import pytest
 from r2ps import storage
 from r2ps.data.schema import RetrievalSet
 from r2ps.storage import (
+    exists,
     filesystem,
     input_file,
     is_uri,
@@ -159,6 +160,31 @@ def test_nothing_is_uploaded_when_the_job_fails(tmp_path, staging):
     assert not any(staging.rglob("half.json"))
 
 
+def test_a_partial_output_keeps_what_a_failed_job_finished(tmp_path, staging):
+    """The evaluation writes its quality table, then fails on the efficiency table: with
+    `partial` (`staged(partial_outputs=...)`) the URI gets the finished files."""
+    dest = make_tree(tmp_path / "results")
+    with (
+        pytest.raises(RuntimeError, match="efficiency"),
+        local_output(uri(dest), partial=True) as got,
+    ):
+        (Path(got) / "results.json").write_text('{"pending": ["efficiency"]}')
+        raise RuntimeError("efficiency table failed")
+    assert files(dest) == {"results.json": '{"pending": ["efficiency"]}'}
+    with pytest.raises(RuntimeError), local_output(uri(tmp_path / "new"), partial=True):
+        raise RuntimeError("failed before writing anything")
+    assert not (tmp_path / "new").exists()  # nothing finished: nothing replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "staging"]
+
+
+def test_exists_for_paths_and_uris_inside_them(tmp_path):
+    root = make_tree(tmp_path / "t")
+    for base in (str(root), uri(root)):
+        assert exists(base) and exists(base, "sub/b.txt") and exists(base, "sub")
+        assert not exists(base, "sub/nothing.txt")
+    assert not exists(str(tmp_path / "none")) and not exists(uri(tmp_path / "none"))
+
+
 def test_a_resumed_output_starts_from_what_the_uri_holds(tmp_path):
     dest = make_tree(tmp_path / "embed")
     with local_output(uri(dest), resume=True) as got:
@@ -278,8 +304,10 @@ def test_build_corpus_job_reads_and_writes_file_uris(ray_local, tmp_path, stagin
 
 def test_the_pipeline_refuses_a_uri_cosqa_rather_than_writing_to_a_folder_named_s3(capsys):
     job = runpy.run_path(str(REPO / "jobs" / "pipeline.py"), run_name="pipeline_job")
-    assert job["main"](["--cosqa", "s3://bucket/cosqa"]) == 2
-    assert "--cosqa s3://bucket/cosqa: a local folder" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        job["main"](["--cosqa", "s3://bucket/cosqa"])
+    assert exit_.value.code == 2
+    assert "--cosqa s3://bucket/cosqa: a local folder" in capsys.readouterr().err
 
 
 def test_an_extraction_task_on_another_node_reads_a_source_from_its_uri(tmp_path):

@@ -100,6 +100,24 @@ def test_a_failed_job_uploads_nothing(tmp_path, s3_bucket):
     assert listing(s3_bucket) == ["results"]
 
 
+def test_inputs_are_checked_in_the_bucket_before_a_job_starts(tmp_path, s3_bucket):
+    """A job's input check asks the store (one request per name): a folder that exists
+    only as a key prefix, a file in it, a query string (`?region=`) kept out of the key."""
+    from r2ps.config import ConfigError, check_inputs
+    from r2ps.evaluate import EvalConfig
+
+    put(make_tree(tmp_path / "model"), f"{s3_bucket}/model")  # a.txt, sub/b.txt: no config.json
+    cfg = EvalConfig(split="", cosqa="", rr="", rr_ps="", pool_sizes=[])
+    with pytest.raises(ConfigError, match=f"retriever: {s3_bucket}/model holds no config.json"):
+        check_inputs(EvalConfig(**{**vars(cfg), "retriever": f"{s3_bucket}/model"}))
+    with pytest.raises(ConfigError, match=f"retriever: {s3_bucket}/gone does not exist"):
+        check_inputs(EvalConfig(**{**vars(cfg), "retriever": f"{s3_bucket}/gone"}))
+    (tmp_path / "model" / "config.json").write_text("{}")
+    put(tmp_path / "model", f"{s3_bucket}/model")
+    for retriever in (f"{s3_bucket}/model", f"{s3_bucket}/model?region=us-east-1"):
+        check_inputs(EvalConfig(**{**vars(cfg), "retriever": retriever}))
+
+
 def test_a_resumed_output_starts_from_what_the_bucket_holds(tmp_path, s3_bucket):
     dest = f"{s3_bucket}/embed"
     put(make_tree(tmp_path / "old"), dest)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import bm25s
 import numpy as np
 
+from r2ps.metrics import top_k_of_scores
+
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, any script
 # Boundaries inside an ASCII identifier: "HTTPServer" -> HTTP, Server; "parse2D" -> parse, 2, D.
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -83,9 +85,9 @@ class BM25:
     def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions int64 [k'], scores float32 [k']) best first, k' = min(k, N).
 
-        Equal scores keep pool order (a stable sort), so the ranking is deterministic
-        and a gold code tied with many zero-score codes gets no lucky rank.
+        Scores equal within float noise keep pool order (`r2ps.metrics`' tie rule), so
+        the ranking is the same on every CPU and a gold code tied with many zero-score
+        codes gets no lucky rank.
         """
-        s = self.scores(query)
-        order = np.argsort(-s, kind="stable")[: min(k, self.n_docs)]
-        return order.astype(np.int64), s[order]
+        scores, positions = top_k_of_scores(self.scores(query)[None, :], k)
+        return positions[0], scores[0]

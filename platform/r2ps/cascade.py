@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from r2ps.finite import check_finite
+from r2ps.metrics import tie_order
 
 
 def fuse(de_scores: np.ndarray, ce_scores: np.ndarray, alpha: float = 0.0) -> np.ndarray:
@@ -48,12 +49,12 @@ def rerank(
     """Cascade order of K candidates given in retriever order.
 
     Returns (order, fused): `order` holds positions into the K candidates, best first;
-    `fused` the score each candidate was ordered by. Ties keep the retriever's order
-    (a stable sort), so a ranker that cannot tell two codes apart never reshuffles them.
+    `fused` the score each candidate was ordered by. Ties (fused scores equal within float
+    noise: `r2ps.metrics`' tie rule) keep the retriever's order, so a ranker that cannot
+    tell two codes apart never reshuffles them, whatever CPU rounded its scores.
     """
     fused = fuse(de_scores, ce_scores, alpha)
-    order = np.argsort(-fused, kind="stable")
-    return order, fused
+    return tie_order(fused), fused
 
 
 def cascade_ids(

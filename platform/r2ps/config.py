@@ -6,6 +6,10 @@ of precedence: command-line flags (`--out x`, generated from the fields), positi
 (`--config file.yaml`), and the dataclass defaults. Values given as strings are parsed
 as YAML scalars and then checked against the field's type, so `epochs=three` fails
 with a message that names the field.
+
+A job's settings also say which paths it will read (`inputs()`: a list of `Need`), and
+`check_inputs` checks them all before the job does any work: a job that would fail on a
+missing input an hour in fails at once instead, naming the setting and the path.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
+
+from r2ps.storage import exists, is_uri
 
 T = TypeVar("T")
 
@@ -227,8 +235,18 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
-    """Parse a job's command line into its config dataclass."""
+def parse_config(
+    cls: type[T],
+    argv: list[str] | None = None,
+    description: str = "",
+    check: Callable[[T], object] | None = None,
+) -> T:
+    """Parse a job's command line into its config dataclass.
+
+    `check(cfg)` runs next, before the job starts any work (jobs pass `check_inputs`): a
+    ValueError it raises exits with status 2 and its message on one line of stderr, as
+    argparse reports a bad flag.
+    """
     parser = build_parser(cls, description)
     ns = parser.parse_intermixed_args(argv)  # key=value on either side of --flags
     try:
@@ -237,7 +255,86 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
             value = getattr(ns, f.name)
             if value is not None:
                 data[f.name] = value
-        return from_dict(cls, data)
+        cfg = from_dict(cls, data)
     except ValueError as e:  # ConfigError, or a config's own check (__post_init__)
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+    if check is not None:
+        try:
+            check(cfg)
+        except ValueError as e:  # the usage is no help here: the flags were fine
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return cfg
+
+
+# ---------------------------------------------------------------- input paths
+
+
+class Need(NamedTuple):
+    """A path a job will read, to be checked before the job starts (`check_inputs`).
+
+    `holds`: what must be inside it, relative to it (a split folder: its three tables);
+    an entry that is a tuple is met by any one of its names. Empty: the path itself must
+    exist. `what` is said when the path is not that ("a model folder"). An empty `path`
+    is a required setting left empty.
+    """
+
+    setting: str
+    path: str
+    holds: tuple[str | tuple[str, ...], ...] = ()
+    what: str = ""
+
+
+def needs(
+    cfg: Any,
+    setting: str,
+    *holds: str | tuple[str, ...],
+    what: str = "",
+    required: bool = False,
+) -> list[Need]:
+    """A `Need` per path of `cfg.<setting>` (a path or a list of paths). An empty setting
+    is not needed (a job reads nothing for it) unless `required`."""
+    value = getattr(cfg, setting)
+    paths = [p for p in (value if isinstance(value, (list, tuple)) else [value]) if p]
+    if required and not paths:
+        return [Need(setting, "", holds, what)]
+    return [Need(setting, str(p), holds, what) for p in paths]
+
+
+def check_inputs(cfg: Any, skip_under: str | os.PathLike = "") -> None:
+    """Check every path `cfg.inputs()` names: raise ConfigError naming the setting and
+    the path of the first one missing, or lacking what it must hold.
+
+    A local path is looked at on disk; a URI (s3://, gs://, file://) is asked of its
+    store, one metadata request per name (`storage.exists`). `skip_under`: local paths
+    inside this folder are not checked (the pipeline's own outputs, made by its earlier
+    stages). Costs milliseconds locally: jobs call it before starting Ray or loading a
+    model, so a missing late input (the efficiency table's pool, a ranker's mined split)
+    fails the job in seconds, not after the work before it.
+    """
+    skip = Path(skip_under).resolve() if skip_under else None
+    for setting, path, holds, what in cfg.inputs():
+        expected = f" (expected {what})" if what else ""
+        if not path:
+            raise ConfigError(f"{setting}: not given{expected}")
+        if skip and not is_uri(path) and Path(path).resolve().is_relative_to(skip):
+            continue
+        try:
+            problem = _lacking(path, holds)
+        except (OSError, ValueError) as e:  # a store that cannot be asked, an unknown scheme
+            problem = f"cannot be checked: {e}"
+        if problem:
+            raise ConfigError(f"{setting}: {path} {problem}{expected}")
+
+
+def _lacking(path: str, holds: tuple[str | tuple[str, ...], ...]) -> str:
+    """What `path` lacks of a `Need`: "does not exist", "holds no x"; "" when nothing."""
+    if not exists(path):
+        return "does not exist"
+    for names in holds:
+        names = (names,) if isinstance(names, str) else names
+        if not any(exists(path, name) for name in names):
+            return (
+                f"holds no {names[0]}" if len(names) == 1 else f"holds none of {', '.join(names)}"
+            )
+    return ""

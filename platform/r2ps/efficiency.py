@@ -65,15 +65,20 @@ def efficiency_row(
     }
 
 
+# What a timing pool's folder holds, any one of: a split's codes, or a corpus's splits'.
+POOL_FILES = ("codes.parquet", *(f"{s}/codes.parquet" for s in SPLITS))
+
+
 def pool_codes(source: str, n: int) -> tuple[list[str], list[str]]:
-    """Up to `n` (code_id, code) from `source`: a split folder, or a corpus of split folders."""
+    """Up to `n` (code_id, code) from `source`: a split folder, or a corpus of split folders
+    (read in POOL_FILES order)."""
     folder = Path(source)
-    if (folder / "codes.parquet").exists():
-        files = [folder / "codes.parquet"]
-    else:
-        files = [folder / s / "codes.parquet" for s in SPLITS if (folder / s).is_dir()]
+    if (folder / POOL_FILES[0]).exists():  # a split folder
+        files = [folder / POOL_FILES[0]]
+    else:  # a corpus: its splits in order, until there are `n` codes
+        files = [folder / name for name in POOL_FILES[1:] if (folder / name).exists()]
     if not files:
-        raise FileNotFoundError(f"pool_source {source}: no codes.parquet, nor split folders")
+        raise FileNotFoundError(f"pool_source {source}: holds no {', '.join(POOL_FILES)}")
     tables, have = [], 0
     for path in files:
         if have >= n:

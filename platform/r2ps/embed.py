@@ -39,7 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from r2ps.data.schema import codes_file
+from r2ps.config import Need, needs
+from r2ps.data.errors import check_utf8
+from r2ps.data.schema import MODEL_CONFIG, codes_file
 from r2ps.finite import check_finite
 from r2ps.index import (
     MANIFEST,
@@ -116,19 +118,47 @@ class EmbedConfig:
         if self.tokenize not in ("auto", "actor", "task"):
             raise ValueError(f"tokenize: expected auto, actor or task, got {self.tokenize!r}")
 
+    def inputs(self) -> list[Need]:
+        """The model and the codes (`config.check_inputs`, before Ray starts)."""
+        what = "a split folder or a codes .parquet file"
+        codes = () if self.codes.endswith(".parquet") else ("codes.parquet",)
+        return [
+            *needs(self, "model", MODEL_CONFIG, what="a retriever folder"),
+            *needs(self, "codes", *codes, what=what, required=True),
+        ]
+
 
 # ------------------------------------------------------------------ inputs
 
 
 def read_code_ids(path: Path) -> list[str]:
-    """The code ids in file order (one column: cheap even for millions of codes)."""
+    """The code ids in file order (one column: cheap even for millions of codes).
+
+    Raises ValueError for nulls or duplicates, BadRecord (row, field) for an id whose
+    bytes are not UTF-8."""
     col = pq.read_table(path, columns=["code_id"]).column("code_id")
+    check_utf8(col, path, "code_id")
     if col.null_count:
         raise ValueError(f"{path}: field 'code_id' has {col.null_count} nulls")
     ids = col.to_pylist()
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: field 'code_id' has {len(ids) - len(set(ids))} duplicates")
     return ids
+
+
+def check_code_text(path: Path) -> None:
+    """Raise BadRecord naming the first code (row, 1-based) whose bytes are not UTF-8.
+
+    Parquet does not check its strings, and a bad one would otherwise stop the job as a
+    UnicodeDecodeError inside a tokenizer, hidden in Ray Data's wrapper of a task's error.
+    One row group at a time; a pass over the text is small beside embedding it.
+    """
+    pf = pq.ParquetFile(path)
+    first = 1
+    for group in range(pf.metadata.num_row_groups):
+        column = pf.read_row_group(group, columns=["code"])["code"]
+        check_utf8(column, path, "code", first_row=first)
+        first += len(column)
 
 
 def max_code_len(cfg: EmbedConfig, model: str) -> int:
@@ -354,6 +384,7 @@ def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
 def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
     import ray
 
+    check_code_text(codes)  # before any work starts
     plan = plan_pool(cfg)
     if cfg.backend != "torch":
         if plan.num_gpus:

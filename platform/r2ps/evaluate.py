@@ -14,8 +14,15 @@ would make the fused rows look better than they are.
 Efficiency (the paper's Table 5, efficiency.py): seconds per query of the retriever, of
 the cross encoder over the whole pool and of the cascade, for pools of `pool_sizes` codes.
 
-Output, in `out`: results.json (everything), results.md and results.png (report.py), and
-served.json (the cascade the endpoint serves, chosen on valid: cascade.ServedCascade).
+Output, in `out`, each part written as soon as it is computed, so a job that stops late
+keeps what it finished: served.json (the cascade the endpoint serves, chosen on valid:
+cascade.ServedCascade) once chosen; results.json (everything), results.md and results.png
+(report.py) after each data set's quality table and again after the efficiency table,
+with `pending` naming the parts not computed yet.
+
+Every input is checked before any model loads (`EvalConfig.inputs`, config.check_inputs):
+a path that is given must hold what is read from it; a model left empty ('') is left out.
+Defaults name what the main job (`make demo`) writes under runs/demo/pipeline.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ import numpy as np
 
 from r2ps.bm25 import BM25
 from r2ps.cascade import ServedCascade, best_setting, choose_alpha, choose_served
-from r2ps.config import to_dict
-from r2ps.data.schema import TRAIN_SUMMARY, RetrievalSet
-from r2ps.efficiency import efficiency
+from r2ps.config import Need, check_inputs, needs, to_dict
+from r2ps.data.schema import MODEL_CONFIG, TRAIN_SUMMARY, RetrievalSet, split_files
+from r2ps.efficiency import POOL_FILES, efficiency
 from r2ps.log import get_logger
 from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.cross import HEAD_FILE, CrossEncoder
@@ -53,30 +60,36 @@ from r2ps.retrieval import (
 log = get_logger(__name__)
 
 RANKERS = {"rr": "RR", "rr_ps": "RR+PS"}  # setting name -> method label
+DEMO = "runs/demo/pipeline"  # what `make demo` writes (r2ps.pipeline's layout)
 
 
 @dataclass
 class EvalConfig:
     split: str = field(
-        default="runs/demo/corpus/test",
+        default=f"{DEMO}/corpus/test",
         metadata={"help": "corpus split folder to evaluate on ('' for none)"},
     )
     cosqa: str = field(default="", metadata={"help": "CoSQA folder: also evaluate on CoSQA dev"})
     valid: str = field(
-        default="runs/demo/corpus/valid",
-        metadata={"help": "split folder the fusion weight is chosen on (never the test split)"},
+        default=f"{DEMO}/corpus/valid",
+        metadata={
+            "help": "split folder the fusion weight is chosen on (never the test split; "
+            "'' = no fused rows)"
+        },
     )
     retriever: str = field(
-        default="runs/demo/retriever", metadata={"help": "trained DualEncoder dir (DE)"}
+        default=f"{DEMO}/retriever",
+        metadata={"help": "trained DualEncoder dir (DE; '' = none: rerank the untrained one)"},
     )
     untrained: str = field(
         default="", metadata={"help": "untrained encoder dir ('' = bundled MiniLM)"}
     )
     rr: str = field(
-        default="runs/demo/ranker_rr", metadata={"help": "ranker trained on in-batch negatives"}
+        default=f"{DEMO}/ranker_rr",
+        metadata={"help": "ranker trained on in-batch negatives ('' = none)"},
     )
     rr_ps: str = field(
-        default="runs/demo/ranker", metadata={"help": "ranker trained on PS negatives"}
+        default=f"{DEMO}/ranker_ps", metadata={"help": "ranker trained on PS negatives ('' = none)"}
     )
     ks: list[int] = field(
         default_factory=lambda: [5, 10, 20, 50], metadata={"help": "cascade depths K"}
@@ -109,7 +122,7 @@ class EvalConfig:
         metadata={"help": "pool sizes of the efficiency table ([] = no efficiency table)"},
     )
     pool_source: str = field(
-        default="runs/demo/corpus",
+        default=f"{DEMO}/corpus",
         metadata={"help": "codes for the timing pools: a corpus folder (its splits) or a split"},
     )
     max_embed_codes: int = field(
@@ -122,6 +135,28 @@ class EvalConfig:
     )
     efficiency_k: int = field(default=10, metadata={"help": "K of the timed cascade"})
     out: str = field(default="runs/demo/eval", metadata={"help": "results folder"})
+
+    def inputs(self) -> list[Need]:
+        """Every path this evaluation will read (`config.check_inputs`): the data sets, the
+        models given, the valid split when there is a ranker to fuse, the timing pool when
+        there is an efficiency table. A model setting left empty is not read."""
+        from r2ps.data.readers import COSQA_FILES
+
+        split, ranker = "a split folder", "a trained ranker folder"
+        out = [
+            *needs(self, "split", *split_files(), what=split),
+            *needs(self, "cosqa", *COSQA_FILES, what="a CoSQA folder"),
+            *needs(self, "untrained", MODEL_CONFIG, what="a model folder"),
+            *needs(self, "retriever", MODEL_CONFIG, what="a trained retriever folder"),
+            *needs(self, "rr", MODEL_CONFIG, HEAD_FILE, what=ranker),
+            *needs(self, "rr_ps", MODEL_CONFIG, HEAD_FILE, what=ranker),
+        ]
+        if self.rr or self.rr_ps:  # their fusion weight is chosen on valid
+            out += needs(self, "valid", *split_files(), what=split)
+        if self.pool_sizes:  # the efficiency table, read last
+            what = "a corpus or split folder"
+            out += needs(self, "pool_source", POOL_FILES, what=what, required=True)
+        return out
 
 
 def check_config(cfg: EvalConfig) -> None:
@@ -173,22 +208,13 @@ def exported_checkpoint(model_dir: str) -> dict | None:
     return None if step is None else {"step": int(step), "of": int(max(steps, default=step))}
 
 
-def present(path: str, what: str, skipped: list[str]) -> str | None:
-    """`path` if it is a model folder; otherwise None, with a warning recorded in `skipped`."""
-    return _holding(path, "config.json", f"{what}: no model at {path!r}, skipped", skipped)
-
-
-def present_split(path: str, skipped: list[str]) -> str | None:
-    """`path` if it is a split folder; else None, recorded (fused rows are then left out)."""
-    reason = f"fusion: no valid split at {path!r}, fused rows skipped"
-    return _holding(path, "queries.parquet", reason, skipped)
-
-
-def _holding(path: str, marker: str, reason: str, skipped: list[str]) -> str | None:
-    if path and (Path(path) / marker).exists():
+def given(path: str, reason: str, skipped: list[str]) -> str | None:
+    """`path`, or None when the setting was left empty, with `reason` recorded in
+    `skipped` (a path that is given was checked before anything ran: `EvalConfig.inputs`)."""
+    if path:
         return path
-    log.warning(reason)
     skipped.append(reason)
+    log.warning(reason)
     return None
 
 
@@ -290,13 +316,20 @@ def evaluate_set(
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the whole evaluation and write results.json, results.md and results.png to `out`."""
+    """Run the whole evaluation, writing served.json, then results.json, results.md and
+    results.png to `out` after each data set and after the efficiency table.
+
+    Raises ConfigError (config.check_inputs) before loading anything when an input is
+    missing, ValueError on settings that cannot run (`check_config`).
+    """
     check_config(cfg)
+    check_inputs(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)  # an unwritable `out` fails here, not late
     sets = load_sets(cfg)
     skipped: list[str] = []
     untrained_path = model_or_default(cfg.untrained)
     encoders = {"untrained DE": DualEncoder.from_pretrained(untrained_path)}
-    retriever_path = present(cfg.retriever, "DE (trained retriever)", skipped)
+    retriever_path = given(cfg.retriever, "DE (trained retriever): none given", skipped)
     if retriever_path:
         encoders["DE"] = DualEncoder.from_pretrained(retriever_path)
     else:
@@ -307,13 +340,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     ranker_paths = {
         label: path
         for name, label in RANKERS.items()
-        if (path := present(getattr(cfg, name), f"{label} ({name})", skipped))
+        if (path := given(getattr(cfg, name), f"{label} ({name}): none given", skipped))
     }
     rankers = {label: load_ranker(p) for label, p in ranker_paths.items()}
 
     alphas: dict[str, dict] = {}
     served = None
-    valid_path = present_split(cfg.valid, skipped) if rankers else None
+    no_valid = "fusion: no valid split given, fused rows skipped"
+    valid_path = given(cfg.valid, no_valid, skipped) if rankers else None
     if valid_path:
         valid = RetrievalSet.read(valid_path)
         valid_retrieved = retrieve(first_stage, valid, cfg.max_valid_queries, cfg.batch_size)
@@ -338,6 +372,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             gain=valid_gain if cfg.serve_needs_interval else None,
         )
         log.info("served cascade (chosen on %s): %s", valid_path, served.reason)
+    # always a choice on disk (serving reads it): without a ranker or a valid split, the
+    # retriever alone, with the reason
+    why = "; ".join(skipped) or "no ranker to choose from"
+    (served or ServedCascade(reason=f"retriever alone: {why}")).write(cfg.out)
 
     report: dict = {
         "settings": to_dict(cfg),
@@ -352,10 +390,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         "served": None if served is None else dataclasses.asdict(served),
         "skipped": skipped,
         "datasets": {},
+        # parts not computed yet: what results.* lack when the job stopped before them
+        "pending": [*sets, *(["efficiency"] if cfg.pool_sizes else [])],
     }
     for name, rset in sets.items():
         log.info("evaluating on %s (%d queries max)", name, cfg.max_queries)
         report["datasets"][name] = evaluate_set(cfg, rset, encoders, rankers, alphas, served)
+        report["pending"].remove(name)
+        write_results(report, cfg.out)
 
     if cfg.pool_sizes:
         ranker_label = next(iter(reversed(rankers)), None)  # RR+PS when present
@@ -371,9 +413,6 @@ def evaluate(cfg: EvalConfig) -> dict:
             "ranker": ranker_label or f"fresh head on {untrained_path}",
             **efficiency(cfg, first_stage, ranker, texts),
         }
-    write_results(report, cfg.out)
-    # always a choice on disk (serving reads it): without a ranker or a valid split, the
-    # retriever alone, with the reason
-    why = "; ".join(skipped) or "no ranker to choose from"
-    (served or ServedCascade(reason=f"retriever alone: {why}")).write(cfg.out)
+        report["pending"].remove("efficiency")
+        write_results(report, cfg.out)
     return report

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from r2ps.finite import check_finite
 from r2ps.log import get_logger
+from r2ps.metrics import top_k_tied
 
 log = get_logger(__name__)
 
@@ -305,9 +306,11 @@ class CodeIndex:
 
         Queries go through in chunks of `chunk` rows, so faiss's working memory does not
         grow with Q. A position of -1 (score -inf) means fewer than k codes were found.
-        Equal scores are listed in position order, the one tie rule of `r2ps.metrics`
-        (faiss keeps the lowest positions of a tied group but lists them last-first).
-        Raises ValueError naming the query rows that hold NaN or inf.
+        Scores equal within float noise are listed in position order, the one tie rule of
+        `r2ps.metrics` (`top_k_tied`: faiss asks for one more than k, and again for more
+        where a tie group crosses the cut, as faiss keeps the higher of two near-equal
+        scores, not the lower position). Raises ValueError naming the query rows that hold
+        NaN or inf.
         """
         q = _check_matrix(queries, "queries", self.dim)
         check_finite(q, "queries")
@@ -315,15 +318,17 @@ class CodeIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
-        scores = np.empty((len(q), k), dtype=np.float32)
-        pos = np.empty((len(q), k), dtype=np.int64)
-        for start in range(0, len(q), chunk):
-            s, p = index.search(q[start : start + chunk], k)
-            scores[start : start + chunk], pos[start : start + chunk] = s, p
-        scores[pos < 0] = -np.inf
-        order = np.lexsort((pos, -scores), axis=1)  # score desc, then position
-        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(pos, order, axis=1)
+
+        def best(rows: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+            index = self._gpu if self._gpu is not None and m <= GPU_MAX_K else self._cpu
+            scores = np.empty((len(rows), m), dtype=np.float32)
+            pos = np.empty((len(rows), m), dtype=np.int64)
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                scores[start : start + chunk], pos[start : start + chunk] = index.search(q[part], m)
+            return scores, pos
+
+        return top_k_tied(best, len(q), len(self.code_ids), k)
 
     def save(self, directory: str | Path) -> None:
         """`index.faiss` + `code_ids.parquet`, then `manifest.json` last (a crash mid-save

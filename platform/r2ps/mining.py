@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from r2ps.config import to_dict
+from r2ps.config import Need, needs, to_dict
 from r2ps.data.codetext import code_match_key, query_key
-from r2ps.data.schema import MINE_SUMMARY, TABLE_FILES, conform
+from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, TABLE_FILES, conform, split_files
 from r2ps.index import IndexConfig
 from r2ps.log import get_logger
 from r2ps.ps import FILTERS, GUARDS, CandidateFilter, Kept, resolve_window, sample_negatives
@@ -62,7 +62,8 @@ class MineConfig:
 
     model: str = field(default="", metadata={"help": "retriever (HF dir; default: MiniLM)"})
     pairs: str = field(
-        default="runs/demo/corpus/train", metadata={"help": "training split folder to mine"}
+        default="runs/demo/pipeline/corpus/train",
+        metadata={"help": "training split folder to mine (default: what `make demo` built)"},
     )
     out: str = field(default="runs/demo/mined", metadata={"help": "output folder"})
     index_dir: str = field(
@@ -92,6 +93,17 @@ class MineConfig:
     actors: int = field(default=2, metadata={"help": "embedding actors (when embedding)"})
     batch_size: int = field(default=64, metadata={"help": "texts per embedding batch"})
     index: IndexConfig = field(default_factory=IndexConfig)
+
+    def inputs(self) -> list[Need]:
+        """Every path mining reads (`config.check_inputs`, before Ray starts): the model,
+        the split, and the evaluation pools, read only once the index is built."""
+        from r2ps.data.corpus import pool_needs
+
+        return [
+            *needs(self, "model", MODEL_CONFIG, what="a retriever folder"),
+            *needs(self, "pairs", *split_files(), what="a split folder", required=True),
+            *pool_needs(self, "exclude"),
+        ]
 
 
 # ---------------------------------------------------------------- the job

@@ -11,7 +11,9 @@ an output replaced by hand is not noticed (delete its stage.json to rerun it).
 
 Settings: defaults of each job < the preset (`demo` or `full`) < the wiring (every path
 under `out`, each stage reading its inputs' outputs) < `section.key=value` overrides
-(`retriever.lr=1e-4`, `mine.index.kind=hnsw`, `evaluate.ks=5,10`).
+(`retriever.lr=1e-4`, `mine.index.kind=hnsw`, `evaluate.ks=5,10`). `build_stages` checks
+them all, and every input from outside `out` (CoSQA, source roots, pair files, a starting
+model), before anything runs.
 """
 
 from __future__ import annotations
@@ -31,10 +33,18 @@ import yaml
 
 from r2ps import __version__
 from r2ps.cascade import SERVED_FILE, ServedCascade
-from r2ps.config import ConfigError, from_dict, to_dict
+from r2ps.config import ConfigError, Need, check_inputs, from_dict, needs, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
-from r2ps.data.schema import CORPUS_STATS, MINE_SUMMARY, SPLITS, TRAIN_SUMMARY, RetrievalSet
-from r2ps.data.schema import TABLE_FILES as TABLES
+from r2ps.data.readers import COSQA_FILES
+from r2ps.data.schema import (
+    CORPUS_STATS,
+    MINE_SUMMARY,
+    MODEL_CONFIG,
+    SPLITS,
+    TRAIN_SUMMARY,
+    RetrievalSet,
+    split_files,
+)
 from r2ps.evaluate import EvalConfig, evaluate
 from r2ps.evaluate import check_config as check_eval_config
 from r2ps.log import get_logger
@@ -92,14 +102,14 @@ def mine_negatives(cfg: MineConfig) -> None:
 
 # ---------------------------------------------------------------- the stages
 
-_SPLIT_FILES = [f"{split}/{table}.parquet" for split in SPLITS for table in TABLES]
-_MODEL_FILES = ["config.json", TRAIN_SUMMARY]
+_SPLIT_FILES = [name for split in SPLITS for name in split_files(split)]
+_MODEL_FILES = [MODEL_CONFIG, TRAIN_SUMMARY]
 # The main job, in order: each stage's name, the function that does its work on that stage's
 # job settings (`build_stages` fills them in), the stages it reads from, and the files under
 # its `out` that say it is done.
 STAGES = (
     Stage("corpus", build_corpus, None, [], [CORPUS_STATS, *_SPLIT_FILES]),
-    Stage("sample", sample_split, None, ["corpus"], [f"{t}.parquet" for t in TABLES]),
+    Stage("sample", sample_split, None, ["corpus"], list(split_files())),
     Stage("retriever", train_retriever, None, ["corpus"], _MODEL_FILES),
     Stage("mine", mine_negatives, None, ["retriever", "sample"], [MINE_SUMMARY, "index/manifest.json"]),
     Stage("ranker_ps", train_ranker, None, ["corpus", "retriever", "mine"], [*_MODEL_FILES, HEAD_FILE]),
@@ -144,6 +154,9 @@ class SampleConfig:
     n_queries: int = 0  # 0: the whole split
     seed: int = 0
 
+    def inputs(self) -> list[Need]:
+        return needs(self, "split", *split_files(), what="a split folder", required=True)
+
 
 @dataclass
 class PipelineConfig:
@@ -153,7 +166,13 @@ class PipelineConfig:
         default="demo",
         metadata={"help": "configs/<name>.yaml: demo (< 30 min on 2 CPUs) | full; or a .yaml path"},
     )
-    out: str = field(default="runs/pipeline", metadata={"help": "every output goes here"})
+    out: str = field(
+        default="",
+        metadata={
+            "help": "every output goes here (default: runs/<preset>/pipeline, where `make "
+            "demo` writes and the single jobs' defaults read)"
+        },
+    )
     cosqa: str = field(
         default="",
         metadata={"help": "CoSQA folder: kept out of corpus and negatives, evaluated on"},
@@ -174,6 +193,14 @@ class PipelineConfig:
     mine: dict[str, Any] = section(MineConfig)
     ranker: dict[str, Any] = section(RankerConfig, "both rankers")
     evaluate: dict[str, Any] = section(EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            self.out = f"runs/{Path(self.preset).stem}/pipeline"
+
+    def inputs(self) -> list[Need]:
+        """The pipeline's own input (each stage's are its job's: `build_stages`)."""
+        return needs(self, "cosqa", *COSQA_FILES, what="a CoSQA folder")
 
 
 # ---------------------------------------------------------------- running stages
@@ -281,12 +308,14 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
 
     `checkpoints`: where Ray Train keeps its runs when neither `cfg.storage` nor the
     default (`<out>/ray_results`) should (a URI --out keeps them beside its stages).
+    Raises ConfigError or ValueError, before anything runs, for a setting no stage can
+    run with or an input from outside `out` that is missing (`config.check_inputs`).
     """
+    if is_uri(cfg.cosqa):
+        raise ValueError(f"--cosqa {cfg.cosqa}: a local folder (it is read by every stage)")
+    check_inputs(cfg)
     preset, out = load_preset(cfg.preset), Path(cfg.out)
     cosqa = cfg.cosqa
-    if cosqa and not Path(cosqa, "code_idx_map.txt").exists():
-        log.warning("no CoSQA data at %s: not excluded, not evaluated", cosqa)
-        cosqa = ""
     pools = [cosqa] if cosqa else []
 
     def make(cls: type, section: str, wiring: dict) -> Any:
@@ -360,6 +389,8 @@ def build_stages(cfg: PipelineConfig, checkpoints: str = "") -> list[Stage]:
         **rankers,
         "evaluate": evaluation,
     }
+    for config in configs.values():  # what earlier stages make is not there yet: skipped
+        check_inputs(config, skip_under=out)
     return [dataclasses.replace(stage, config=configs[stage.name]) for stage in STAGES]
 
 

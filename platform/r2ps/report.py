@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from r2ps.storage import atomic_path, write_text_atomic
+
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 
@@ -61,6 +63,11 @@ def markdown(report: dict) -> str:
     )
     for reason in report["skipped"]:
         lines.append(f"- {reason}")
+    if report.get("pending"):
+        lines.append(
+            f"\nNot computed yet: {', '.join(report['pending'])} (the job was still running, "
+            "or stopped, when this was written)."
+        )
     eff = report.get("efficiency")
     if eff:
         lines += [
@@ -169,17 +176,22 @@ def plot(report: dict, path: Path) -> None:
     right.set_ylabel("seconds per query")
     right.set_title("time per query")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def write_results(report: dict, out: str | Path) -> dict[str, Path]:
-    """results.json, results.md and results.png in `out`; returns their paths."""
+    """results.json, results.md and results.png in `out`; returns their paths.
+
+    Each file is replaced whole (`storage.atomic_path`): the evaluation writes them again
+    as each part is computed, and a reader, or a job stopped mid-write, never sees half.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    paths["json"].write_text(json.dumps(report, indent=1, default=str))
-    paths["md"].write_text(markdown(report))
-    plot(report, paths["png"])
     report["files"] = {k: str(v) for k, v in paths.items()}
+    write_text_atomic(paths["json"], json.dumps(report, indent=1, default=str))
+    write_text_atomic(paths["md"], markdown(report))
+    with atomic_path(paths["png"]) as tmp:
+        plot(report, tmp)
     return paths

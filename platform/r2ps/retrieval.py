@@ -4,7 +4,8 @@
 query); `retrieve` ranks the whole pool with the dual encoder (each training rank embeds a
 slice, gathered with `unslice`); `cascade_ranks` / `cascade_metrics_at` score the cascade
 that reranks the top K with given ranker scores (`r2ps.cascade`, METHOD.md sections 3, 5).
-Ties keep pool order everywhere (the rule of `r2ps.metrics`).
+Ties (scores equal within float noise) keep pool order everywhere (the rule of
+`r2ps.metrics`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from r2ps.cascade import cascade_ids
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
 from r2ps.finite import check_finite
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.metrics import rank_of_gold_topk, retrieval_metrics, top_k_of_scores
 from r2ps.models.dual import DualEncoder, embed_texts
 
 MRR_CUTOFF = 1000  # docs/METHOD.md section 5: a rank past 1000 counts 0
@@ -84,10 +85,12 @@ def unslice(part: np.ndarray, n: int, world: int) -> np.ndarray:
 
 
 def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int = 256):
-    """Exact top-`depth` positions and scores by inner product, a chunk of queries at a time.
+    """Exact top-`depth` (positions int64 [Q, min(depth, N)], scores float32, same shape)
+    by inner product, best first, a chunk of queries at a time.
 
-    Ties keep pool order (`r2ps.metrics`' rule). Raises ValueError naming the rows of
-    either matrix that hold NaN or inf.
+    Ties (scores equal within float noise) keep pool order: `r2ps.metrics`' rule, through
+    `metrics.top_k_of_scores`. Raises ValueError naming the rows of either matrix that
+    hold NaN or inf.
     """
     check_finite(q_emb, "query embeddings")
     check_finite(c_emb, "code embeddings")
@@ -95,12 +98,8 @@ def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int 
     ids = np.empty((q_emb.shape[0], depth), dtype=np.int64)
     scores = np.empty((q_emb.shape[0], depth), dtype=np.float32)
     for start in range(0, q_emb.shape[0], chunk):
-        s = q_emb[start : start + chunk] @ c_emb.T
-        part = np.argpartition(-s, depth - 1, axis=1)[:, :depth]
-        part_scores = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -part_scores), axis=1)  # score desc, then position
-        ids[start : start + chunk] = np.take_along_axis(part, order, axis=1)
-        scores[start : start + chunk] = np.take_along_axis(part_scores, order, axis=1)
+        s, p = top_k_of_scores(q_emb[start : start + chunk] @ c_emb.T, depth)
+        ids[start : start + chunk], scores[start : start + chunk] = p, s
     return ids, scores
 
 

@@ -65,22 +65,23 @@ NOT_BLANK = "[^" + "".join(f"\\u{c:04x}" for c in _SPACES) + "]"
 
 @dataclass
 class ServeConfig:
-    """Settings of the cascade endpoint; defaults point at the outputs of `make demo`."""
+    """Settings of the cascade endpoint; defaults point at the outputs of `make demo`
+    (runs/demo/pipeline: what its serve.yaml names, the served choice aside)."""
 
     retriever: str = field(
-        default="runs/demo/retriever",
+        default="runs/demo/pipeline/retriever",
         metadata={"help": "dual encoder dir; the bundled MiniLM when absent"},
     )
     ranker: str = field(
-        default="runs/demo/ranker",
+        default="runs/demo/pipeline/ranker_ps",
         metadata={"help": "cross encoder dir; the bundled MiniLM (fresh head) when absent"},
     )
     codes: str = field(
-        default="runs/demo/corpus/test",
+        default="runs/demo/pipeline/sample",
         metadata={"help": "code store: a split folder with codes.parquet, or a .parquet file"},
     )
     embed_out: str = field(
-        default="runs/demo",
+        default="runs/demo/pipeline/mined",
         metadata={"help": "the embed job's output dir: <embed_out>/index is served"},
     )
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -105,6 +106,14 @@ class ServeConfig:
     )
     ranker_timeout_s: float = field(
         default=10.0, metadata={"help": "past this the answer is the retriever's alone"}
+    )
+    request_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "a request's deadline: the retriever's answer (asked again once if its "
+            "replica dies) must come within it, else a 503; the ranker gets what is left, at "
+            "most ranker_timeout_s"
+        },
     )
     retriever_batch_size: int = 32
     retriever_batch_wait_s: float = 0.005
@@ -153,6 +162,7 @@ class ServeConfig:
             "max_body_bytes": self.max_body_bytes
             >= BODY_BYTES_PER_CHAR * self.max_query_chars + BODY_OVERHEAD,
             "ranker_timeout_s": self.ranker_timeout_s > 0,
+            "request_timeout_s": self.request_timeout_s > 0,
             "retriever_batch_size": self.retriever_batch_size >= 1,
             "ranker_pair_budget": self.ranker_pair_budget >= 1,
             "ranker_min_replicas": 0 <= self.ranker_min_replicas <= self.ranker_max_replicas,
@@ -606,11 +616,18 @@ class CascadeMetrics:
             tag_keys=("reason",),
         )
         self.requests = metrics.Counter("r2ps_search_requests", description="POST /search served")
+        self.retried = metrics.Counter(
+            "r2ps_replica_retries",
+            description="calls asked again because the replica running them died",
+            tag_keys=("callee",),  # "deployment" is Serve's own tag: this ingress
+        )
         self.counts: dict[str, Any] = {
             "requests": 0,
             "candidates_reranked": 0,
             "degraded": 0,
             "degraded_by_reason": {},
+            "retried_by_deployment": {},  # calls whose replica died, asked again
+            "in_flight": {},  # calls awaiting each deployment now
         }
 
     def observe(self, timings_ms: Mapping[str, float], reranked: int) -> None:
@@ -627,3 +644,18 @@ class CascadeMetrics:
         self.counts["degraded"] += 1
         by = self.counts["degraded_by_reason"]
         by[reason] = by.get(reason, 0) + 1
+
+    def retry(self, deployment: str) -> None:
+        self.retried.inc(tags={"callee": deployment})
+        by = self.counts["retried_by_deployment"]
+        by[deployment] = by.get(deployment, 0) + 1
+
+    @contextlib.contextmanager
+    def calling(self, deployment: str):
+        """Counts a call to `deployment` in `in_flight` while the block runs."""
+        in_flight = self.counts["in_flight"]
+        in_flight[deployment] = in_flight.get(deployment, 0) + 1
+        try:
+            yield
+        finally:
+            in_flight[deployment] -= 1

@@ -75,6 +75,23 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(path).resolve())
 
 
+def exists(path: str, inside: str = "") -> bool:
+    """Whether `path` (a local path or a URI), or `inside` it when given (a relative path
+    such as "train/codes.parquet"), names a file or a folder.
+
+    A URI costs one metadata request (an object store has a folder when something is stored
+    under it). Raises OSError when the store cannot be asked (credentials, network), and
+    pyarrow's ArrowInvalid (a ValueError) for a scheme pyarrow does not know.
+    """
+    if not is_uri(path):
+        return os.path.exists(os.path.join(path, inside) if inside else path)
+    if inside:  # inside the URI's path, before any ?query
+        parts = urlsplit(path)
+        path = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{inside}"))
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary sibling of local `path` to write (a file or a folder), renamed onto
@@ -350,11 +367,14 @@ def upload_file(local: str | Path, uri: str) -> None:
 
 
 @contextlib.contextmanager
-def local_output(path: str, resume: bool = False) -> Iterator[str]:
+def local_output(path: str, resume: bool = False, partial: bool = False) -> Iterator[str]:
     """A local folder to write `path` into: `path` itself when local, else a fresh folder
     uploaded to the URI when the block succeeds (nothing is uploaded when it raises).
 
     `resume`: the folder starts as a download of what the URI holds (when anything).
+    `partial`: what the block wrote is uploaded even when it raises (then the error goes
+    on), for a job that writes its output part by part, each file whole (the evaluation:
+    its quality table is kept when the efficiency table fails).
     """
     if not is_uri(path):
         yield path
@@ -365,7 +385,13 @@ def local_output(path: str, resume: bool = False) -> Iterator[str]:
         local = tmp / _local_name(path)
         if not (resume and download(path, local)):
             local.mkdir(parents=True)
-        yield str(local)
+        try:
+            yield str(local)
+        except Exception:
+            if partial and any(local.iterdir()):
+                log.warning("the job failed: uploading what it finished to %s", path)
+                upload(local, path)
+            raise
         upload(local, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -377,22 +403,26 @@ def staged(
     inputs: Sequence[str] = (),
     outputs: Sequence[str] = (),
     updates: Sequence[str] = (),
+    partial_outputs: Sequence[str] = (),
 ) -> Iterator[T]:
     """`cfg` (a dataclass) with each URI in the named fields replaced by a local path.
 
-    `inputs` are downloaded, `outputs` uploaded when the block succeeds, `updates` both. A
-    field may hold a path or a list of paths; local paths and empty settings are left as
-    they are, and a URI named in two fields is staged once.
+    `inputs` are downloaded, `outputs` uploaded when the block succeeds, `updates` both,
+    `partial_outputs` uploaded also when it fails (`local_output(partial=True)`). A field
+    may hold a path or a list of paths; local paths and empty settings are left as they
+    are, and a URI named in two fields is staged once.
     """
     kinds = (
         (inputs, local_input),
         (updates, functools.partial(local_output, resume=True)),
         (outputs, local_output),
+        (partial_outputs, functools.partial(local_output, partial=True)),
     )
     with contextlib.ExitStack() as stack:
         local: dict[str, str] = {}
         read = {v for name in inputs for v in _values(getattr(cfg, name)) if is_uri(v)}
-        written = {v for name in (*outputs, *updates) for v in _values(getattr(cfg, name))}
+        outs = (*outputs, *updates, *partial_outputs)
+        written = {v for name in outs for v in _values(getattr(cfg, name))}
         if both := sorted(read & written):
             raise ValueError(f"{', '.join(both)}: both an input and an output of this job")
 

@@ -208,7 +208,8 @@ def test_build_corpus_on_a_real_tree(ray_local, source_tree, tmp_path):
 
 def test_build_corpus_from_your_own_pairs(ray_local, tmp_path):
     """A JSONL of (query, code) pairs becomes a three-split corpus: copies of one code stay
-    in one split, a bad record is skipped and named, nothing else is lost."""
+    in one split, bad records (one without code, one whose query UTF-8 cannot encode) are
+    skipped and named, nothing else is lost."""
     from r2ps.data.corpus import CorpusConfig, build_corpus
 
     rows = [
@@ -218,6 +219,9 @@ def test_build_corpus_from_your_own_pairs(ray_local, tmp_path):
     rows.append({"question": "add 7 to a number again", "snippet": rows[7]["snippet"] + "  "})
     lines = [json.dumps(r) for r in rows]
     lines.insert(10, '{"question": "no code here"}')
+    lines.insert(
+        20, '{"question": "add \\ud800 to a number", "snippet": "def f():\\n    return 1"}'
+    )
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     cfg = CorpusConfig(
         out=str(tmp_path / "corpus"),
@@ -227,9 +231,10 @@ def test_build_corpus_from_your_own_pairs(ray_local, tmp_path):
         skip_bad=True,
     )
     stats = build_corpus(cfg)
-    assert stats["files_unparsed"] == 1
+    assert stats["files_unparsed"] == 2
     skipped = (tmp_path / "corpus" / "skipped.jsonl").read_text()
     assert "pairs.jsonl:11" in skipped and "snippet" in skipped
+    assert "pairs.jsonl:21: field 'question': U+D800 is a lone surrogate" in skipped
     assert stats["dedupe"]["after"] == 400  # the respaced copy of add_7 is the same code
     sizes = {s: stats["splits"][s]["pairs"] for s in ("train", "valid", "test")}
     assert sum(sizes.values()) == 400 and sizes["valid"] > 0 and sizes["test"] > 0

@@ -181,6 +181,17 @@ def test_undecodable_bytes_are_replaced_and_their_line_named():
     assert "\xe9" in found.units[0].code
 
 
+def test_a_cookie_codec_that_gives_surrogates_is_replaced_and_its_line_named():
+    """`unicode_escape` (a valid PEP 263 cookie) reads `\\ud800` as a lone surrogate,
+    which UTF-8 cannot encode: the unit, its hash and the Parquet row would all fail."""
+    for codec in ("unicode_escape", "raw_unicode_escape"):
+        data = f"# coding: {codec}\ndef f():\n    x = '\\ud800'\n".encode()
+        found = extract_units(data, "s.py")
+        assert found.undecodable_line == 3, codec
+        (u,) = found.units
+        assert u.code == "def f():\n    x = '\ufffd'" and u.code.encode("utf-8")
+
+
 def test_crlf_files_keep_their_line_numbers():
     data = b"/** Doc line. */\r\nfunction a() {\r\n  return 1;\r\n}\r\n"
     (u,) = extract_units(data, "a.js").units

@@ -312,10 +312,10 @@ def test_cosqa_decode_and_syntax_errors_name_the_file_and_line(tmp_path):
     assert read_cosqa(d, "q.json", skip_log=log).queries.num_rows == 1 and len(log) == 1
     pool = d / "code_idx_map.txt"
     pool.write_bytes(pool.read_bytes().replace(b"return", b"ret\xffurn", 1))
-    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:2: byte 0xff is not UTF-8"):
+    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:2: entry 1: byte 0xff is not UTF-8"):
         read_cosqa(d, "q.json")
     pool.write_bytes(b'{"def f():": 0,')
-    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:1: not valid JSON"):
+    with pytest.raises(BadRecord, match=r"code_idx_map\.txt:1: entry 2: not valid JSON"):
         read_cosqa(d, "q.json")
 
 

@@ -1,22 +1,32 @@
 """Which files the indexer reads: .gitignore at every level, and every skip reason."""
 
 import os
+import shutil
+import socket
+import subprocess
+
+import pytest
 
 from r2ps.repo.files import (
     BAD_NAME,
     BINARY,
     GENERATED,
     IGNORED,
+    INVALID_PATTERN,
+    MAX_IGNORE_BYTES,
     MINIFIED,
     NOT_REGULAR,
+    NOT_UTF8_LINE,
     OTHER_LANGUAGE,
     OUTPUT,
     OVERSIZE,
+    RULES_NOT_APPLIED,
     SYMLINK,
     UNREADABLE,
     VENDORED,
     FileRules,
     check_content,
+    parse_gitignore,
     walk_sources,
 )
 
@@ -143,8 +153,6 @@ def test_check_content_reasons():
 
 
 def test_missing_source_is_named(tmp_path):
-    import pytest
-
     with pytest.raises(FileNotFoundError, match="nope"):
         walk_sources(tmp_path / "nope", FileRules())
 
@@ -181,3 +189,159 @@ def test_odd_entries_are_skipped_with_their_reason_not_fatal(tmp_path, monkeypat
     assert reasons["out/"] == OUTPUT
     assert reasons["locked/"] == f"{UNREADABLE}: PermissionError: Permission denied"
     assert len(reasons) == 5
+
+
+# ------------------------------------------------------------------ bad rules files
+
+
+def _bad_lines(skipped):
+    return {(s.path, s.line, s.text, s.reason) for s in skipped if s.line is not None}
+
+
+def test_black_invalid_gitignore_line_is_skipped_and_named(tmp_path):
+    """psf/black ships `tests/data/invalid_gitignore_tests/.gitignore` holding `!` alone
+    (and the same in a nested folder): pathspec raises GitIgnorePatternError for it, git
+    ignores the line. The line is named with its file and number; the tree is walked."""
+    black = tmp_path / "black"
+    for case in ("invalid_gitignore_tests", "invalid_nested_gitignore_tests/a"):
+        folder = black / "tests" / "data" / case
+        folder.mkdir(parents=True)
+        (folder / ".gitignore").write_bytes(b"!\n")  # black's exact bytes
+        (folder / "a.py").write_bytes(b"")
+    (black / "tests/data/invalid_gitignore_tests/pyproject.toml").write_text(
+        "# Empty configuration file; used in tests to avoid interference from Black's own config.\n"
+    )
+    (black / "src").mkdir()
+    (black / "src" / "black.py").write_text("def main(): pass\n")
+    keep, skipped = walk_sources(black, FileRules())
+    assert [f.path for f in keep] == [
+        "src/black.py",
+        "tests/data/invalid_gitignore_tests/a.py",
+        "tests/data/invalid_nested_gitignore_tests/a/a.py",
+    ]
+    assert _bad_lines(skipped) == {
+        ("tests/data/invalid_gitignore_tests/.gitignore", 1, "!", INVALID_PATTERN),
+        ("tests/data/invalid_nested_gitignore_tests/a/.gitignore", 1, "!", INVALID_PATTERN),
+    }
+
+
+# Line by line: the number, the bytes, what happens to it
+_RULES = [
+    (1, b"\xef\xbb\xbfbom.py", "applied"),  # git drops a UTF-8 byte order mark first
+    (2, b"!", INVALID_PATTERN),
+    (3, b"# a comment", "not a pattern"),
+    (4, b"", "not a pattern"),
+    (5, b"foo\\", INVALID_PATTERN),  # a trailing backslash
+    (6, b"a[", INVALID_PATTERN),  # an unclosed range
+    (7, b"/", INVALID_PATTERN),
+    (8, b"caf\xe9.py", NOT_UTF8_LINE),  # Latin-1
+    (9, b"crlf.py\r", "applied"),  # git drops the \r before \n
+    (10, b"[z-a].py", INVALID_PATTERN),  # a reversed range: pathspec's regex fails
+    (11, b"ign/", "applied"),
+    (12, b"   ", "not a pattern"),
+]
+
+
+def _rules_tree(root):
+    (root / "sub").mkdir(parents=True)
+    (root / ".gitignore").write_bytes(b"\n".join(raw for _, raw, _ in _RULES) + b"\n")
+    (root / "sub" / ".gitignore").write_bytes(b"!\ninner2.py\n")
+    for rel in ("bom.py", "crlf.py", "keep.py", "foo.py", "a.py", "ign/x.py", "sub/inner.py",
+                "sub/inner2.py"):  # fmt: skip
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+
+
+def test_each_bad_gitignore_line_is_named_and_the_others_apply(tmp_path):
+    _rules_tree(tmp_path)
+    keep, skipped = walk_sources(tmp_path, FileRules())
+    assert {f.path for f in keep} == {"keep.py", "foo.py", "a.py", "sub/inner.py"}
+    ignored = {s.path for s in skipped if s.reason == IGNORED}
+    assert ignored == {"bom.py", "crlf.py", "ign/", "sub/inner2.py"}
+    named = {(n, text, reason) for path, n, text, reason in _bad_lines(skipped)}
+    expected = {(n, raw.decode("utf-8", "backslashreplace"), why) for n, raw, why in _RULES}
+    assert named == {x for x in expected if x[2] in (INVALID_PATTERN, NOT_UTF8_LINE)} | {
+        (1, "!", INVALID_PATTERN)  # sub/.gitignore's
+    }
+    assert "caf\\xe9.py" in {text for _, text, _ in named}  # shown with its byte escaped
+    spec, bad = parse_gitignore(b"*.py\r\n!keep.py\r\n")  # CRLF throughout
+    assert bad == [] and spec.match_file("x.py") and not spec.match_file("keep.py")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_the_walk_keeps_what_git_keeps_despite_bad_lines(tmp_path):
+    """`git ls-files --others --exclude-standard` on the same tree lists exactly the
+    files the walk keeps (the reversed range aside: git matches `z.py` with `[z-a].py`,
+    no file here is named so)."""
+    _rules_tree(tmp_path)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"],
+        cwd=tmp_path, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    keep, _ = walk_sources(tmp_path, FileRules())
+    assert {f.path for f in keep} == {p for p in listed if p.endswith(".py")}
+
+
+def test_a_gitignore_that_is_not_rules_is_named_not_fatal(tmp_path, monkeypatch):
+    """Binary bytes, a socket (open() fails even for root), a link to itself, one over
+    git's size limit: each is named with its reason, its rules not applied, the rest of
+    the tree walked. A folder named .gitignore is a folder (git reads no rules from it and
+    lists its files), walked as one."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / ".gitignore").write_bytes(b"*.py\n\x00\x01\x02\xff\n")
+    (tmp_path / "sock").mkdir()
+    monkeypatch.chdir(tmp_path / "sock")  # a short relative path: AF_UNIX names are short
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(".gitignore")
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / ".gitignore").symlink_to(".gitignore")
+    (tmp_path / "huge").mkdir()
+    with open(tmp_path / "huge" / ".gitignore", "wb") as fh:
+        fh.truncate(MAX_IGNORE_BYTES + 1)  # sparse: no disk used
+    (tmp_path / "dir" / ".gitignore").mkdir(parents=True)
+    for folder in ("bin", "sock", "loop", "huge", "dir", "dir/.gitignore"):
+        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    try:
+        keep, skipped = walk_sources(tmp_path, FileRules())
+    finally:
+        server.close()
+    assert [f.path for f in keep] == [
+        "bin/a.py", "dir/.gitignore/a.py", "dir/a.py", "huge/a.py", "loop/a.py", "sock/a.py"
+    ]  # fmt: skip
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons["bin/.gitignore"] == BINARY + RULES_NOT_APPLIED
+    assert reasons["sock/.gitignore"] == (
+        f"{UNREADABLE}: OSError: No such device or address{RULES_NOT_APPLIED}"
+    )
+    assert reasons["loop/.gitignore"] == SYMLINK + RULES_NOT_APPLIED
+    assert reasons["huge/.gitignore"] == OVERSIZE + RULES_NOT_APPLIED
+    assert len(reasons) == 4
+
+
+def test_link_loops_and_deep_trees_end(tmp_path, monkeypatch):
+    """Links to themselves, to their folder and to an ancestor are named, never
+    followed; a tree deeper than Python's recursion limit is walked to its bottom."""
+    (tmp_path / "self").symlink_to("self")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "here").symlink_to(".")
+    (tmp_path / "a" / "up").symlink_to("..")
+    monkeypatch.chdir(tmp_path)  # relative paths: the absolute one could pass PATH_MAX
+    deep = "d"
+    os.mkdir(deep)
+    for _ in range(1100):  # Python 3.11's os.walk (and os.makedirs) recurse per level
+        deep += "/d"
+        os.mkdir(deep)
+    with open(deep + "/bottom.py", "w") as fh:
+        fh.write("x = 1\n")
+    try:
+        keep, skipped = walk_sources(tmp_path, FileRules())
+    finally:  # removed here: pytest's clean-up (shutil.rmtree) recurses per level too
+        os.remove(deep + "/bottom.py")
+        while deep:
+            os.rmdir(deep)
+            deep = deep.rpartition("/")[0]
+    assert [f.path for f in keep] == ["d" + "/d" * 1100 + "/bottom.py"]
+    assert {s.path: s.reason for s in skipped} == {
+        "self": SYMLINK, "a/here/": SYMLINK, "a/up/": SYMLINK
+    }  # fmt: skip

@@ -171,22 +171,19 @@ def test_the_command_line_job(source_repo, tiny_bert_dir, tmp_path):
 def test_a_file_that_could_not_be_read_is_read_again(tmp_path, tiny_bert_dir, monkeypatch):
     """A read error (permissions, a flaky mount) is not cached: a permission change keeps
     size and mtime, so the next run must retry the file rather than trust them."""
-    import builtins
-
-    from r2ps.repo import indexer
-
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.py").write_text("def a():\n    return 1\n")
     (src / "b.py").write_text("def b():\n    return 2\n")
     denied = str(src / "b.py")
+    real_open = os.open
 
-    def flaky_open(path, *args, **kwargs):
+    def flaky_open(path, *args, **kwargs):  # tests run as root, whom no mode stops
         if str(path) == denied:
             raise PermissionError(13, "Permission denied", denied)
-        return builtins.open(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(indexer, "open", flaky_open, raising=False)
+    monkeypatch.setattr(os, "open", flaky_open)
     first = index_repo(_cfg(src, tmp_path / "out", tiny_bert_dir))
     assert first["files"]["skipped"]["unreadable"] == 1 and first["files"]["indexed"] == 1
     monkeypatch.undo()
@@ -209,3 +206,68 @@ def test_a_source_path_that_is_not_utf8_is_refused_by_name(tmp_path):
     bad_out = os.fsdecode(os.fsencode(tmp_path) + b"/out\xfe")
     with pytest.raises(ConfigError, match=r"out: .*out\\\\xfe.*not UTF-8"):
         check_paths(RepoIndexConfig(source=str(tmp_path), out=bad_out))
+
+
+def test_a_file_that_changed_since_the_walk_is_named_not_fatal(tmp_path):
+    """Between the walk and the read (another task, minutes later) a file can vanish,
+    become a pipe (reading it would block forever), a link, or grow past the limit: each is
+    a named skip; the others are read."""
+    from dataclasses import asdict
+
+    from r2ps.repo.files import NOT_REGULAR, SYMLINK, UNREADABLE, FileRules, walk_sources
+    from r2ps.repo.indexer import read_file
+
+    for name in ("gone", "pipe", "link", "grown", "kept"):
+        (tmp_path / f"{name}.py").write_text(f"def {name}():\n    return 1\n")
+    rules = FileRules(max_file_bytes=100)
+    keep, _ = walk_sources(tmp_path, rules)
+    (tmp_path / "gone.py").unlink()
+    (tmp_path / "pipe.py").unlink()
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "link.py").unlink()
+    (tmp_path / "link.py").symlink_to("kept.py")
+    (tmp_path / "grown.py").write_text("def grown():\n" + "    x = 1\n" * 20)
+    rows = {f.path: read_file(asdict(f), rules) for f in keep}
+    assert {p: r["reason"] for p, r in rows.items()} == {
+        "gone.py": f"{UNREADABLE}: FileNotFoundError: No such file or directory",
+        "pipe.py": NOT_REGULAR,
+        "link.py": SYMLINK,
+        "grown.py": OVERSIZE,
+        "kept.py": None,
+    }
+    assert rows["kept.py"]["status"] == "indexed" and rows["kept.py"]["n_units"] == 1
+
+
+def test_bad_ignore_lines_are_named_in_the_summary_and_damaged_state_is_rebuilt(
+    tmp_path, tiny_bert_dir
+):
+    """psf/black's `!` .gitignore: the job indexes the tree and its summary names the line
+    (file, number, text, a count by reason), as skipped.jsonl does. A last run's state
+    damaged by hand or by a disk is named in a warning and rebuilt, not a crash."""
+    from r2ps.repo.files import INVALID_PATTERN
+    from r2ps.repo.indexer import FILES, SKIPPED
+
+    src = tmp_path / "src"
+    (src / "tests" / "data" / "invalid_gitignore_tests").mkdir(parents=True)
+    (src / "tests" / "data" / "invalid_gitignore_tests" / ".gitignore").write_bytes(b"!\n")
+    (src / "tests" / "data" / "invalid_gitignore_tests" / "a.py").write_bytes(b"")
+    (src / "black.py").write_text("def main():\n    return 1\n")
+    out = tmp_path / "out"
+    first = index_repo(_cfg(src, out, tiny_bert_dir))
+    where = {"file": "tests/data/invalid_gitignore_tests/.gitignore", "line": 1, "text": "!"}
+    assert first["ignore_lines_skipped"] == {INVALID_PATTERN: 1}
+    assert first["skipped_ignore_lines"] == {INVALID_PATTERN: [where]}
+    assert json.loads((out / SUMMARY).read_text())["skipped_ignore_lines"] == {
+        INVALID_PATTERN: [where]
+    }
+    records = [json.loads(line) for line in (out / SKIPPED).read_text().splitlines()]
+    assert {"path": where["file"], "line": 1, "text": "!", "reason": INVALID_PATTERN} in records
+    assert first["files"]["indexed"] == 2 and first["units"]["total"] == 1
+
+    (out / FILES).write_bytes(b"not parquet")
+    (out / "vectors" / "manifest.json").write_text("[1, 2")
+    second = index_repo(_cfg(src, out, tiny_bert_dir))
+    assert second["run"]["incremental"] is False and second["run"]["files_read"] == 2
+    assert second["run"]["codes"]["embedded"] == 1
+    third = index_repo(_cfg(src, out, tiny_bert_dir))  # and the state written is good again
+    assert third["run"]["incremental"] is True and third["run"]["files_read"] == 0

@@ -388,14 +388,17 @@ def test_in_batch_run_learns(ray_local, corpus_dir, tiny_bert_dir, tmp_path):
 # --- the command line -----------------------------------------------------------------
 
 
-def test_cli_parses_ranker(train_cli, negatives_dir, capsys):
-    kind, cfg = train_cli.parse(["ranker", "--negatives", str(negatives_dir), "num_negatives=31"])
+def test_cli_parses_ranker(train_cli, corpus_dir, negatives_dir, capsys):
+    corpus = ["--corpus", str(corpus_dir)]
+    argv = ["ranker", *corpus, "--negatives", str(negatives_dir), "num_negatives=31"]
+    kind, cfg = train_cli.parse(argv)
     assert kind == "ranker" and isinstance(cfg, RankerConfig)
     assert (cfg.negatives, cfg.num_negatives, cfg.run_name) == (str(negatives_dir), 31, "ranker")
-    kind, cfg = train_cli.parse(["ranker", "negatives_source=in_batch"])
+    kind, cfg = train_cli.parse(["ranker", *corpus, "negatives_source=in_batch"])
     assert cfg.negatives_source == "in_batch" and cfg.out == "runs/demo/ranker"
-    assert train_cli.main(["ranker"]) == 2  # ps without a negatives folder
-    assert "needs --negatives" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # ps without a negatives folder
+        train_cli.main(["ranker", *corpus])
+    assert exc.value.code == 2 and "needs --negatives" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         train_cli.main(["ranker", "--help"])
     assert exc.value.code == 0

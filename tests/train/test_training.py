@@ -402,6 +402,27 @@ def test_a_worker_crash_resumes_from_the_last_checkpoint(
     assert (Path(cfg.out) / "train_summary.json").exists()
 
 
+def test_a_failing_test_comparison_keeps_the_model_and_its_summary(
+    ray_local, corpus_dir, tiny_bert_dir, tmp_path
+):
+    """The final test comparison runs after the model and train_summary.json are written
+    (`Task.report`): a test split that turns out unreadable then (it exists, so the job's
+    input check passed) fails the job without losing the trained model."""
+    import shutil
+
+    from r2ps.train.launch import train
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    (corpus / "test" / "codes.parquet").write_text("not parquet")
+    cfg = small_config(corpus, tiny_bert_dir, tmp_path, "bad_test", max_steps=2, final_test=True)
+    with pytest.raises(pa.ArrowInvalid):
+        train(cfg)
+    saved = json.loads((Path(cfg.out) / "train_summary.json").read_text())
+    assert "step" in saved["best_metrics"] and "final_test" not in saved
+    assert (Path(cfg.out) / "config.json").exists()
+
+
 # --- the command line ----------------------------------------------------------------
 
 

@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from r2ps.config import Need, needs
 from r2ps.data import codetext
-from r2ps.data.errors import BadRecord
+from r2ps.data.errors import BadRecord, check_text, check_utf8, printable, unencodable
 from r2ps.data.extract import extract_units, pairs_from_units
 from r2ps.data.grammars import BY_EXTENSION, LANGUAGE_LABEL, grammar_for
 from r2ps.data.pysource import ExtractConfig, Extracted, extract_pairs
@@ -131,6 +132,15 @@ class CorpusConfig:
                   "a package)"},
     )  # fmt: skip
 
+    def inputs(self) -> list[Need]:
+        """Every path the build reads (`config.check_inputs`, before Ray starts); the
+        evaluation pools too, although they are read last (`exclude`)."""
+        return [
+            *needs(self, "roots", what="a source folder"),
+            *needs(self, "pairs", what="a pairs file or folder"),
+            *pool_needs(self, "exclude"),
+        ]
+
 
 # ---------------------------------------------------------------- 1. discovery
 
@@ -201,9 +211,17 @@ def read_source(path: str) -> str:
 
 
 def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.Table]:
-    """Pairs of a batch of files, and one row per file: its parse error or drop counts."""
+    """Pairs of a batch of files, and one row per file: its parse error or drop counts,
+    plus one error row per pair left out for text UTF-8 cannot encode (a docstring's
+    `\\ud800` escape), naming file, line and field. A file whose name is not UTF-8 is
+    not read: it could not be stored (its row names it with escapes)."""
     pairs, file_rows = [], []
     for f in files:
+        bad_name = unencodable(f["relpath"]) or unencodable(f["package"])
+        if bad_name:
+            error = BadRecord(f["path"], None, "path", bad_name[1])
+            file_rows.append({**_file_key(f), "error": str(error), "dropped": "{}"})
+            continue
         grammar = grammar_for(f["path"])
         language = LANGUAGE_LABEL[grammar.name] if grammar else "python"
         try:
@@ -211,15 +229,20 @@ def extract_files(files: list[dict], cfg: ExtractConfig) -> tuple[pa.Table, pa.T
                 result = extract_pairs(read_source(f["path"]), f["path"], cfg)
             else:
                 result = _tree_sitter_pairs(f, grammar, cfg)
-        except (SyntaxError, ValueError, UnicodeDecodeError, OSError) as e:
-            line = getattr(e, "lineno", None)
-            where = f"{f['path']}:{line}" if line else f["path"]
-            file_rows.append(
-                {**_file_key(f), "error": f"{where}: {type(e).__name__}: {e}", "dropped": "{}"}
+        except (SyntaxError, ValueError, OSError) as e:  # UnicodeError is a ValueError
+            error = BadRecord(
+                f["path"], getattr(e, "lineno", None), None, f"{type(e).__name__}: {e}"
             )
+            file_rows.append({**_file_key(f), "error": str(error), "dropped": "{}"})
             continue
         file_rows.append({**_file_key(f), "error": None, "dropped": json.dumps(result.dropped)})
         for p in result.pairs:
+            try:
+                for name in ("query", "code", "func_name"):
+                    check_text(p[name], f["path"], p["line"], name)
+            except BadRecord as error:
+                file_rows.append({**_file_key(f), "error": str(error), "dropped": "{}"})
+                continue
             code = p["code"]
             pairs.append(
                 {
@@ -255,7 +278,7 @@ def _tree_sitter_pairs(f: dict, grammar, cfg: ExtractConfig) -> Extracted:
 
 
 def _file_key(f: dict) -> dict:
-    return {"package": f["package"], "path": f["relpath"]}
+    return {"package": printable(f["package"]), "path": printable(f["relpath"])}
 
 
 def _extract_batch(batch: pa.Table, cfg: ExtractConfig) -> pa.Table:
@@ -343,6 +366,19 @@ def dedupe(pairs: pa.Table) -> tuple[pa.Table, dict]:
     return kept, info
 
 
+def pool_needs(cfg: object, setting: str) -> list[Need]:
+    """What each evaluation pool of `cfg.<setting>` must be for `pool_match_keys`: a
+    Parquet file, or a folder holding a CoSQA pool or a split's codes."""
+    from r2ps.data.readers import COSQA_POOL
+
+    what = "a CoSQA folder, a split folder or a .parquet file"
+    folder = ((COSQA_POOL, "codes.parquet"),)  # either one
+    return [
+        need._replace(holds=() if need.path.endswith(".parquet") else folder)
+        for need in needs(cfg, setting, what=what)
+    ]
+
+
 def pool_match_keys(pool: str | Path) -> set[str]:
     """Docstring-insensitive keys of every code in an evaluation pool.
 
@@ -355,15 +391,22 @@ def pool_match_keys(pool: str | Path) -> set[str]:
     if (pool / "code_idx_map.txt").exists():
         codes = readers.cosqa_pool_codes(pool)
     elif (pool / "codes.parquet").exists():
-        codes = pq.read_table(pool / "codes.parquet", columns=["code"])["code"].to_pylist()
+        codes = _parquet_codes(pool / "codes.parquet")
     elif pool.suffix == ".parquet" and pool.is_file():
-        codes = pq.read_table(pool, columns=["code"])["code"].to_pylist()
+        codes = _parquet_codes(pool)
     else:
         raise FileNotFoundError(
             f"evaluation pool {pool}: expected a CoSQA folder (code_idx_map.txt), a split "
             "folder (codes.parquet) or a Parquet file with a 'code' column"
         )
     return {codetext.code_match_key(c) for c in codes}
+
+
+def _parquet_codes(path: Path) -> list[str]:
+    """A Parquet pool's `code` column; bytes that are not UTF-8 raise BadRecord (row, field)."""
+    column = pq.read_table(path, columns=["code"])["code"]
+    check_utf8(column, path, "code")
+    return column.to_pylist()
 
 
 def exclude(pairs: pa.Table, pools: list[str]) -> tuple[pa.Table, dict[str, int]]:

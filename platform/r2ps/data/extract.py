@@ -35,6 +35,7 @@ import tokenize
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from r2ps.data.errors import replace_unencodable, unencodable
 from r2ps.data.grammars import LANGUAGE_LABEL, Grammar, grammar_for
 from r2ps.data.pysource import ExtractConfig, docstring_summary
 
@@ -93,9 +94,10 @@ def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
 
     A UTF-16 byte order mark decides first; then Python files follow PEP 263 (a coding
     cookie, else UTF-8) and the others are read as UTF-8 (a BOM is dropped). Bytes that do
-    not decode become U+FFFD. `\\r\\n` and a lone `\\r` (classic Mac OS) both end a line,
-    as in Python's universal newlines and editors, so unit line numbers are the lines a
-    reader sees.
+    not decode become U+FFFD, and so do lone surrogates that a cookie's codec can give
+    (`unicode_escape` reads `\\ud800` as one): the text is always UTF-8 encodable.
+    `\\r\\n` and a lone `\\r` (classic Mac OS) both end a line, as in Python's universal
+    newlines and editors, so unit line numbers are the lines a reader sees.
     """
     encoding = "utf-8-sig"
     if is_utf16(data):
@@ -108,11 +110,16 @@ def decode_source(data: bytes, grammar: Grammar) -> tuple[str, str, int | None]:
     bad_line = None
     try:
         text = data.decode(encoding)
-    except (UnicodeDecodeError, LookupError) as e:
+    except (UnicodeError, LookupError) as e:  # UnicodeError: a codec such as punycode's own
         start = getattr(e, "start", 0)
         bad_line = unix_newlines(data[:start]).count(b"\n") + 1
         text = data.decode("utf-8", errors="replace")
         encoding = "utf-8"
+    surrogate = unencodable(text)
+    if surrogate:
+        if bad_line is None:
+            bad_line = unix_newlines(text[: surrogate[0]].encode("utf-8")).count(b"\n") + 1
+        text = replace_unencodable(text)
     return text.replace("\r\n", "\n").replace("\r", "\n"), encoding.removesuffix("-sig"), bad_line
 
 

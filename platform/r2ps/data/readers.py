@@ -20,7 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r2ps.data.codetext import code_id, query_id
-from r2ps.data.errors import BadRecord, SkipLog, Skipped, handle
+from r2ps.data.errors import (
+    BadRecord,
+    SkipLog,
+    Skipped,
+    check_text,
+    handle,
+    unencodable,
+    utf8_errors,
+)
 from r2ps.data.pysource import strip_docstring
 from r2ps.data.schema import CODE_SCHEMA, PAIR_SCHEMA, QREL_SCHEMA, QUERY_SCHEMA, RetrievalSet
 
@@ -48,12 +56,13 @@ def _type_name(value: Any) -> str:
 
 
 def _opt_str(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
-    """`rec[key]` if present; present-but-not-a-string is an error, never a fallback."""
+    """`rec[key]` if present; present-but-not-a-string (or text UTF-8 cannot encode) is an
+    error, never a fallback."""
     if key not in rec:
         return None
     if not isinstance(rec[key], str):
         raise BadRecord(file, line, key, f"expected a string, got {_type_name(rec[key])}")
-    return rec[key]
+    return check_text(rec[key], file, line, key)
 
 
 def _opt_tokens(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
@@ -63,7 +72,7 @@ def _opt_tokens(rec: dict, key: str, file: PathLike, line: int | None) -> str | 
     value = rec[key]
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise BadRecord(file, line, key, f"expected a list of strings, got {_type_name(value)}")
-    return " ".join(value)
+    return check_text(" ".join(value), file, line, key)
 
 
 def _nonempty(text: str, key: str, file: PathLike, line: int | None) -> str:
@@ -250,9 +259,11 @@ def _iter_parquet(path: PathLike, columns: list[str], make_row, skip_log: SkipLo
             )
         batches = pfile.iter_batches(columns=columns)
         for batch in batches:
-            for rec in batch.to_pylist():
+            for rec in _parquet_records(batch, path, number):
                 number += 1
                 try:
+                    if isinstance(rec, BadRecord):
+                        raise rec
                     yield make_row(rec, path, number)
                 except BadRecord as err:
                     handle(err, skip_log)
@@ -265,6 +276,19 @@ def _iter_parquet(path: PathLike, columns: list[str], make_row, skip_log: SkipLo
         handle(err, skip_log)
 
 
+def _parquet_records(batch: pa.RecordBatch, path: PathLike, before: int) -> list:
+    """The rows of a Parquet batch as dicts, except that a row with bytes that are not
+    UTF-8 in a string column (Parquet does not check them) is a BadRecord naming its row
+    (1-based: `before` rows came earlier) and column."""
+    bad: dict[int, BadRecord] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        for row, why in utf8_errors(column).items():
+            bad.setdefault(row, BadRecord(path, before + row + 1, name, why))
+    if not bad:
+        return batch.to_pylist()
+    return [bad.get(i) or batch.slice(i, 1).to_pylist()[0] for i in range(batch.num_rows)]
+
+
 # ---------------------------------------------------------------- CoSQA
 
 
@@ -272,7 +296,7 @@ def _read_text(path: Path) -> str:
     """A JSON file's text: UTF-8, a byte-order mark (Windows tools write one) ignored.
 
     Undecodable bytes become lone surrogates (`surrogateescape`), so the record holding
-    them is the one reported (`_undecodable`), not the whole file; an unreadable file
+    them is the one reported (`_json_items`), not the whole file; an unreadable file
     raises BadRecord naming it.
     """
     try:
@@ -284,76 +308,78 @@ def _read_text(path: Path) -> str:
     return data.decode("utf-8-sig", errors="surrogateescape")
 
 
-_ESCAPED = re.compile("[\udc80-\udcff]")
-
-
-def _undecodable(text: str, start: int, end: int) -> str | None:
-    """Why text[start:end] is bad when it holds bytes that are not UTF-8, else None."""
-    m = _ESCAPED.search(text, start, end)
-    if m is None:
-        return None
-    return f"byte 0x{ord(m.group()) - 0xDC00:02x} is not UTF-8"
-
-
 def _read_pool(path: Path) -> dict[int, str]:
     """retrieval_idx -> code text. A broken pool makes the whole evaluation wrong: raise."""
-    text = _read_text(path)
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRecord(
-            path, e.lineno, None, f"not valid JSON ({e.msg}, column {e.colno})"
-        ) from None
-    bad = _undecodable(text, 0, len(text))
-    if bad:
-        line = text.count("\n", 0, _ESCAPED.search(text).start()) + 1
-        raise BadRecord(path, line, None, bad)
-    if not isinstance(entries, dict):
-        raise BadRecord(path, 1, None, "expected one JSON object {code text: retrieval_idx}")
     pool: dict[int, str] = {}
-    for n, (code, idx) in enumerate(entries.items(), 1):
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx in pool or not code.strip():
-            why = f"pool entry {n}: bad or repeated id {idx!r} (or empty code)"
-            raise BadRecord(path, None, "retrieval_idx", why)
-        pool[idx] = code
+    for number, line, entry in _json_items(path, "entry"):
+        if isinstance(entry, BadRecord):
+            raise entry
+        code, idx = entry
+        try:
+            if not isinstance(idx, int) or isinstance(idx, bool) or idx in pool:
+                raise BadRecord(path, line, "retrieval_idx", f"bad or repeated id {idx!r}")
+            pool[idx] = _nonempty(check_text(code, path, line, "code"), "code", path, line)
+        except BadRecord as err:
+            raise BadRecord(
+                err.file, err.line, err.field, f"entry {number}: {err.message}"
+            ) from None
     return pool
+
+
+# What a CoSQA folder holds that r2ps reads: the pool, and the dev queries.
+COSQA_POOL, COSQA_DEV = COSQA_FILES = ("code_idx_map.txt", "cosqa-retrieval-dev-500.json")
 
 
 def cosqa_pool_codes(directory: PathLike) -> list[str]:
     """The CoSQA pool texts in id order: what a training corpus must not contain."""
-    pool = _read_pool(Path(directory) / "code_idx_map.txt")
+    pool = _read_pool(Path(directory) / COSQA_POOL)
     return [pool[i] for i in sorted(pool)]
 
 
-def _json_list(path: Path) -> Iterator[tuple[int, int, Any]]:
-    """(record number, line number, value) of each element of a JSON list file.
+def _json_items(path: Path, noun: str) -> Iterator[tuple[int, int, Any]]:
+    """(item number, line it starts on, item) of each item of a JSON file holding one list
+    (`noun` "record": the items are its elements) or one object ("entry": the items are
+    its (key, value) members).
 
-    A record holding bytes that are not UTF-8 raises BadRecord for that record only (the
-    reader may skip it and go on); a break in the list's syntax raises BadRecord naming
-    the line, and nothing after it can be read.
+    An item holding bytes that are not UTF-8 is yielded as a BadRecord for that item only
+    (the reader may skip it and go on); a break in the syntax raises BadRecord naming the
+    line, and nothing after it can be read.
     """
     text, decoder, ws = _read_text(path), json.JSONDecoder(), re.compile(r"\s*")
+    is_list = noun == "record"
+    opening, closing = "[]" if is_list else "{}"
     pos = ws.match(text).end()
-    if not text.startswith("[", pos):
-        raise BadRecord(path, 1, None, "expected a JSON list of records")
+    if not text.startswith(opening, pos):
+        shape = "a JSON list of records" if is_list else "one JSON object {code text: id}"
+        raise BadRecord(path, 1, None, f"expected {shape}")
     pos, number, line, counted = ws.match(text, pos + 1).end(), 0, 1, 0
-    while not text.startswith("]", pos):
+    while not text.startswith(closing, pos):
         number, line, counted = number + 1, line + text.count("\n", counted, pos), pos
         try:
-            value, end = decoder.raw_decode(text, pos)
+            item, end = decoder.raw_decode(text, pos)
+            if not is_list:  # `"key": value`
+                colon = ws.match(text, end).end()
+                if not isinstance(item, str) or not text.startswith(":", colon):
+                    raise BadRecord(path, line, None, f'{noun} {number}: expected "key": value')
+                value, end = decoder.raw_decode(text, ws.match(text, colon + 1).end())
+                item = (item, value)
         except json.JSONDecodeError as e:
-            raise BadRecord(path, e.lineno, None, f"record {number}: not valid JSON") from None
-        bad = _undecodable(text, pos, end)
+            raise BadRecord(path, e.lineno, None, f"{noun} {number}: not valid JSON") from None
+        bad = unencodable(text, pos, end)
         yield (
             number,
             line,
-            (BadRecord(path, line, None, f"record {number}: {bad}") if bad else value),
+            (BadRecord(path, line, None, f"{noun} {number}: {bad[1]}") if bad else item),
         )
         pos = ws.match(text, end).end()
         if text.startswith(",", pos):
             pos = ws.match(text, pos + 1).end()
-        elif not text.startswith("]", pos):
-            raise BadRecord(path, line, None, f"record {number}: expected ',' or ']' after it")
+        elif not text.startswith(closing, pos):
+            why = f"{noun} {number}: expected ',' or '{closing}' after it"
+            raise BadRecord(path, line, None, why)
+    if text[pos + 1 :].strip():
+        line += text.count("\n", counted, pos)
+        raise BadRecord(path, line, None, f"text after the closing '{closing}'")
 
 
 def _cosqa_query(
@@ -385,7 +411,7 @@ def _cosqa_query(
 
 def read_cosqa(
     directory: PathLike,
-    queries_file: str = "cosqa-retrieval-dev-500.json",
+    queries_file: str = COSQA_DEV,
     skip_log: SkipLog | None = None,
 ) -> RetrievalSet:
     """The CoSQA retrieval task: the whole pool as codes, `doc` as queries, gold qrels.
@@ -396,7 +422,7 @@ def read_cosqa(
     qrels stay correct. (The released dev data: 6,267 distinct codes, all labels 1.)
     """
     directory = Path(directory)
-    pool = _read_pool(directory / "code_idx_map.txt")
+    pool = _read_pool(directory / COSQA_POOL)
     ids = {idx: code_id(code) for idx, code in pool.items()}
     codes: dict[str, Row] = {}
     for idx in sorted(pool):  # codes sharing an id keep the lowest retrieval_idx as source
@@ -405,7 +431,7 @@ def read_cosqa(
     queries: dict[str, str] = {}
     qrels: dict[tuple[str, str], None] = {}
     path = directory / queries_file
-    records = _json_list(path)
+    records = _json_items(path, "record")
     while True:
         try:
             number, line, rec = next(records)
@@ -466,27 +492,17 @@ def load_pairs(
     return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
-class _PortableBadRecord(BadRecord):
-    """A BadRecord that survives pickling (Ray ships task errors back to the driver)."""
-
-    def __reduce__(self):
-        return BadRecord, (self.file, self.line, self.field, self.message)
-
-
 def _read_files(
     batch: pa.Table, fmt: str, skip_bad: bool, kw: dict, chunk: int = 4096
 ) -> Iterator[pa.Table]:
     """Ray UDF: the rows of each file named in `batch`, in blocks of `chunk`, errors as rows."""
     for path in batch.column("path").to_pylist():
         log, rows = (SkipLog() if skip_bad else None), []
-        try:
-            for row in iter_pairs(path, fmt, log, **kw):
-                rows.append(row)
-                if len(rows) >= chunk:
-                    yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-                    rows = []
-        except BadRecord as err:
-            raise _PortableBadRecord(err.file, err.line, err.field, err.message) from None
+        for row in iter_pairs(path, fmt, log, **kw):  # strict: a BadRecord reaches the driver
+            rows.append(row)
+            if len(rows) >= chunk:
+                yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+                rows = []
         empty = dict.fromkeys(PAIR_SCHEMA.names, "")
         rows += [
             {**empty, "error": str(BadRecord(s.file, s.line, s.field, s.message))}

@@ -59,6 +59,14 @@ SPLITS = ("train", "valid", "test")
 CORPUS_STATS = "stats.json"  # data/corpus.py
 MINE_SUMMARY = "mine_summary.json"  # mining.py
 TRAIN_SUMMARY = "train_summary.json"  # train/launch.py, beside the exported model
+MODEL_CONFIG = "config.json"  # in every model folder (Hugging Face format)
+
+
+def split_files(split: str = "") -> tuple[str, ...]:
+    """The tables of a split folder (`codes.parquet`, `queries.parquet`, `qrels.parquet`),
+    inside `<split>/` when a split is named (a corpus's `train/codes.parquet`, ...): what
+    a job that reads the split checks for before it starts (`config.Need`)."""
+    return tuple(f"{split}/{t}.parquet" if split else f"{t}.parquet" for t in TABLE_FILES)
 
 
 def codes_file(codes: str | Path, columns: tuple[str, ...] = ("code_id", "code")) -> Path:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from r2ps.config import Need, needs
+from r2ps.data.schema import MODEL_CONFIG
 from r2ps.log import get_logger
 from r2ps.models.encoder import by_length, load_tokenizer, read_meta
 from r2ps.storage import atomic_path
@@ -85,6 +87,10 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("models: give at least one model dir")
+
+    def inputs(self) -> list[Need]:
+        """Every model folder, checked before the first is exported (`config.check_inputs`)."""
+        return needs(self, "models", MODEL_CONFIG, what="a model folder")
 
 
 def export_all(cfg: ExportConfig) -> dict[str, dict]:

@@ -10,22 +10,34 @@ Two passes, so the expensive one runs in parallel:
    generated and minified files.
 
 Every file skipped is kept with its reason (`SKIP_REASONS`), so the job's summary can
-count and name them; an ignored folder is named once, as a folder.
+count and name them; an ignored folder is named once, as a folder. A line of a
+`.gitignore` that git would not apply either (`LINE_SKIP_REASONS`: a pattern it cannot
+parse, bytes that are not UTF-8) is skipped and kept with its file and line number; a
+`.gitignore` that cannot be read as rules is named and its rules are not applied. No
+file of the tree stops the walk.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
+from pathspec.patterns.gitignore import GitIgnorePatternError
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
+from r2ps.data.errors import printable, unencodable
 from r2ps.data.extract import is_utf16, unix_newlines
 from r2ps.data.grammars import grammar_for
+from r2ps.log import get_logger
+
+log = get_logger(__name__)
 
 VCS_DIRS = {".git", ".hg", ".svn"}  # repository metadata, never source: not walked
 IGNORED = "ignored by .gitignore"
@@ -53,6 +65,14 @@ SKIP_REASONS = (
     BAD_NAME,
     OUTPUT,
 )
+# A .gitignore as a whole: a reason above, then this
+RULES_NOT_APPLIED = " (its rules are not applied)"
+# One line of a .gitignore, not applied (git does not apply it either)
+INVALID_PATTERN = "invalid pattern"  # pathspec cannot parse it or discards it
+NOT_UTF8_LINE = "line is not UTF-8"  # could only match names that are not UTF-8 (skipped)
+LINE_SKIP_REASONS = (INVALID_PATTERN, NOT_UTF8_LINE)
+# git's limit (dir.c, MAX_IGNORE_FILE_SIZE): a larger .gitignore is not read
+MAX_IGNORE_BYTES = 100 * 1024 * 1024
 
 # A marker anywhere ("@generated", "DO NOT EDIT" in capitals: prose says "do not modify
 # the global state"), or a line that starts, after comment
@@ -111,9 +131,87 @@ class SourceFile:
 
 @dataclass
 class Skipped:
+    """A file or folder the walk leaves out, or (`line` set) one line of the ignore file
+    `path` that it does not apply."""
+
     path: str  # relative; a folder ends with '/'
     reason: str
     size: int = 0
+    line: int | None = None  # 1-based
+    text: str | None = None  # the line, bytes that are not UTF-8 escaped
+
+
+class NotRead(Exception):
+    """A listed file that cannot be read as one; `reason` is its skip reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of `path` when it is, as opened, a regular file of at most `limit` bytes.
+
+    The tree may change between the walk and the read, so the file is opened without
+    following a symbolic link and without blocking on a named pipe, and checked again.
+    Raises NotRead with the reason: SYMLINK, NOT_REGULAR (a pipe, a folder, ...),
+    OVERSIZE, or `unreadable: <error>` (gone, no permission, a socket, an I/O error).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise NotRead(SYMLINK if os.path.islink(path) else unreadable(e)) from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRead(NOT_REGULAR)
+            data = b"" if st.st_size > limit else fh.read(limit + 1)
+        except OSError as e:
+            raise NotRead(unreadable(e)) from None
+    if len(data) > limit or st.st_size > limit:  # or it grew since the walk saw it
+        raise NotRead(OVERSIZE)
+    return data
+
+
+def is_binary(data: bytes) -> bool:
+    """Whether `data` has a NUL byte in its first 8 KiB (text never has one)."""
+    return b"\0" in data[:8192]
+
+
+def parse_gitignore(data: bytes) -> tuple[pathspec.GitIgnoreSpec, list[tuple[int, str, str]]]:
+    """(the rules of a .gitignore's bytes, [(line number, line, reason)] of lines not applied).
+
+    Lines as git reads them: split at `\\n`, a `\\r` before it dropped, a UTF-8 byte
+    order mark at the start dropped. Each pattern is parsed alone, so a bad line costs
+    that line, not the file: a line that is not UTF-8 (NOT_UTF8_LINE; it could only match
+    names the walk skips as not UTF-8) or one pathspec cannot parse or discards
+    (INVALID_PATTERN: `!`, `foo\\`, `a[`, `/`, all of which git never matches; a reversed
+    range `[z-a]`, where git matches `z` alone and pathspec's regex fails). Comments and
+    blank lines are not patterns and not named. Raises NotRead(BINARY) for binary bytes.
+    """
+    if is_binary(data):
+        raise NotRead(BINARY)
+    data = data.removeprefix(codecs.BOM_UTF8)
+    patterns, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append((number, raw.decode("utf-8", errors="backslashreplace"), NOT_UTF8_LINE))
+            continue
+        if not line.rstrip() or line.startswith("#"):
+            continue
+        try:
+            pattern = GitIgnoreSpecPattern(line)
+        except (GitIgnorePatternError, re.error):  # re.error: pathspec's regex of `[z-a]`
+            pattern = None
+        if pattern is None or pattern.include is None:
+            bad.append((number, line, INVALID_PATTERN))
+        else:
+            patterns.append(pattern)
+    return pathspec.GitIgnoreSpec(patterns), bad
 
 
 class _Ignores:
@@ -122,10 +220,9 @@ class _Ignores:
     def __init__(self) -> None:
         self.specs: list[tuple[str, pathspec.GitIgnoreSpec]] = []  # (folder prefix, spec)
 
-    def push(self, folder: str, gitignore: Path) -> None:
-        """Read `gitignore` (a regular file; the caller names any other) for `folder`."""
-        lines = gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
-        self.specs.append((folder, pathspec.GitIgnoreSpec.from_lines(lines)))
+    def push(self, folder: str, spec: pathspec.GitIgnoreSpec) -> None:
+        """Apply `spec` (a .gitignore's rules) to what is under `folder` ('' or 'a/b/')."""
+        self.specs.append((folder, spec))
 
     def pop_outside(self, folder: str) -> None:
         while self.specs and not (folder + "/").startswith(self.specs[-1][0]):
@@ -162,41 +259,57 @@ def unreadable(e: OSError) -> str:
     return f"{UNREADABLE}: {type(e).__name__}: {e.strerror}"
 
 
-def _not_a_file(path: Path) -> str | None:
-    """Why `path` cannot be read as a file (a symbolic link, not a regular file, gone), or
-    None."""
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        return unreadable(e)
-    if stat.S_ISLNK(st.st_mode):
-        return SYMLINK
-    return None if stat.S_ISREG(st.st_mode) else NOT_REGULAR
+def _folders(
+    root: str, onerror: Callable[[OSError], None]
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(root, onerror=onerror)`, top-down, links not followed, without recursion:
+    Python 3.11's os.walk raises RecursionError in a tree about 1,000 folders deep.
+
+    Each (folder, folder names, other names) is yielded before the folders under it; the
+    caller trims the folder names in place to say which to enter. An entry whose type
+    cannot be read (a looping link) is listed with the files, as os.walk lists it.
+    """
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        dirs, files = [], []
+        try:
+            with os.scandir(top) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
+        except OSError as e:
+            onerror(e)
+            continue
+        yield top, dirs, files
+        below = [os.path.join(top, d) for d in dirs]
+        stack.extend(p for p in reversed(below) if not os.path.islink(p))
 
 
 def is_utf8(name: str) -> bool:
     """False for a name or path Python decoded with surrogate escapes (bytes that are not
     UTF-8): it cannot be stored, hashed or shown as text."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return unencodable(name) is None
 
 
 def shown(path: str) -> str:
     """A path as text, bytes that are not UTF-8 escaped (`bad\\xffname.py`)."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    return printable(path)
 
 
 def walk_sources(
     root: str | Path, rules: FileRules, exclude: str | Path | None = None
 ) -> tuple[list[SourceFile], list[Skipped]]:
-    """(files to parse, files and folders skipped), both sorted by path.
+    """(files to parse, what is skipped), both sorted by path: files and folders, and
+    the .gitignore lines not applied (`Skipped.line` set).
 
     `exclude`: a folder not walked (the index's own output, when it lies inside `root`).
-    Folders that cannot be listed, names that are not UTF-8 and anything that is not a
-    regular file (a named pipe would block the reader) are skipped with their reason.
+    Folders that cannot be listed, names that are not UTF-8, anything that is not a
+    regular file (a named pipe would block the reader) and .gitignore files or lines that
+    cannot be applied are skipped with their reason: nothing inside the tree raises.
     Raises FileNotFoundError naming `root` when it is not a folder.
     """
     root = Path(root)
@@ -211,29 +324,30 @@ def walk_sources(
     skipped: list[Skipped] = []
     ignores = _Ignores()
 
-    def unlistable(e: OSError) -> None:  # os.walk's onerror: a folder it cannot list
+    def unlistable(e: OSError) -> None:  # a folder that cannot be listed
         rel = Path(e.filename).relative_to(root).as_posix()
         where = "./" if rel == "." else shown(rel) + "/"
         skipped.append(Skipped(where, unreadable(e)))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
+    for dirpath, dirnames, filenames in _folders(str(root), unlistable):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
         ignores.pop_outside(prefix.rstrip("/"))
         if rules.gitignore and ".gitignore" in filenames:
-            full = Path(dirpath) / ".gitignore"
-            # as git (>= 2.32): a symbolic link is not followed; a pipe would block
-            reason = _not_a_file(full)
-            if reason is None:
-                try:
-                    ignores.push(prefix, full)
-                except OSError as e:
-                    reason = unreadable(e)
-            if reason is not None:  # named once, here, not again as a file below
-                skipped.append(
-                    Skipped(prefix + ".gitignore", f"{reason} (its rules are not applied)")
+            where = prefix + ".gitignore"
+            try:  # as git (>= 2.32): a symbolic link is not followed
+                spec, bad = parse_gitignore(
+                    read_regular(Path(dirpath, ".gitignore"), MAX_IGNORE_BYTES)
                 )
+            except NotRead as e:  # named once, here, not again as a file below
+                log.warning("%s: %s%s", where, e.reason, RULES_NOT_APPLIED)
+                skipped.append(Skipped(where, e.reason + RULES_NOT_APPLIED))
                 filenames = [n for n in filenames if n != ".gitignore"]
+            else:
+                ignores.push(prefix, spec)
+                for line, text, reason in bad:  # git skips them silently; named here
+                    log.warning("%s:%d: %s, not applied: %r", where, line, reason, text)
+                    skipped.append(Skipped(where, reason, line=line, text=text))
         subdirs = []
         for d in sorted(dirnames):
             rel = prefix + d
@@ -293,7 +407,7 @@ def check_content(data: bytes, rules: FileRules) -> str | None:
     if is_utf16(data):
         data = data.decode("utf-16", errors="replace").encode("utf-8")
     data = unix_newlines(data)  # lines as extraction counts them
-    if b"\0" in data[:8192]:
+    if is_binary(data):
         return BINARY
     head = b"\n".join(data.split(b"\n", rules.generated_head_lines)[: rules.generated_head_lines])
     if _GENERATED_RE.search(head):

@@ -38,21 +38,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from r2ps.config import ConfigError
+from r2ps.config import ConfigError, Need, check_inputs, needs
 from r2ps.data import codetext
 from r2ps.data.corpus import map_files
 from r2ps.data.extract import extract_units
 from r2ps.data.grammars import grammar_for
+from r2ps.data.schema import MODEL_CONFIG
 from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
 from r2ps.log import get_logger
-from r2ps.models.cross import saved_trained_alpha
+from r2ps.models.cross import HEAD_FILE, saved_trained_alpha
 from r2ps.repo.files import (
     OTHER_LANGUAGE,
     UNREADABLE,
     FileRules,
+    NotRead,
     Skipped,
     check_content,
     is_utf8,
+    read_regular,
     shown,
     walk_sources,
 )
@@ -133,6 +136,14 @@ class RepoIndexConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
+    def inputs(self) -> list[Need]:
+        """The models given (`config.check_inputs`): read only after the walk and the
+        extraction, so checked first (`check_paths`). `source` has its own checks there."""
+        return [
+            *needs(self, "model", MODEL_CONFIG, what="a retriever folder"),
+            *needs(self, "ranker", MODEL_CONFIG, HEAD_FILE, what="a trained ranker folder"),
+        ]
+
 
 # ------------------------------------------------------------------ 2. extraction
 
@@ -147,7 +158,9 @@ def unit_id(row: dict) -> str:
 
 def read_file(f: dict, rules: FileRules) -> dict:
     """One file's row of `TASK_SCHEMA`: its units, or why it was skipped. Never raises
-    for a bad file (binary, generated, minified, unreadable, undecodable, syntax errors)."""
+    for a bad file (binary, generated, minified, unreadable, undecodable, syntax errors),
+    nor for one that changed since the walk (gone, grown past the limit, now a link or
+    a pipe)."""
     row = {
         "path": f["path"],
         "language": None,
@@ -163,10 +176,9 @@ def read_file(f: dict, rules: FileRules) -> dict:
     grammar = grammar_for(f["path"])
     row["language"] = grammar.name if grammar else None
     try:
-        with open(f["abspath"], "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        row["reason"] = f"{UNREADABLE}: {type(e).__name__}: {e}"
+        data = read_regular(f["abspath"], rules.max_file_bytes)
+    except NotRead as e:
+        row["reason"] = e.reason
         return row
     reason = check_content(data, rules)
     if reason:
@@ -240,15 +252,21 @@ def state_fingerprint(cfg: RepoIndexConfig) -> str:
 
 def load_state(out: Path, fingerprint: str) -> tuple[pa.Table, pa.Table] | None:
     """The last run's (file rows, units), or None when there is no usable state (a first
-    run, a run cut short, or one made with other extraction settings)."""
+    run, a run cut short, one made with other extraction settings, or files that cannot
+    be read as its tables: named in a warning)."""
     path = out / FILES
     if not path.exists() or not (out / CODES).exists():
         return None
-    meta = pq.read_schema(path).metadata or {}
-    if meta.get(b"r2ps_state", b"").decode() != fingerprint:
-        log.info("%s was made with other extraction settings: re-reading every file", path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        if meta.get(b"r2ps_state", b"").decode() != fingerprint:
+            log.info("%s was made with other extraction settings: re-reading every file", path)
+            return None
+        files = pq.read_table(path).cast(FILE_SCHEMA)
+        return files, pq.read_table(out / CODES).cast(UNIT_SCHEMA)
+    except (OSError, ValueError, pa.ArrowException) as e:  # damaged by hand or by a disk
+        log.warning("%s: the last run's state is not usable (%s): re-reading every file", out, e)
         return None
-    return pq.read_table(path).cast(FILE_SCHEMA), pq.read_table(out / CODES).cast(UNIT_SCHEMA)
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -320,14 +338,19 @@ def update_vectors(
     stored = np.zeros((0, 0), dtype=np.float32)
     manifest_path = vdir / "manifest.json"
     if not cfg.full and manifest_path.exists() and (vdir / VECTORS).exists():
-        saved = json.loads(manifest_path.read_text())
-        if all(saved.get(k) == v for k, v in identity.items()):
-            table = pq.read_table(vdir / VECTORS)
-            emb = table["embedding"].combine_chunks()
-            stored = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
-            stored_ids = table["content_id"].to_pylist()
-        else:
-            log.info("vectors in %s are from another retriever: re-embedding", vdir)
+        try:
+            saved = json.loads(manifest_path.read_text())
+            if all(saved.get(k) == v for k, v in identity.items()):
+                table = pq.read_table(vdir / VECTORS)
+                emb = table["embedding"].combine_chunks()
+                stored = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
+                stored_ids = table["content_id"].to_pylist()
+            else:
+                log.info("vectors in %s are from another retriever: re-embedding", vdir)
+        except (OSError, ValueError, AttributeError, KeyError, pa.ArrowException) as e:
+            # damaged by hand or by a disk (AttributeError: a manifest that is not an object)
+            log.warning("%s: stored vectors are not usable (%r): re-embedding", vdir, e)
+            stored_ids, stored = [], np.zeros((0, 0), dtype=np.float32)
     row_of = {cid: i for i, cid in enumerate(stored_ids)}
     unit_contents = units["content_id"].to_pylist()
     wanted = sorted(set(unit_contents))
@@ -433,13 +456,22 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
 
 
 def _skip_record(s: Skipped) -> dict:
+    if s.line is not None:  # a line of an ignore file
+        return {"path": s.path, "line": s.line, "text": s.text, "reason": s.reason}
     return {"path": s.path, "reason": s.reason, "size": s.size}
 
 
 def summarise(walk_skipped: list[Skipped], files: pa.Table, units: pa.Table, extra: dict) -> dict:
     """index_summary.json: every count, every skipped file named (other languages: by
-    extension here, by name in skipped.jsonl)."""
-    skipped = [_skip_record(s) for s in walk_skipped]
+    extension here, by name in skipped.jsonl), every .gitignore line not applied named
+    with its file and line."""
+    lines = [s for s in walk_skipped if s.line is not None]
+    lines_by_reason: dict[str, list[dict]] = {}
+    for s in lines:
+        lines_by_reason.setdefault(s.reason, []).append(
+            {"file": s.path, "line": s.line, "text": s.text}
+        )
+    skipped = [_skip_record(s) for s in walk_skipped if s.line is None]
     for row in files.filter(pc.equal(files["status"], "skipped")).to_pylist():
         skipped.append({"path": row["path"], "reason": row["reason"], "size": row["size"]})
     by_reason: dict[str, list[str]] = {}
@@ -464,6 +496,7 @@ def summarise(walk_skipped: list[Skipped], files: pa.Table, units: pa.Table, ext
             "with_syntax_errors": len(errors),
             "with_undecodable_bytes": len(undecodable),
         },
+        "ignore_lines_skipped": {k: len(v) for k, v in sorted(lines_by_reason.items())},
         "units": {
             "total": units.num_rows,
             "documented": docs,
@@ -471,12 +504,13 @@ def summarise(walk_skipped: list[Skipped], files: pa.Table, units: pa.Table, ext
             "by_kind": dict(Counter(units["kind"].to_pylist()).most_common()),
         },
         "skipped_files": {k: sorted(v) for k, v in sorted(by_reason.items())},
+        "skipped_ignore_lines": dict(sorted(lines_by_reason.items())),
         "other_languages_by_extension": dict(
             Counter(Path(p).suffix or "(none)" for p in other).most_common()
         ),
         "syntax_errors": errors,
         "undecodable_bytes": undecodable,
-    }, skipped
+    }, skipped + [_skip_record(s) for s in lines]
 
 
 class NothingToIndex(ValueError):
@@ -484,7 +518,8 @@ class NothingToIndex(ValueError):
 
 
 def check_paths(cfg: RepoIndexConfig) -> None:
-    """Raise ConfigError naming `--source` or `--out` before anything is written."""
+    """Raise ConfigError naming `--source`, `--out`, `--model` or `--ranker` before anything
+    is written or read."""
     if not cfg.source:
         raise ConfigError("source: no folder given (--source DIR)")
     if not Path(cfg.source).is_dir():
@@ -497,14 +532,15 @@ def check_paths(cfg: RepoIndexConfig) -> None:
             raise ConfigError(f"{name}: {shown(path)!r}: the path is not UTF-8")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
+    check_inputs(cfg)
 
 
 def index_repo(cfg: RepoIndexConfig) -> dict:
     """Run every stage; returns the summary (also `<out>/index_summary.json`).
 
-    Raises ConfigError for a bad `--source`/`--out` (before anything is written), and
-    NothingToIndex for a tree without code to index (before the index is written; `--out`
-    exists by then)."""
+    Raises ConfigError for a bad `--source`, `--out`, `--model` or `--ranker` (before
+    anything is written: `check_paths`), and NothingToIndex for a tree without code to
+    index (before the index is written; `--out` exists by then)."""
     from r2ps.models.encoder import model_or_default
 
     check_paths(cfg)
@@ -614,6 +650,7 @@ def format_summary(summary: dict) -> str:
     """The few lines a person reads after a run."""
     run, files, units, sec = summary["run"], summary["files"], summary["units"], summary["seconds"]
     skipped = ", ".join(f"{k} {v}" for k, v in files["skipped"].items() if v) or "none"
+    bad_lines = ", ".join(f"{k} {v}" for k, v in summary["ignore_lines_skipped"].items())
     langs = ", ".join(f"{k} {v}" for k, v in units["by_language"].items())
     return "\n".join(
         [
@@ -623,6 +660,7 @@ def format_summary(summary: dict) -> str:
             f"{run['files_unchanged']} unchanged, {run['files_deleted']} deleted); skipped: {skipped}",
             f"syntax errors recovered in {files['with_syntax_errors']} file(s); undecodable bytes "
             f"in {files['with_undecodable_bytes']} (named in {SUMMARY})",
+            f".gitignore lines not applied: {bad_lines or 'none'} (named in {SUMMARY})",
             f"units: {units['total']} ({langs}); {units['documented']} documented",
             f"codes: {run['codes']['embedded']} embedded, {run['codes']['reused']} reused",
             f"serve: R2PS_SERVE_CONFIG={summary['serve_yaml']} serve run serve.app:cascade",

@@ -8,7 +8,11 @@ their task reads, so each `--help` lists only settings that do something.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
+
+from r2ps.config import Need, needs
+from r2ps.storage import is_uri, source_uri
 
 
 @dataclass
@@ -21,7 +25,8 @@ class TrainConfig:
     INPUT_PATHS: ClassVar[tuple[str, ...]] = ("corpus", "model", "eval_cosqa")
 
     corpus: str = field(
-        default="runs/demo/corpus", metadata={"help": "corpus folder (build_corpus output)"}
+        default="runs/demo/pipeline/corpus",
+        metadata={"help": "corpus folder (build_corpus output; default: what `make demo` built)"},
     )
     out: str = field(
         default="runs/demo/retriever", metadata={"help": "where the best model is exported"}
@@ -67,6 +72,28 @@ class TrainConfig:
     eval_batch_size: int = 64
     log_every_steps: int = 10
 
+    def inputs(self) -> list[Need]:
+        """Every path the run reads (`config.check_inputs`, before Ray starts)."""
+        return self._inputs(("train", "valid"))
+
+    def _inputs(self, splits: tuple[str, ...]) -> list[Need]:
+        """The corpus's `splits`, the starting model and CoSQA, when given."""
+        from r2ps.data.readers import COSQA_FILES
+        from r2ps.data.schema import MODEL_CONFIG, split_files
+
+        corpus = [f for split in splits for f in split_files(split)]
+        return [
+            *needs(
+                self,
+                "corpus",
+                *corpus,
+                what="a corpus folder, as build_corpus writes",
+                required=True,
+            ),
+            *needs(self, "model", MODEL_CONFIG, what="a model folder"),
+            *needs(self, "eval_cosqa", *COSQA_FILES, what="a CoSQA folder"),
+        ]
+
 
 @dataclass
 class RetrieverConfig(TrainConfig):
@@ -91,6 +118,9 @@ class RetrieverConfig(TrainConfig):
     final_test: bool = field(
         default=True, metadata={"help": "after training, compare start and trained model on test"}
     )
+
+    def inputs(self) -> list[Need]:
+        return self._inputs(("train", "valid", "test") if self.final_test else ("train", "valid"))
 
     def __post_init__(self) -> None:
         if self.wise_ft_choose and self.wise_ft != 1.0:
@@ -182,3 +212,24 @@ class RankerConfig(TrainConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.num_layers < 0:
             raise ValueError(f"num_layers must be >= 0 (0: all layers), got {self.num_layers}")
+
+    def inputs(self) -> list[Need]:
+        """Besides the corpus (valid; train too for in-batch negatives): the retriever and,
+        for PS negatives, the mining output and the split its summary names."""
+        from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, split_files
+        from r2ps.train.ranker_data import named_split
+
+        out = self._inputs(("valid",) if self.negatives_source == "ps" else ("train", "valid"))
+        out += needs(self, "retriever", MODEL_CONFIG, what="a trained retriever folder")
+        if self.negatives_source != "ps":
+            return out
+        mined = "a mining output (jobs/mine.py)"
+        out += needs(self, "negatives", MINE_SUMMARY, "negatives", what=mined)
+        # The mined split is read late (building the rows, after Ray starts). Only a local
+        # summary is looked into here: a URI's is read once staged (jobs/train.py).
+        if not is_uri(self.negatives) and Path(self.negatives, MINE_SUMMARY).is_file():
+            split = str(named_split(self.negatives))
+            split = source_uri(split) or split  # mined from a URI: jobs/train.py stages it
+            what = f"the split {self.negatives}/{MINE_SUMMARY} names"
+            out.append(Need("negatives", split, split_files(), what))
+        return out

@@ -24,6 +24,7 @@ from r2ps.config import to_dict
 from r2ps.data.schema import TRAIN_SUMMARY
 from r2ps.log import get_logger
 from r2ps.resources import cluster_has_gpus
+from r2ps.storage import write_text_atomic
 from r2ps.train.config import TrainConfig
 from r2ps.train.loop import (
     DATA_CPUS,
@@ -131,7 +132,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(Path(d) / HF_DIR, out)
-    extra = task.after_export(cfg, out)  # e.g. the retriever's WiSE-FT, its test comparison
+    extra = task.after_export(cfg, out)  # finishes the model: the retriever's WiSE-FT
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     summary = {
         "run_name": cfg.run_name,
@@ -145,10 +146,15 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     if task.data_summary():
         summary["data"] = task.data_summary()
     summary.update(extra)
-    (out / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
+    write_text_atomic(out / TRAIN_SUMMARY, json.dumps(summary, indent=1, default=str))
     log.info(
         "best checkpoint %s (%s=%.4f) exported to %s", best.path, SCORE, best_metrics[SCORE], out
     )
+    # then what only reports on the model (the retriever's test comparison): the model and
+    # its summary are on disk already, whatever happens to it
+    if more := task.report(cfg, out):
+        summary.update(more)
+        write_text_atomic(out / TRAIN_SUMMARY, json.dumps(summary, indent=1, default=str))
     return summary
 
 

@@ -96,8 +96,14 @@ class Task:
         return []
 
     def after_export(self, cfg: TrainConfig, directory: Path) -> dict:
-        """Run on the driver once the best model is exported to `directory`; what it
-        returns joins train_summary.json (the retriever's test comparison)."""
+        """Run on the driver once the best model is exported to `directory`, to finish it
+        (the retriever's WiSE-FT); what it returns joins train_summary.json."""
+        return {}
+
+    def report(self, cfg: TrainConfig, directory: Path) -> dict:
+        """Run once the finished model and its train_summary.json are written: what it
+        returns (the retriever's test comparison) is added to the summary. A failure here
+        keeps the model and its summary."""
         return {}
 
     def data_summary(self) -> dict:

@@ -72,8 +72,9 @@ def check_config(cfg: RankerConfig) -> None:
 # --- the rows -----------------------------------------------------------------------
 
 
-def pairs_folder(negatives: str | Path) -> Path:
-    """The split folder the mined ids refer to: `pairs` in `<negatives>/mine_summary.json`.
+def named_split(negatives: str | Path) -> Path:
+    """The split folder `<negatives>/mine_summary.json` names (`pairs`), whether or not it
+    is there (a split mining staged from a URI is staged again by jobs/train.py).
 
     A relative path is taken from the working directory, or else from the negatives folder.
     """
@@ -86,9 +87,16 @@ def pairs_folder(negatives: str | Path) -> Path:
     folder = Path(summary["pairs"])
     if not folder.is_absolute() and not folder.exists():
         folder = Path(negatives) / folder
+    return folder
+
+
+def pairs_folder(negatives: str | Path) -> Path:
+    """The split folder the mined ids refer to (`named_split`), checked to hold codes."""
+    folder = named_split(negatives)
     if not (folder / "codes.parquet").exists():
         raise FileNotFoundError(
-            f"{summary_path}: field 'pairs' names {summary['pairs']!r}, which holds no codes.parquet"
+            f"{Path(negatives) / MINE_SUMMARY}: field 'pairs' names {str(folder)!r}, which "
+            "holds no codes.parquet"
         )
     return folder
 

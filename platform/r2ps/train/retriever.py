@@ -203,9 +203,8 @@ class RetrieverTask(Task):
         model.save_pretrained(directory)
 
     def after_export(self, cfg: RetrieverConfig, directory: Path) -> dict:
-        """WiSE-FT (the exported encoder moved back toward the start by `wise_ft`, or by
-        the weight chosen on valid among `wise_ft_choose`: train/wise_ft.py), then, with
-        `final_test`, the start and the exported model compared on the test split."""
+        """WiSE-FT: the exported encoder moved back toward the start by `wise_ft`, or by
+        the weight chosen on valid among `wise_ft_choose` (train/wise_ft.py)."""
         out: dict = {}
         weight = cfg.wise_ft
         if cfg.wise_ft_choose:
@@ -222,9 +221,11 @@ class RetrieverTask(Task):
             weight = out["wise_ft"]["chosen"]
         if weight != 1.0:
             interpolate_encoders(model_path(cfg), directory, weight, directory)
-        if cfg.final_test:
-            out["final_test"] = compare_on_test(cfg, str(directory))
         return out
+
+    def report(self, cfg: RetrieverConfig, directory: Path) -> dict:
+        """With `final_test`: the start and the exported model compared on the test split."""
+        return {"final_test": compare_on_test(cfg, str(directory))} if cfg.final_test else {}
 
 
 @functools.lru_cache(maxsize=2)
