@@ -27,14 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from r2ps.cascade import cascade_ids
 from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
+from r2ps.evaluation.metrics import (
+    paired_bootstrap,
+    rank_of_gold_topk,
+    reciprocal_ranks,
+    retrieval_metrics,
+)
+from r2ps.evaluation.retrieval import MRR_CUTOFF, Retrieved, eval_queries, top_candidates
 from r2ps.log import setup_logging
-from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
 from r2ps.models.dual import embed_texts
 from r2ps.models.onnx import BACKENDS, ensure_export, load_ranker, load_retriever
-from r2ps.retrieval import MRR_CUTOFF, Retrieved, eval_queries, top_candidates
+from r2ps.search.cascade import cascade_ids
 
 K = 10
 

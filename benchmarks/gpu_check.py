@@ -19,7 +19,7 @@ Each check runs r2ps's own code, in one process, without Ray (no cluster is need
    64 = 6 requests of K = 10): latency of one request, pairs/s of full batches, and the
    replicas 1,000 QPS would need; then the same under bf16 autocast (not what Serve does
    today: a measured option).
-4. `faiss`: `r2ps.index.CodeIndex` over `--n-codes` random unit vectors (d = 384, MiniLM):
+4. `faiss`: `r2ps.mining.index.CodeIndex` over `--n-codes` random unit vectors (d = 384, MiniLM):
    build seconds, then queries/s for serving (batches of 32, k = 10), mining (chunks of 512,
    k = 64) and one query at a time. The index goes to the GPU when CUDA and a faiss GPU
    build are both present (`CodeIndex` detects it); the JSON says where it ran.
@@ -55,17 +55,17 @@ import torch
 
 from r2ps.data.corpus import CorpusConfig, discover_sources, extract_files
 from r2ps.data.schema import RetrievalSet
-from r2ps.embed import DEFAULT_MAX_CODE_LEN, CodeEmbedder, EmbedConfig, tokenize_codes
-from r2ps.index import CodeIndex, IndexConfig, gpu_available
-from r2ps.losses import listwise_ce
-from r2ps.mining import MineConfig
+from r2ps.mining.embed import DEFAULT_MAX_CODE_LEN, CodeEmbedder, EmbedConfig, tokenize_codes
+from r2ps.mining.index import CodeIndex, IndexConfig, gpu_available
+from r2ps.mining.mine import MineConfig
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.cross import tokenize_pairs as tokenize_ranker_pairs
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, load_tokenizer
-from r2ps.serving import ServeConfig
+from r2ps.serving.settings import ServeConfig
 from r2ps.train.config import RankerConfig, RetrieverConfig
 from r2ps.train.loop import build_engine, deepspeed_config, prefetched
+from r2ps.train.losses import listwise_ce
 from r2ps.train.ranker import RankerTask
 from r2ps.train.retriever import RetrieverTask, group_keys, model_path, tokenize_pairs
 

@@ -1,5 +1,5 @@
 """Hybrid first stage against dense alone: BM25 (bm25s, identifier-split tokens) fused with
-the dense retriever's list by reciprocal rank fusion (r2ps.hybrid), the way the Serve
+the dense retriever's list by reciprocal rank fusion (r2ps.search.fusion), the way the Serve
 app's `retrieval=hybrid` does it, on whole pools. Prints a table, writes JSON.
 
 Each query: the dense top `--depth` and BM25's top `--depth` (codes sharing a term) are
@@ -20,14 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from r2ps.bm25 import BM25
 from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
-from r2ps.hybrid import RRF_K, rrf
-from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
+from r2ps.evaluation.metrics import (
+    paired_bootstrap,
+    rank_of_gold_topk,
+    reciprocal_ranks,
+    retrieval_metrics,
+)
+from r2ps.evaluation.retrieval import MRR_CUTOFF, retrieve
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
-from r2ps.retrieval import MRR_CUTOFF, retrieve
+from r2ps.search.bm25 import BM25
+from r2ps.search.fusion import RRF_K, rrf
 
 METRICS = ("mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from r2ps.data.schema import RetrievalSet
-from r2ps.index import CodeIndex, IndexConfig, read_embeddings, read_manifest
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.evaluation.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.mining.index import CodeIndex, IndexConfig, read_embeddings, read_manifest
 from r2ps.models.dual import DualEncoder
 
 K = 100  # retrieved per query: what a cascade hands its ranker is at most this

@@ -4,7 +4,7 @@ Claim: mining time grows with corpus size (exact search is linear in N), and pea
 does not grow with the number of queries (queries are embedded, searched, filtered and
 written one shard at a time).
 
-What it measures: `r2ps.mining.mine` on precomputed *random* unit embeddings (d=384,
+What it measures: `r2ps.mining.mine.mine` on precomputed *random* unit embeddings (d=384,
 seeded; a query vector is its gold code's vector plus noise), so the figures are mining
 alone (index build, guard, search, filter, write), not the retriever's forward passes.
 The codes are real: runs/demo/corpus train+valid+test codes (about 60k); sizes above that
@@ -58,8 +58,8 @@ def corpus_codes(corpus: Path, n: int) -> pa.Table:
 
 def make_case(corpus: Path, root: Path, n_codes: int, n_queries: int) -> Path:
     """A split folder of `n_codes` codes and `n_queries` train queries, with embeddings."""
-    from r2ps.index import corpus_fingerprint, model_fingerprint
-    from r2ps.models.encoder import default_model_path
+    from r2ps.mining.index import corpus_fingerprint
+    from r2ps.models.encoder import default_model_path, model_fingerprint
 
     case = root / f"n{n_codes}_q{n_queries}"
     if (case / "out" / "embeddings" / "manifest.json").exists():
@@ -111,8 +111,8 @@ def run_case(case: Path, exclude: list[str]) -> dict:
     """Mine `case` in this process (the child side); returns timings and memory."""
     import psutil
 
-    from r2ps.index import read_embeddings
-    from r2ps.mining import MineConfig, mine
+    from r2ps.mining.index import read_embeddings
+    from r2ps.mining.mine import MineConfig, mine
 
     split, out = case / "split", case / "out"
     ids, emb = read_embeddings(str(out / "embeddings"))

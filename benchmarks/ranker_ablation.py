@@ -34,16 +34,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ranker_probe import mean_spearman, n_tokens, overlap  # noqa: E402
 
 from r2ps.data.schema import RetrievalSet  # noqa: E402
-from r2ps.metrics import paired_bootstrap, reciprocal_ranks, retrieval_metrics  # noqa: E402
-from r2ps.models.cross import CrossEncoder  # noqa: E402
-from r2ps.models.dual import DualEncoder  # noqa: E402
-from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
-from r2ps.retrieval import (  # noqa: E402
+from r2ps.evaluation.metrics import paired_bootstrap, reciprocal_ranks, retrieval_metrics  # noqa: E402
+from r2ps.evaluation.retrieval import (  # noqa: E402
     MRR_CUTOFF,
     cascade_ranks,
     ranker_scores,  # noqa: E402
     retrieve,
 )
+from r2ps.models.cross import CrossEncoder  # noqa: E402
+from r2ps.models.dual import DualEncoder  # noqa: E402
+from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
 
 # Every variant sets every lever, so a row does not depend on the preset's recipe.
 OFF = {"residual": False, "start_from_retriever": False, "ps_random": 0}

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from r2ps.bm25 import tokenize as words
 from r2ps.data.schema import RetrievalSet
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics
-from r2ps.mining import read_negatives
+from r2ps.evaluation.metrics import rank_of_gold_topk, retrieval_metrics
+from r2ps.evaluation.retrieval import ranker_scores, retrieve
+from r2ps.mining.mine import read_negatives
+from r2ps.mining.ps import sample_negatives
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
-from r2ps.ps import sample_negatives
-from r2ps.retrieval import ranker_scores, retrieve
+from r2ps.search.bm25 import tokenize as words
 from r2ps.train.ranker_data import pairs_folder, query_seed
 
 

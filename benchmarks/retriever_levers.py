@@ -24,10 +24,15 @@ import torch
 
 from r2ps.data.readers import read_cosqa
 from r2ps.data.schema import RetrievalSet
-from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks, retrieval_metrics
+from r2ps.evaluation.metrics import (
+    paired_bootstrap,
+    rank_of_gold_topk,
+    reciprocal_ranks,
+    retrieval_metrics,
+)
+from r2ps.evaluation.retrieval import MRR_CUTOFF, retrieve
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path
-from r2ps.retrieval import MRR_CUTOFF, retrieve
 from r2ps.train.wise_ft import closest_to_start, interpolated
 
 

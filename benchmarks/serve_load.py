@@ -45,9 +45,9 @@ import requests
 
 from r2ps.config import from_dict, parse_config
 from r2ps.data.schema import codes_file
-from r2ps.embed import EmbedConfig, ensure_index
 from r2ps.log import get_logger, setup_logging
-from r2ps.serving import ServeConfig, resolve_model
+from r2ps.mining.embed import EmbedConfig, ensure_index
+from r2ps.serving.settings import ServeConfig, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

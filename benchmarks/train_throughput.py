@@ -34,12 +34,12 @@ import ray
 import torch
 
 from r2ps.data.schema import RetrievalSet, split_pairs
-from r2ps.losses import info_nce
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, load_tokenizer
 from r2ps.train.config import RetrieverConfig
 from r2ps.train.launch import train
 from r2ps.train.loop import linear_schedule
+from r2ps.train.losses import info_nce
 
 
 def small_corpus(corpus: str, n_train: int, out: Path) -> None:

@@ -22,8 +22,8 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 import ray
 
 from r2ps.config import check_inputs, parse_config
-from r2ps.embed import EmbedConfig, ensure_index
 from r2ps.log import setup_logging
+from r2ps.mining.embed import EmbedConfig, ensure_index
 from r2ps.storage import staged
 
 # Settings that are paths: a URI among them is staged through local disk (r2ps.storage).

@@ -23,9 +23,10 @@ import sys
 import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is missing)
 
 from r2ps.config import check_inputs, parse_config
-from r2ps.evaluate import EvalConfig, evaluate
+from r2ps.evaluation.config import EvalConfig
+from r2ps.evaluation.evaluate import evaluate
+from r2ps.evaluation.report import markdown
 from r2ps.log import setup_logging
-from r2ps.report import markdown
 from r2ps.storage import staged
 
 # Settings that are paths: a URI among them is staged through local disk (r2ps.storage).

@@ -6,12 +6,12 @@
     serve deploy serve/config.yaml                   # written by `serve build`
 
 Settings: R2PS_SERVE_CONFIG (a serve.yaml), else the newest runs/**/serve.yaml (what
-`make demo` or `jobs/index.py` wrote last), then R2PS_* variables (r2ps.serving.ServeConfig).
+`make demo` or `jobs/index.py` wrote last), then R2PS_* variables (r2ps.serving.settings.ServeConfig).
 With nothing to serve the import fails at once, naming the commands that build something.
 The deployments themselves: serve/deployments.py.
 """
 
-from r2ps.serving import ServeConfig
+from r2ps.serving.settings import ServeConfig
 from serve.deployments import build_app
 
 _settings = ServeConfig.from_env()

@@ -8,7 +8,7 @@ unpickle their class.
 
 The retriever ranks the whole code store with the dual encoder and a faiss index; the
 ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering is
-`r2ps.cascade`'s, the same one evaluation measures. A call whose replica dies is asked
+`r2ps.search.cascade`'s, the same one evaluation measures. A call whose replica dies is asked
 again once (`Cascade._ask`), within the request's deadline: a replica's death costs latency,
 not the answer. When the ranker is still slow or down the answer is the retriever's alone,
 marked `"reranked": false`, and counted.
@@ -28,33 +28,34 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from r2ps.bm25 import BM25
-from r2ps.cascade import cascade_ids, fuse
-from r2ps.hybrid import rrf
 from r2ps.log import get_logger, setup_logging
 from r2ps.models.onnx import load_ranker, load_retriever
 from r2ps.resources import cluster_has_gpus
-from r2ps.serving import (
-    CascadeMetrics,
+from r2ps.search.bm25 import BM25
+from r2ps.search.cascade import cascade_ids, fuse
+from r2ps.search.fusion import rrf
+from r2ps.serving.api import (
     Hit,
     RequestError,
     SearchRequest,
     SearchResponse,
-    ServeConfig,
+    parse_search_request,
+    read_limited_body,
+    search_body_openapi,
+)
+from r2ps.serving.replicas import (
+    CascadeMetrics,
     count_pairs,
     load_code_store,
     load_index,
     pair_chunks,
-    parse_search_request,
-    read_limited_body,
     replica_threads,
-    resolve_model,
-    search_body_openapi,
     staged_config,
     warm_up_ranker,
     warm_up_retriever,
 )
-from r2ps.web import search_page
+from r2ps.serving.settings import ServeConfig, resolve_model
+from r2ps.serving.web import search_page
 
 log = get_logger("r2ps.serve")
 
@@ -154,7 +155,7 @@ class Retriever(_ModelReplica):
         scores, positions = self.index.search(embeddings, min(max(depth), n))
         out = []
         for (query, k, mode), d, s_row, p_row in zip(items, depth, scores, positions, strict=True):
-            if mode == "hybrid":  # BM25's and the dense list fused by rank (r2ps.hybrid)
+            if mode == "hybrid":  # BM25's and the dense list fused by rank (r2ps.search.fusion)
                 lexical, lex_scores = self._lexical().top_k(query, min(d, n))
                 lexical = lexical[lex_scores > 0]  # no shared term: not in BM25's list
                 ids, fused = rrf([p_row[:d], lexical], k=self.rrf_k, top=k)
@@ -404,7 +405,7 @@ class Cascade:
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
-        """The search page (r2ps/web/search.html): a query box over POST /search."""
+        """The search page (r2ps/serving/web/search.html): a query box over POST /search."""
         return HTMLResponse(search_page())
 
     @api.get("/healthz")

@@ -9,7 +9,7 @@ SPEC names the number of worker nodes (0: a single-node cluster, the head alone,
 the same CPUs in total), the RetrieverConfig, the embedding inputs and where to write. The
 script starts a `ray.cluster_utils.Cluster`, trains the retriever with
 `r2ps.train.launch.train` (recording on which node each Ray Train worker built its
-model, and every batch and loss), embeds a code split with `r2ps.embed.embed_corpus`
+model, and every batch and loss), embeds a code split with `r2ps.mining.embed.embed_corpus`
 (recording on which node each `CodeEmbedder` actor started), and writes a JSON result.
 
 Every node has 1 CPU (the single node: as many as all of them): a training worker that
@@ -34,9 +34,9 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
 from test_training import RecordingTask, append_record, read_records  # noqa: E402
 
-import r2ps.embed  # noqa: E402
+import r2ps.mining.embed  # noqa: E402
 from r2ps.config import from_dict  # noqa: E402
-from r2ps.embed import EmbedConfig, embed_corpus  # noqa: E402
+from r2ps.mining.embed import EmbedConfig, embed_corpus  # noqa: E402
 from r2ps.train.config import RetrieverConfig  # noqa: E402
 from r2ps.train.launch import train  # noqa: E402
 
@@ -66,7 +66,7 @@ class NodeRecordingTask(RecordingTask):
         return super().loss(engine, batch, cfg)
 
 
-class NodeRecordingEmbedder(r2ps.embed.CodeEmbedder):
+class NodeRecordingEmbedder(r2ps.mining.embed.CodeEmbedder):
     """CodeEmbedder that records its node when it starts and for every block it embeds."""
 
     log_dir = ""  # set before the dataset is built; travels with the class
@@ -145,24 +145,24 @@ def recording_embedders():
 
     `embedding_dataset` names the actor class by its module global; it is swapped only
     while the lazy dataset is built, so that when the actors start (and the class is
-    pickled) `r2ps.embed.CodeEmbedder` is the real class again, which the subclass's
+    pickled) `r2ps.mining.embed.CodeEmbedder` is the real class again, which the subclass's
     base then pickles by reference to.
     """
-    build = r2ps.embed.embedding_dataset
-    original = r2ps.embed.CodeEmbedder
+    build = r2ps.mining.embed.embedding_dataset
+    original = r2ps.mining.embed.CodeEmbedder
 
     def swapped(*args, **kwargs):
-        r2ps.embed.CodeEmbedder = NodeRecordingEmbedder
+        r2ps.mining.embed.CodeEmbedder = NodeRecordingEmbedder
         try:
             return build(*args, **kwargs)
         finally:
-            r2ps.embed.CodeEmbedder = original
+            r2ps.mining.embed.CodeEmbedder = original
 
-    r2ps.embed.embedding_dataset = swapped
+    r2ps.mining.embed.embedding_dataset = swapped
     try:
         yield
     finally:
-        r2ps.embed.embedding_dataset = build
+        r2ps.mining.embed.embedding_dataset = build
 
 
 def run_embedding(spec: dict, records: Path) -> dict:

@@ -83,7 +83,7 @@ def test_overrides_may_follow_flags():
 def test_help_names_every_setting_once_with_one_default():
     """`--help` lists each top-level flag and each nested dotted key once, its default once."""
     from r2ps.config import build_parser, nested_settings
-    from r2ps.embed import EmbedConfig
+    from r2ps.mining.embed import EmbedConfig
 
     text = build_parser(EmbedConfig).format_help()
     keys = [key for key, _, _ in nested_settings(EmbedConfig)]

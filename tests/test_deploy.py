@@ -188,7 +188,7 @@ def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
     """The RayService reads `<the RayJob's --out>/serve.yaml`, named as the pipeline names it."""
     import r2ps.pipeline as pipeline
     from r2ps.config import parse_config
-    from r2ps.serving import CONFIG_ENV
+    from r2ps.serving.settings import CONFIG_ENV
 
     job = parse_config(
         pipeline.PipelineConfig, shlex.split(load("deploy/rayjob.yaml")["spec"]["entrypoint"])[2:]
@@ -197,7 +197,7 @@ def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
 
     # Where the pipeline puts serve.yaml under its --out: its own run_pipeline, stages not
     # run but the evaluation's served choice (served.json: the retriever alone).
-    from r2ps.cascade import SERVED_FILE
+    from r2ps.search.cascade import SERVED_FILE
 
     def no_run(stages, after=None):
         evaluation = Path(next(s for s in stages if s.name == "evaluate").config.out)

@@ -47,7 +47,7 @@ from test_embed import make_codes, write_split
 import r2ps
 from r2ps.config import to_dict
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
-from r2ps.index import read_embeddings
+from r2ps.mining.index import read_embeddings
 from r2ps.models.dual import DualEncoder
 from r2ps.train.loop import DS_DIR, HF_DIR, STATE_FILE
 

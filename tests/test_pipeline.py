@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 import r2ps.pipeline as pipeline_module
-from r2ps.cascade import SERVED_FILE
 from r2ps.config import ConfigError, parse_config
 from r2ps.data.schema import MINE_SUMMARY
 from r2ps.pipeline import (
@@ -31,7 +30,8 @@ from r2ps.pipeline import (
     run_pipeline,
     run_stages,
 )
-from r2ps.serving import ServeConfig
+from r2ps.search.cascade import SERVED_FILE
+from r2ps.serving.settings import ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

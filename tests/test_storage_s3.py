@@ -104,7 +104,7 @@ def test_inputs_are_checked_in_the_bucket_before_a_job_starts(tmp_path, s3_bucke
     """A job's input check asks the store (one request per name): a folder that exists
     only as a key prefix, a file in it, a query string (`?region=`) kept out of the key."""
     from r2ps.config import ConfigError, check_inputs
-    from r2ps.evaluate import EvalConfig
+    from r2ps.evaluation.config import EvalConfig
 
     put(make_tree(tmp_path / "model"), f"{s3_bucket}/model")  # a.txt, sub/b.txt: no config.json
     cfg = EvalConfig(split="", cosqa="", rr="", rr_ps="", pool_sizes=[])

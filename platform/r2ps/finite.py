@@ -6,7 +6,7 @@ comparison with NaN is False, so a NaN query embedding would look like a perfect
 retriever to a rank count. The boundaries where vectors are made or enter a stage
 (embedding output, index build and search, retrieval for evaluation, ranker scores)
 call `check_finite` and refuse such input, naming its rows; the metrics rank a
-non-finite score last (`r2ps.metrics`).
+non-finite score last (`r2ps.evaluation.metrics`).
 """
 
 from __future__ import annotations

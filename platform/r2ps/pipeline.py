@@ -32,7 +32,6 @@ from typing import Any
 import yaml
 
 from r2ps import __version__
-from r2ps.cascade import SERVED_FILE, ServedCascade
 from r2ps.config import ConfigError, Need, check_inputs, from_dict, needs, to_dict
 from r2ps.data.corpus import CorpusConfig, build_corpus
 from r2ps.data.readers import COSQA_FILES
@@ -45,12 +44,14 @@ from r2ps.data.schema import (
     RetrievalSet,
     split_files,
 )
-from r2ps.evaluate import EvalConfig, evaluate
-from r2ps.evaluate import check_config as check_eval_config
+from r2ps.evaluation.config import EvalConfig
+from r2ps.evaluation.config import check_config as check_eval_config
+from r2ps.evaluation.evaluate import evaluate
 from r2ps.log import get_logger
-from r2ps.mining import MineConfig, MiningSettingsError, mine
+from r2ps.mining.mine import MineConfig, MiningSettingsError, mine
 from r2ps.models.cross import HEAD_FILE
-from r2ps.serving import CONFIG_ENV, SERVE_FILE, ServeConfig
+from r2ps.search.cascade import SERVED_FILE, ServedCascade
+from r2ps.serving.settings import CONFIG_ENV, SERVE_FILE, ServeConfig
 from r2ps.storage import download, is_uri, mirror_path, upload, upload_file, write_text_atomic
 from r2ps.train.config import RankerConfig, RetrieverConfig
 from r2ps.train.ranker_data import check_config as check_ranker_config

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from r2ps.index import CodeIndex
+from r2ps.mining.index import CodeIndex
 from r2ps.repo.files import BINARY, GENERATED, IGNORED, MINIFIED, OVERSIZE, VENDORED
 from r2ps.repo.indexer import CODES, SUMMARY, RepoIndexConfig, index_repo
 
@@ -92,7 +92,8 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path)
 
     # the Serve app's loader takes the written index as it is (no re-embedding)
-    from r2ps.serving import ServeConfig, load_code_store, load_index
+    from r2ps.serving.replicas import load_code_store, load_index
+    from r2ps.serving.settings import ServeConfig
 
     serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / "serve.yaml").read_text()))
     # no --ranker: answers are the retriever's, and /readyz says why

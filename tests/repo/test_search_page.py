@@ -18,13 +18,13 @@ import torch
 import yaml
 from conftest import make_source_repo, serve_deployments
 
-from r2ps.bm25 import BM25
-from r2ps.hybrid import rrf
-from r2ps.index import CodeIndex
+from r2ps.mining.index import CodeIndex
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.repo.indexer import CODES, RepoIndexConfig, index_repo
-from r2ps.serving import ServeConfig
+from r2ps.search.bm25 import BM25
+from r2ps.search.fusion import rrf
+from r2ps.serving.settings import ServeConfig
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]

@@ -32,9 +32,9 @@ from test_training import (
 
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
-from r2ps.mining import read_negatives
+from r2ps.evaluation.retrieval import top_candidates
+from r2ps.mining.mine import read_negatives
 from r2ps.models.dual import DualEncoder
-from r2ps.retrieval import top_candidates
 from r2ps.train.config import RankerConfig
 from r2ps.train.ranker import RankerTask
 from r2ps.train.ranker_data import (
@@ -426,8 +426,8 @@ def test_fresh_head_scores_zero_and_gets_its_own_learning_rate(tiny_bert_dir):
 def test_a_fresh_head_is_validated_without_scoring_its_pairs(tiny_bert_dir, monkeypatch):
     """A zero last layer scores every pair 0, so step 0's cascade is the retriever's order
     and is computed without a forward pass; a head that learned anything is scored."""
+    from r2ps.evaluation.retrieval import Retrieved
     from r2ps.models.cross import CrossEncoder
-    from r2ps.retrieval import Retrieved
     from r2ps.train.ranker import cascade_metrics
 
     codes = ["def f(): pass", "x = 1", "open(p).read()"]

@@ -510,7 +510,7 @@ def test_group_keys_and_gold_sets_key_on_query_text_not_on_ids(tmp_path):
     keys = group_keys(["Return the name.", "Return  the name. ", "Other."], ["c1", "c2", "c3"])
     assert keys[0] == keys[1] != keys[2]
     from r2ps.data.readers import load_pairs
-    from r2ps.retrieval import eval_queries
+    from r2ps.evaluation.retrieval import eval_queries
 
     text = ["Return", "the", "name", "of", "the", "user", "."]
     recs = [

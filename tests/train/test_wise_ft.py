@@ -81,7 +81,7 @@ def test_choose_weight_scores_every_weight_on_the_pool_and_applies_the_rule(
     alone = DualEncoder.from_pretrained(
         interpolated(tiny_bert_dir, tmp_path / "trained", 0.5, tmp_path / "w05")
     )
-    from r2ps.retrieval import retrieve
+    from r2ps.evaluation.retrieval import retrieve
 
     assert got["valid_mrr"]["0.5"] == pytest.approx(
         retrieve(alone.eval(), valid, 0, 64).metrics()["mrr"]

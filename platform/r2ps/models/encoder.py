@@ -7,6 +7,7 @@ returns.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -294,3 +295,25 @@ def module_device(model: torch.nn.Module) -> torch.device:
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id; 0 when it has none (the attention mask hides it anyway)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """Content hash of a model directory: weights, `config.json` and `r2ps.json` if any.
+
+    Hashing contents (not the path or mtimes) means a retrained model saved to the
+    same folder is a different model, and a copied folder is the same one.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model directory not found")
+    weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors (or *.bin) weights in it")
+    files = weights + [root / n for n in ("config.json", "r2ps.json") if (root / n).exists()]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:32]

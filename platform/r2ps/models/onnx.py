@@ -143,7 +143,7 @@ def _kind(model_dir: Path) -> str:
 
 
 def _fingerprint(model_dir: Path) -> str:
-    from r2ps.index import model_fingerprint  # one owner of "which weights are these"
+    from r2ps.models.encoder import model_fingerprint  # one owner of "which weights are these"
 
     return model_fingerprint(str(model_dir))
 

@@ -13,7 +13,7 @@ Stages (each reads what the last one wrote):
    this retriever are embedded (Ray Data actor pool, or in this process when few);
    `vectors/` keeps every current content id's vector, those of removed code dropped;
 4. index: the faiss index over every unit, in `codes.parquet` order, with the manifest
-   `r2ps.embed.ensure_index` expects, so the Serve app loads it as it is; then
+   `r2ps.mining.embed.ensure_index` expects, so the Serve app loads it as it is; then
    `serve.yaml` (`R2PS_SERVE_CONFIG=<out>/serve.yaml serve run serve.app:cascade`) and
    `index_summary.json` (counts, every skipped file named by reason, timings).
 
@@ -44,9 +44,10 @@ from r2ps.data.corpus import map_files
 from r2ps.data.extract import extract_units
 from r2ps.data.grammars import grammar_for
 from r2ps.data.schema import MODEL_CONFIG
-from r2ps.index import CodeIndex, IndexConfig, corpus_fingerprint, model_fingerprint
 from r2ps.log import get_logger
+from r2ps.mining.index import CodeIndex, IndexConfig, corpus_fingerprint
 from r2ps.models.cross import HEAD_FILE, saved_trained_alpha
+from r2ps.models.encoder import model_fingerprint
 from r2ps.repo.files import (
     OTHER_LANGUAGE,
     UNREADABLE,
@@ -124,7 +125,9 @@ class RepoIndexConfig:
         default=256,
         metadata={"help": "fewer files (codes) than this are parsed (embedded) here, no Ray"},
     )
-    actors: int = field(default=0, metadata={"help": "embedding actors (0: r2ps.embed's plan)"})
+    actors: int = field(
+        default=0, metadata={"help": "embedding actors (0: r2ps.mining.embed's plan)"}
+    )
     batch_size: int = 64
     block_rows: int = 512
     threads: int = 0
@@ -281,7 +284,7 @@ def _embed_new(
     texts: list[str], ids: list[str], model: str, cfg: RepoIndexConfig, work: Path
 ) -> np.ndarray:
     """float32 [len(texts), d] unit vectors of `texts` with the retriever at `model`."""
-    from r2ps.embed import EmbedConfig, embedding_dataset, plan_pool
+    from r2ps.mining.embed import EmbedConfig, embedding_dataset, plan_pool
 
     if len(texts) < max(1, cfg.local_below):
         import torch
@@ -317,7 +320,7 @@ def _embed_new(
 
 
 def _vector_identity(model: str) -> dict:
-    from r2ps.embed import EmbedConfig, max_code_len
+    from r2ps.mining.embed import EmbedConfig, max_code_len
 
     return {
         "model_fingerprint": model_fingerprint(model),
@@ -403,7 +406,7 @@ def build_index(
 ) -> CodeIndex:
     """The faiss index over every unit (`emb` [len(units), d]), with the manifest
     `ensure_index` checks."""
-    from r2ps.embed import EmbedConfig, max_code_len
+    from r2ps.mining.embed import EmbedConfig, max_code_len
 
     ids = units["code_id"].to_pylist()
     manifest = {

@@ -217,7 +217,7 @@ class RankerConfig(TrainConfig):
         """Besides the corpus (valid; train too for in-batch negatives): the retriever and,
         for PS negatives, the mining output and the split its summary names."""
         from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, split_files
-        from r2ps.train.ranker_data import named_split
+        from r2ps.mining.mine import named_split
 
         out = self._inputs(("valid",) if self.negatives_source == "ps" else ("train", "valid"))
         out += needs(self, "retriever", MODEL_CONFIG, what="a trained retriever folder")

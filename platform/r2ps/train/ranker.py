@@ -27,23 +27,23 @@ import ray
 import torch
 from torch import nn
 
-from r2ps.cascade import choose_alpha
-from r2ps.log import get_logger
-from r2ps.losses import listwise_ce
-from r2ps.models.cross import CrossEncoder, tokenize_pairs
-from r2ps.models.dual import DualEncoder, embed_texts
-from r2ps.models.encoder import load_tokenizer, model_or_default
-from r2ps.retrieval import (
+from r2ps.evaluation.retrieval import (
     Retrieved,
     cascade_metrics_at,
     rank_world,
     ranker_scores,
     retrieve,
-    top_candidates,  # noqa: F401  (moved to r2ps.retrieval; still importable from here)
+    top_candidates,  # noqa: F401  (moved to r2ps.evaluation.retrieval; still importable from here)
     unslice,
 )
+from r2ps.log import get_logger
+from r2ps.models.cross import CrossEncoder, tokenize_pairs
+from r2ps.models.dual import DualEncoder, embed_texts
+from r2ps.models.encoder import load_tokenizer, model_or_default
+from r2ps.search.cascade import choose_alpha
 from r2ps.train.config import RankerConfig
 from r2ps.train.loop import Task
+from r2ps.train.losses import listwise_ce
 from r2ps.train.ranker_data import build_groups, pairs_folder, ranker_rows
 from r2ps.train.retriever import _load_cosqa, _load_split, as_blocks
 

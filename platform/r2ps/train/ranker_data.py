@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ import pyarrow.parquet as pq
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
 from r2ps.log import get_logger
-from r2ps.mining import read_negatives
-from r2ps.ps import sample_negatives
+from r2ps.mining.mine import named_split, read_negatives
+from r2ps.mining.ps import sample_negatives
 from r2ps.train.config import RankerConfig
 from r2ps.train.retriever import seeded_sample, training_pairs
 
@@ -70,24 +69,6 @@ def check_config(cfg: RankerConfig) -> None:
 
 
 # --- the rows -----------------------------------------------------------------------
-
-
-def named_split(negatives: str | Path) -> Path:
-    """The split folder `<negatives>/mine_summary.json` names (`pairs`), whether or not it
-    is there (a split mining staged from a URI is staged again by jobs/train.py).
-
-    A relative path is taken from the working directory, or else from the negatives folder.
-    """
-    summary_path = Path(negatives) / MINE_SUMMARY
-    if not summary_path.exists():
-        raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
-    summary = json.loads(summary_path.read_text())
-    if not isinstance(summary, dict) or not summary.get("pairs"):
-        raise ValueError(f"{summary_path}: field 'pairs' (the mined split folder) is missing")
-    folder = Path(summary["pairs"])
-    if not folder.is_absolute() and not folder.exists():
-        folder = Path(negatives) / folder
-    return folder
 
 
 def pairs_folder(negatives: str | Path) -> Path:

@@ -23,9 +23,9 @@ import torch.distributed as dist
 
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
+from r2ps.evaluation.metrics import evaluate_dense
+from r2ps.evaluation.retrieval import eval_queries, unslice
 from r2ps.log import get_logger
-from r2ps.losses import gathered_info_nce
-from r2ps.metrics import evaluate_dense
 from r2ps.models.dual import DualEncoder, embed_texts
 from r2ps.models.encoder import (
     interpolate_encoders,
@@ -34,9 +34,9 @@ from r2ps.models.encoder import (
     pad_batch,
     pad_token_id,
 )
-from r2ps.retrieval import eval_queries, unslice
 from r2ps.train.config import RetrieverConfig, TrainConfig
 from r2ps.train.loop import DATA_CPUS, Task
+from r2ps.train.losses import gathered_info_nce
 from r2ps.train.wise_ft import choose_weight
 
 log = get_logger(__name__)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from r2ps.data.schema import RetrievalSet
+from r2ps.evaluation.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks
+from r2ps.evaluation.retrieval import MRR_CUTOFF, retrieve
 from r2ps.log import get_logger
-from r2ps.metrics import paired_bootstrap, rank_of_gold_topk, reciprocal_ranks
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import interpolate_encoders, read_meta, write_meta
-from r2ps.retrieval import MRR_CUTOFF, retrieve
 
 log = get_logger(__name__)
 

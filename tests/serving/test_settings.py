@@ -26,24 +26,22 @@ from conftest import serve_deployments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from r2ps.cascade import rerank
 from r2ps.config import ConfigError
-from r2ps.embed import EmbedConfig, max_code_len
-from r2ps.index import CodeIndex, IndexConfig, model_fingerprint
+from r2ps.mining.embed import EmbedConfig, max_code_len
+from r2ps.mining.index import CodeIndex, IndexConfig
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
+from r2ps.models.encoder import model_fingerprint
 from r2ps.models.onnx import export_onnx
-from r2ps.serving import (
+from r2ps.search.cascade import rerank
+from r2ps.serving.api import (
     RequestError,
-    ServeConfig,
-    count_pairs,
-    pair_chunks,
     parse_search_request,
     read_limited_body,
-    replica_threads,
-    resolve_model,
     search_request_schema,
 )
+from r2ps.serving.replicas import count_pairs, pair_chunks, replica_threads
+from r2ps.serving.settings import ServeConfig, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
@@ -260,7 +258,7 @@ def test_requests_generated_from_the_served_document_are_accepted_iff_valid():
     # test_fuzz_search_from_the_openapi_document does the same over HTTP).
     import schemathesis
 
-    from r2ps.serving import search_body_openapi
+    from r2ps.serving.api import search_body_openapi
 
     responses = {"200": {"description": "ok"}}
     doc = {
@@ -699,7 +697,7 @@ def test_replicas_stage_uri_settings_for_their_life(tmp_path, monkeypatch):
     copy on its own node, kept while it lives."""
     import contextlib
 
-    from r2ps.serving import staged_config
+    from r2ps.serving.replicas import staged_config
 
     monkeypatch.setenv("R2PS_STAGING_DIR", str(tmp_path / "staging"))
     bucket = tmp_path / "bucket"
@@ -723,7 +721,7 @@ def test_replicas_stage_uri_settings_for_their_life(tmp_path, monkeypatch):
 
 
 def test_code_store_keeps_locations_when_the_codes_have_them(tmp_path):
-    from r2ps.serving import load_code_store
+    from r2ps.serving.replicas import load_code_store
 
     table = {
         "code_id": ["u1", "u2"],

@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 from r2ps.config import Need, needs, to_dict
 from r2ps.data.codetext import code_match_key, query_key
 from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, TABLE_FILES, conform, split_files
-from r2ps.index import IndexConfig
 from r2ps.log import get_logger
-from r2ps.ps import FILTERS, GUARDS, CandidateFilter, Kept, resolve_window, sample_negatives
+from r2ps.mining.index import IndexConfig
+from r2ps.mining.ps import FILTERS, GUARDS, CandidateFilter, Kept, resolve_window, sample_negatives
 from r2ps.storage import atomic_path, write_text_atomic
 
 log = get_logger(__name__)
@@ -460,8 +460,8 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     `embed_queries` replaces the retriever's query encoder (texts -> float32 [n, d] unit
     rows); benchmarks use it to time mining alone on precomputed vectors.
     """
-    from r2ps.embed import EmbedConfig, ensure_index
-    from r2ps.index import read_embeddings
+    from r2ps.mining.embed import EmbedConfig, ensure_index
+    from r2ps.mining.index import read_embeddings
 
     if cfg.m < 1 or cfg.query_chunk < 1 or cfg.shard_queries < 1:
         raise ValueError("m, query_chunk and shard_queries must all be >= 1")
@@ -602,3 +602,21 @@ def read_negatives(
                 raise ValueError(f"{path}: column {col.name!r} must be a list, got {tp}")
         tables.append(table.select(list(columns)).cast(schema))
     return pa.concat_tables(tables)
+
+
+def named_split(negatives: str | Path) -> Path:
+    """The split folder `<negatives>/mine_summary.json` names (`pairs`), whether or not it
+    is there (a split mining staged from a URI is staged again by jobs/train.py).
+
+    A relative path is taken from the working directory, or else from the negatives folder.
+    """
+    summary_path = Path(negatives) / MINE_SUMMARY
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
+    summary = json.loads(summary_path.read_text())
+    if not isinstance(summary, dict) or not summary.get("pairs"):
+        raise ValueError(f"{summary_path}: field 'pairs' (the mined split folder) is missing")
+    folder = Path(summary["pairs"])
+    if not folder.is_absolute() and not folder.exists():
+        folder = Path(negatives) / folder
+    return folder

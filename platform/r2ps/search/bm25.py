@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import bm25s
 import numpy as np
 
-from r2ps.metrics import top_k_of_scores
+from r2ps.ranking import top_k_of_scores
 
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, any script
 # Boundaries inside an ASCII identifier: "HTTPServer" -> HTTP, Server; "parse2D" -> parse, 2, D.
@@ -85,7 +85,7 @@ class BM25:
     def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions int64 [k'], scores float32 [k']) best first, k' = min(k, N).
 
-        Scores equal within float noise keep pool order (`r2ps.metrics`' tie rule), so
+        Scores equal within float noise keep pool order (`r2ps.evaluation.metrics`' tie rule), so
         the ranking is the same on every CPU and a gold code tied with many zero-score
         codes gets no lucky rank.
         """

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from r2ps.losses import gather_with_grad, gathered_info_nce, info_nce, listwise_ce
+from r2ps.train.losses import gather_with_grad, gathered_info_nce, info_nce, listwise_ce
 
 
 def test_info_nce_hand_computed():

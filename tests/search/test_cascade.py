@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from r2ps.cascade import (
+from r2ps.search.cascade import (
     ServedCascade,
     best_setting,
     cascade_ids,

@@ -10,11 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2ps.cascade import rerank
-from r2ps.index import CodeIndex, IndexConfig
-from r2ps.metrics import (
-    TIE_ATOL,
-    TIE_RTOL,
+from r2ps.evaluation.metrics import (
     Target,
     evaluate_dense,
     ndcg,
@@ -24,10 +20,11 @@ from r2ps.metrics import (
     reciprocal_ranks,
     retrieval_metrics,
     target_ranks,
-    tie_order,
-    top_k_of_scores,
 )
-from r2ps.retrieval import top_candidates
+from r2ps.evaluation.retrieval import top_candidates
+from r2ps.mining.index import CodeIndex, IndexConfig
+from r2ps.ranking import TIE_ATOL, TIE_RTOL, tie_order, top_k_of_scores
+from r2ps.search.cascade import rerank
 
 
 def _as_lists(ranks):
@@ -287,7 +284,7 @@ def test_non_finite_scores_are_never_ranked(caplog):
     assert _as_lists(ranks) == [[math.inf], [math.inf], [2.0], [2.0]]
     q = np.full((4, 3), np.nan, np.float32)
     c = np.eye(3, dtype=np.float32)
-    with caplog.at_level("WARNING", logger="r2ps.metrics"):
+    with caplog.at_level("WARNING", logger="r2ps.evaluation.metrics"):
         m = evaluate_dense(q, c, [{0}, {1}, {2}, {0}])
     assert m["mrr"] == 0.0 and m["recall@10"] == 0.0
     assert "query embeddings: 4 of 4 rows hold NaN or inf values (rows 0, 1, 2, 3)" in caplog.text

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from r2ps.finite import check_finite
-from r2ps.metrics import tie_order
+from r2ps.ranking import tie_order
 
 
 def fuse(de_scores: np.ndarray, ce_scores: np.ndarray, alpha: float = 0.0) -> np.ndarray:
@@ -50,7 +50,7 @@ def rerank(
 
     Returns (order, fused): `order` holds positions into the K candidates, best first;
     `fused` the score each candidate was ordered by. Ties (fused scores equal within float
-    noise: `r2ps.metrics`' tie rule) keep the retriever's order, so a ranker that cannot
+    noise: `r2ps.evaluation.metrics`' tie rule) keep the retriever's order, so a ranker that cannot
     tell two codes apart never reshuffles them, whatever CPU rounded its scores.
     """
     fused = fuse(de_scores, ce_scores, alpha)

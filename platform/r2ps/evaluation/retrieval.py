@@ -3,9 +3,9 @@
 `eval_queries` turns a `RetrievalSet` into query texts and gold positions (one text, one
 query); `retrieve` ranks the whole pool with the dual encoder (each training rank embeds a
 slice, gathered with `unslice`); `cascade_ranks` / `cascade_metrics_at` score the cascade
-that reranks the top K with given ranker scores (`r2ps.cascade`, METHOD.md sections 3, 5).
+that reranks the top K with given ranker scores (`r2ps.search.cascade`, METHOD.md sections 3, 5).
 Ties (scores equal within float noise) keep pool order everywhere (the rule of
-`r2ps.metrics`).
+`r2ps.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import numpy as np
 import pyarrow as pa
 import torch.distributed as dist
 
-from r2ps.cascade import cascade_ids
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import RetrievalSet
+from r2ps.evaluation.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.finite import check_finite
-from r2ps.metrics import rank_of_gold_topk, retrieval_metrics, top_k_of_scores
 from r2ps.models.dual import DualEncoder, embed_texts
+from r2ps.ranking import top_k_of_scores
+from r2ps.search.cascade import cascade_ids
 
 MRR_CUTOFF = 1000  # docs/METHOD.md section 5: a rank past 1000 counts 0
 
@@ -88,8 +89,8 @@ def top_candidates(q_emb: np.ndarray, c_emb: np.ndarray, depth: int, chunk: int 
     """Exact top-`depth` (positions int64 [Q, min(depth, N)], scores float32, same shape)
     by inner product, best first, a chunk of queries at a time.
 
-    Ties (scores equal within float noise) keep pool order: `r2ps.metrics`' rule, through
-    `metrics.top_k_of_scores`. Raises ValueError naming the rows of either matrix that
+    Ties (scores equal within float noise) keep pool order: `r2ps.evaluation.metrics`' rule, through
+    `ranking.top_k_of_scores`. Raises ValueError naming the rows of either matrix that
     hold NaN or inf.
     """
     check_finite(q_emb, "query embeddings")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from r2ps.hybrid import rrf
+from r2ps.search.fusion import rrf
 
 
 def test_rrf_sums_reciprocal_ranks_over_lists():

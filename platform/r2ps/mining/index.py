@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from r2ps.finite import check_finite
 from r2ps.log import get_logger
-from r2ps.metrics import top_k_tied
+from r2ps.ranking import top_k_tied
 
 log = get_logger(__name__)
 
@@ -50,28 +50,6 @@ class StaleIndexError(RuntimeError):
 
 
 # ------------------------------------------------------------------ fingerprints
-
-
-def model_fingerprint(model_dir: str) -> str:
-    """Content hash of a model directory: weights, `config.json` and `r2ps.json` if any.
-
-    Hashing contents (not the path or mtimes) means a retrained model saved to the
-    same folder is a different model, and a copied folder is the same one.
-    """
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{model_dir}: model directory not found")
-    weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
-    if not weights:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors (or *.bin) weights in it")
-    files = weights + [root / n for n in ("config.json", "r2ps.json") if (root / n).exists()]
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:32]
 
 
 def corpus_fingerprint(code_ids: Sequence[str]) -> str:
@@ -307,7 +285,7 @@ class CodeIndex:
         Queries go through in chunks of `chunk` rows, so faiss's working memory does not
         grow with Q. A position of -1 (score -inf) means fewer than k codes were found.
         Scores equal within float noise are listed in position order, the one tie rule of
-        `r2ps.metrics` (`top_k_tied`: faiss asks for one more than k, and again for more
+        `r2ps.evaluation.metrics` (`top_k_tied`: faiss asks for one more than k, and again for more
         where a tie group crosses the cut, as faiss keeps the higher of two near-equal
         scores, not the lower position). Raises ValueError naming the query rows that hold
         NaN or inf.

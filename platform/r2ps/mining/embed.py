@@ -43,7 +43,8 @@ from r2ps.config import Need, needs
 from r2ps.data.errors import check_utf8
 from r2ps.data.schema import MODEL_CONFIG, codes_file
 from r2ps.finite import check_finite
-from r2ps.index import (
+from r2ps.log import Progress, get_logger
+from r2ps.mining.index import (
     MANIFEST,
     CodeIndex,
     IndexConfig,
@@ -51,14 +52,13 @@ from r2ps.index import (
     check_manifest,
     corpus_fingerprint,
     embedding_layout,
-    model_fingerprint,
     read_embeddings,
     read_manifest,
 )
-from r2ps.log import Progress, get_logger
 from r2ps.models.encoder import (
     batches_by_length,
     load_tokenizer,
+    model_fingerprint,
     model_or_default,
     pad_batch,
     pad_token_id,

@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import chisquare
 
 from r2ps.data.codetext import code_id, code_match_key
-from r2ps.index import CodeIndex, IndexConfig
-from r2ps.mining import (
+from r2ps.mining.index import CodeIndex, IndexConfig
+from r2ps.mining.mine import (
     NEGATIVES_SCHEMA,
     MineConfig,
     MiningSettingsError,
@@ -26,7 +26,7 @@ from r2ps.mining import (
     search_windows,
     text_golds,
 )
-from r2ps.ps import CandidateFilter, resolve_window, sample_negatives
+from r2ps.mining.ps import CandidateFilter, resolve_window, sample_negatives
 
 # ------------------------------------------------------------------ the filter, by hand
 
@@ -125,7 +125,7 @@ def test_match_groups_join_normalised_and_docstring_duplicates():
 
 
 def test_search_windows_searches_again_when_pool_codes_crowd_the_top():
-    from r2ps.index import CodeIndex, IndexConfig
+    from r2ps.mining.index import CodeIndex, IndexConfig
 
     # 200 codes on a line of decreasing similarity to the query; the best 40 are pool codes.
     n, d = 200, 8
@@ -278,7 +278,7 @@ def _settings(split_dir: Path, out: Path, model: Path) -> list[str]:
 
 @pytest.mark.ray
 def test_mine_end_to_end_resume_and_settings_guard(ray_local, tiny_bert_dir, split_dir, tmp_path):
-    from r2ps.index import read_embeddings
+    from r2ps.mining.index import read_embeddings
     from r2ps.models.dual import DualEncoder
 
     out = tmp_path / "mined"

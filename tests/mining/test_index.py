@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import RERUN_TOL
 
-from r2ps.index import (
+from r2ps.mining.index import (
     CodeIndex,
     IndexConfig,
     StaleIndexError,
@@ -15,7 +15,7 @@ from r2ps.index import (
     gpu_available,
     model_fingerprint,
 )
-from r2ps.metrics import top_k_of_scores
+from r2ps.ranking import top_k_of_scores
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
@@ -141,7 +141,7 @@ def test_a_memory_mapped_matrix_builds_the_same_index_in_chunks(tmp_path, cluste
     codes, queries = clustered
     mapped = np.lib.format.open_memmap(tmp_path / "v.npy", "w+", np.float32, codes.shape)
     mapped[:] = codes
-    monkeypatch.setattr("r2ps.index.ADD_CHUNK", 300)  # 7 chunks
+    monkeypatch.setattr("r2ps.mining.index.ADD_CHUNK", 300)  # 7 chunks
     for cfg in (IndexConfig(), IndexConfig(kind="ivf", nlist=16, nprobe=16)):
         whole = CodeIndex.build(codes, ids(len(codes)), cfg, {})
         chunked = CodeIndex.build(mapped, ids(len(codes)), cfg, {})
@@ -220,7 +220,7 @@ def test_non_finite_vectors_are_refused_naming_the_rows(kind):
 
 
 def test_a_memory_mapped_matrix_is_checked_chunk_by_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr("r2ps.index.ADD_CHUNK", 4)
+    monkeypatch.setattr("r2ps.mining.index.ADD_CHUNK", 4)
     codes = np.lib.format.open_memmap(
         tmp_path / "e.npy", mode="w+", dtype=np.float32, shape=(10, 8)
     )
@@ -231,7 +231,7 @@ def test_a_memory_mapped_matrix_is_checked_chunk_by_chunk(tmp_path, monkeypatch)
 
 
 def test_ties_are_listed_in_position_order():
-    # faiss flat lists a tied group last-first; the one tie rule (r2ps.metrics) is pool order.
+    # faiss flat lists a tied group last-first; the one tie rule (r2ps.evaluation.metrics) is pool order.
     same = np.ones((300, 8), np.float32) / np.sqrt(8)
     index = CodeIndex.build(same, ids(300), IndexConfig(), {})
     scores, pos = index.search(same[:2], 10)

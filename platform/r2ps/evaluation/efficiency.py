@@ -13,21 +13,17 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from r2ps.cascade import cascade_ids
-from r2ps.data.schema import SPLITS
-from r2ps.index import CodeIndex, IndexConfig
+from r2ps.evaluation.config import POOL_FILES, EvalConfig
 from r2ps.log import get_logger
+from r2ps.mining.index import CodeIndex, IndexConfig
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
-
-if TYPE_CHECKING:
-    from r2ps.evaluate import EvalConfig
+from r2ps.search.cascade import cascade_ids
 
 log = get_logger(__name__)
 
@@ -66,7 +62,6 @@ def efficiency_row(
 
 
 # What a timing pool's folder holds, any one of: a split's codes, or a corpus's splits'.
-POOL_FILES = ("codes.parquet", *(f"{s}/codes.parquet" for s in SPLITS))
 
 
 def pool_codes(source: str, n: int) -> tuple[list[str], list[str]]:

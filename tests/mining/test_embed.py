@@ -15,7 +15,7 @@ from conftest import RERUN_TOL
 
 from r2ps.data.errors import BadRecord
 from r2ps.data.schema import codes_file
-from r2ps.embed import (
+from r2ps.mining.embed import (
     CodeEmbedder,
     EmbedConfig,
     block_count,
@@ -24,7 +24,7 @@ from r2ps.embed import (
     plan_pool,
     tokenize_codes,
 )
-from r2ps.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
+from r2ps.mining.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
 from r2ps.models.dual import DualEncoder
 from r2ps.models.onnx import export_onnx
 
@@ -125,7 +125,8 @@ def test_ensure_index_reuses_what_matches_and_rebuilds_what_is_stale(
     # another model (its r2ps.json changed): re-embedded, and the old index is refused
     (model / "r2ps.json").write_text(json.dumps({"kind": "dual", "max_code_len": 16}))
     with pytest.raises(StaleIndexError, match="model_fingerprint"):
-        from r2ps.index import CodeIndex, model_fingerprint
+        from r2ps.mining.index import CodeIndex
+        from r2ps.models.encoder import model_fingerprint
 
         CodeIndex.load(out / "index", expect={"model_fingerprint": model_fingerprint(str(model))})
     retrained = ensure_index(small_cfg(model, split, out))
@@ -263,7 +264,7 @@ def test_the_embedding_actor_refuses_nan_vectors_naming_the_codes(tiny_bert_dir,
     # An overflowing or broken model: its NaN rows must not reach the shards and index.
     from safetensors.torch import load_file, save_file
 
-    from r2ps.embed import CodeEmbedder
+    from r2ps.mining.embed import CodeEmbedder
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bert_dir, broken)

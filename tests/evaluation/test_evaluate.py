@@ -17,14 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import r2ps.evaluate as ev
-from r2ps.bm25 import BM25, tokenize
-from r2ps.cascade import ServedCascade
+import r2ps.evaluation.evaluate as ev
 from r2ps.config import ConfigError, check_inputs
 from r2ps.data.schema import PAIR_SCHEMA, split_pairs
-from r2ps.efficiency import efficiency_row, extrapolate, pool_codes
-from r2ps.evaluate import EvalConfig, evaluate
+from r2ps.evaluation.config import EvalConfig, check_config
+from r2ps.evaluation.efficiency import efficiency_row, extrapolate, pool_codes
+from r2ps.evaluation.evaluate import evaluate
 from r2ps.models.cross import CrossEncoder
+from r2ps.search.bm25 import BM25, tokenize
+from r2ps.search.cascade import ServedCascade
 
 TEST_PAIRS = [
     (
@@ -257,7 +258,7 @@ def test_models_left_empty_are_skipped_with_a_warning(setup, tmp_path, caplog):
             "out": str(tmp_path / "out"),
         }
     )
-    with caplog.at_level(logging.WARNING, logger="r2ps.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="r2ps.evaluation.evaluate"):
         report = evaluate(cfg)
     assert any("RR (rr): none given" in r.getMessage() for r in caplog.records)
     assert any("RR (rr)" in s for s in report["skipped"])
@@ -321,9 +322,9 @@ def test_the_quality_table_is_written_before_the_efficiency_table(setup, tmp_pat
 
 def test_bad_settings_fail_clearly(setup):
     with pytest.raises(ValueError, match="valid"):
-        ev.check_config(EvalConfig(**{**vars(setup), "valid": setup.split}))
+        check_config(EvalConfig(**{**vars(setup), "valid": setup.split}))
     with pytest.raises(ValueError, match="ks"):
-        ev.check_config(EvalConfig(**{**vars(setup), "ks": [0, 5]}))
+        check_config(EvalConfig(**{**vars(setup), "ks": [0, 5]}))
     with pytest.raises(ValueError, match="not a trained ranker"):
         ev.load_ranker(setup.retriever)  # a plain encoder: its head would be random
     with pytest.raises(FileNotFoundError, match="codes.parquet"):
