@@ -332,7 +332,7 @@ def test_bad_settings_fail_clearly(setup):
 
 
 def test_job_command_line(setup, tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"
+    path = Path(__file__).resolve().parents[2] / "jobs" / "evaluate.py"
     spec = importlib.util.spec_from_file_location("evaluate_job", path)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)

@@ -28,7 +28,7 @@ from r2ps.mining.index import IndexConfig, StaleIndexError, embedding_layout, re
 from r2ps.models.dual import DualEncoder
 from r2ps.models.onnx import export_onnx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_codes(n: int, seed: int = 0) -> pa.Table:

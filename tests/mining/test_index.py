@@ -13,8 +13,8 @@ from r2ps.mining.index import (
     StaleIndexError,
     corpus_fingerprint,
     gpu_available,
-    model_fingerprint,
 )
+from r2ps.models.encoder import model_fingerprint
 from r2ps.ranking import top_k_of_scores
 
 

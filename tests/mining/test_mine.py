@@ -260,7 +260,7 @@ def split_dir(tmp_path_factory) -> Path:
 
 
 def _run_job(args: list[str]) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
     try:
         import mine as mine_job
     finally:

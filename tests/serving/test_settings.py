@@ -43,7 +43,7 @@ from r2ps.serving.api import (
 from r2ps.serving.replicas import count_pairs, pair_chunks, replica_threads
 from r2ps.serving.settings import ServeConfig, resolve_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `serve.app` lives at the repository root
     sys.path.insert(0, str(REPO))
 
