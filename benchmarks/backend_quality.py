@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r2ps.data.readers import read_cosqa
+from r2ps.data.cosqa import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.evaluation.metrics import (
     paired_bootstrap,
@@ -37,8 +37,9 @@ from r2ps.evaluation.metrics import (
 )
 from r2ps.evaluation.retrieval import MRR_CUTOFF, Retrieved, eval_queries, top_candidates
 from r2ps.log import setup_logging
+from r2ps.models.backends import BACKENDS, load_ranker, load_retriever
 from r2ps.models.dual import embed_texts
-from r2ps.models.onnx import BACKENDS, ensure_export, load_ranker, load_retriever
+from r2ps.models.onnx_export import ensure_export
 from r2ps.search.cascade import cascade_ids
 
 K = 10

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import ray
 
-from r2ps.data.corpus import CorpusConfig, discover_sources, extract, extract_files
+from r2ps.data.corpus_config import CorpusConfig
+from r2ps.data.sources import discover_sources, extract, extract_files
 
 
 def timed(fn) -> tuple[float, int]:

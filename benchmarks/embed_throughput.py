@@ -33,9 +33,10 @@ import torch
 
 from r2ps.data.schema import codes_file
 from r2ps.mining.embed import EmbedConfig, embed_corpus
+from r2ps.models.backends import load_retriever
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import default_model_path, pad_batch, pad_token_id
-from r2ps.models.onnx import ensure_export, load_retriever
+from r2ps.models.onnx_export import ensure_export
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r2ps.data.readers import read_cosqa
+from r2ps.data.cosqa import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.evaluation.metrics import (
     paired_bootstrap,

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import ray
 
+from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.files import FileRules, walk_sources
-from r2ps.repo.indexer import RepoIndexConfig, index_repo, read_files
+from r2ps.repo.indexer import index_repo
+from r2ps.repo.units import read_files
 
 SUBSET = "requests,yaml,fsspec,jinja2,click,urllib3"
 

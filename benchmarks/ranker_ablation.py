@@ -43,7 +43,8 @@ from r2ps.evaluation.retrieval import (  # noqa: E402
 )
 from r2ps.models.cross import CrossEncoder  # noqa: E402
 from r2ps.models.dual import DualEncoder  # noqa: E402
-from r2ps.pipeline import PipelineConfig, build_stages, mine_negatives  # noqa: E402
+from r2ps.pipeline.config import PipelineConfig, build_stages  # noqa: E402
+from r2ps.pipeline.stages import mine_negatives  # noqa: E402
 
 # Every variant sets every lever, so a row does not depend on the preset's recipe.
 OFF = {"residual": False, "start_from_retriever": False, "ps_random": 0}

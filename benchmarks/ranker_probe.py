@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 from r2ps.data.schema import RetrievalSet
 from r2ps.evaluation.metrics import rank_of_gold_topk, retrieval_metrics
 from r2ps.evaluation.retrieval import ranker_scores, retrieve
-from r2ps.mining.mine import read_negatives
+from r2ps.mining.negatives import read_negatives
 from r2ps.mining.ps import sample_negatives
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from r2ps.data.readers import read_cosqa
+from r2ps.data.cosqa import read_cosqa
 from r2ps.data.schema import RetrievalSet
 from r2ps.evaluation.metrics import (
     paired_bootstrap,

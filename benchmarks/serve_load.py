@@ -46,7 +46,8 @@ import requests
 from r2ps.config import from_dict, parse_config
 from r2ps.data.schema import codes_file
 from r2ps.log import get_logger, setup_logging
-from r2ps.mining.embed import EmbedConfig, ensure_index
+from r2ps.mining.corpus_index import ensure_index
+from r2ps.mining.embed import EmbedConfig
 from r2ps.serving.settings import ServeConfig, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def compare_backends(cfg: LoadConfig, scfg: ServeConfig, queries: list[str], por
     """Cascade K=10 per backend and client count; rounds alternate the backend order."""
     from ray import serve
 
-    from r2ps.models.onnx import ensure_export
+    from r2ps.models.onnx_export import ensure_export
     from serve.deployments import build_app
 
     settings = {spec: variant(spec, scfg) for spec in cfg.backends}

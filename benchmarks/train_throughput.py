@@ -95,7 +95,7 @@ def deepspeed_loop(pairs: pa.Table, cfg: RetrieverConfig, steps: int, window: in
     """The loop's own step (RetrieverTask.loss, engine.backward, engine.step) under a
     single-process DeepSpeed engine, without Ray: separates DeepSpeed's cost from Ray's.
     Pairs/s of each window."""
-    from gpu_check import single_process_dist_env
+    from gpu_setup import single_process_dist_env
 
     from r2ps.train.loop import build_engine
     from r2ps.train.retriever import RetrieverTask, group_keys, tokenize_pairs

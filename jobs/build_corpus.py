@@ -15,7 +15,8 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 import ray
 
 from r2ps.config import check_inputs, parse_config
-from r2ps.data.corpus import CorpusConfig, build_corpus, format_stats
+from r2ps.data.corpus import build_corpus, format_stats
+from r2ps.data.corpus_config import CorpusConfig
 from r2ps.log import setup_logging
 from r2ps.storage import staged
 

@@ -23,7 +23,8 @@ import ray
 
 from r2ps.config import check_inputs, parse_config
 from r2ps.log import setup_logging
-from r2ps.mining.embed import EmbedConfig, ensure_index
+from r2ps.mining.corpus_index import ensure_index
+from r2ps.mining.embed import EmbedConfig
 from r2ps.storage import staged
 
 # Settings that are paths: a URI among them is staged through local disk (r2ps.storage).

@@ -18,7 +18,7 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 
 from r2ps.config import check_inputs, parse_config
 from r2ps.log import setup_logging
-from r2ps.models.onnx import ExportConfig, export_all
+from r2ps.models.onnx_export import ExportConfig, export_all
 from r2ps.storage import staged
 
 

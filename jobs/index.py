@@ -19,7 +19,8 @@ import _require_r2ps  # noqa: F401  (first: says how to run jobs when r2ps is mi
 
 from r2ps.config import ConfigError, parse_config
 from r2ps.log import setup_logging
-from r2ps.repo.indexer import NothingToIndex, RepoIndexConfig, format_summary, index_repo
+from r2ps.repo.config import RepoIndexConfig
+from r2ps.repo.indexer import NothingToIndex, format_summary, index_repo
 
 
 def main(argv: list[str] | None = None) -> int:

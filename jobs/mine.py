@@ -22,7 +22,8 @@ import ray
 
 from r2ps.config import check_inputs, parse_config
 from r2ps.log import setup_logging
-from r2ps.mining.mine import MineConfig, format_summary, mine
+from r2ps.mining.mine import MineConfig, mine
+from r2ps.mining.negatives import format_summary
 from r2ps.storage import staged
 
 # Settings that are paths: a URI among them is staged through local disk (r2ps.storage).

@@ -10,8 +10,8 @@ Stages: corpus -> sample (the mining pool) -> retriever -> mine (index + PS nega
 corpus.*, sample.*, retriever.*, mine.*, ranker.* (both rankers), evaluate.*. Running the
 same command again skips every stage that is up to date, so after a crash it resumes at
 the stage that failed; a changed setting reruns its stage and those after it. A URI --out
-is worked on in a local mirror and each finished stage is uploaded at once (r2ps.pipeline
-.run_pipeline; docs/STORAGE.md); --cosqa stays a local folder. Every setting, and every
+is worked on in a local mirror and each finished stage is uploaded at once (r2ps.pipeline.run,
+docs/STORAGE.md); --cosqa stays a local folder. Every setting, and every
 input from outside --out (CoSQA, corpus.roots, corpus.pairs, a starting model), is checked
 before Ray starts: a bad one stops the job at once (exit 2, naming it).
 """
@@ -25,7 +25,8 @@ import ray
 
 from r2ps.config import parse_config
 from r2ps.log import setup_logging
-from r2ps.pipeline import PipelineConfig, build_stages, format_summary, run_pipeline
+from r2ps.pipeline.config import PipelineConfig, build_stages
+from r2ps.pipeline.run import format_summary, run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ here to compose or benchmark the endpoint with settings of your own (importing t
 module reads no settings and checks nothing). Serve replicas import this module to
 unpickle their class.
 
-The retriever ranks the whole code store with the dual encoder and a faiss index; the
+The retriever runs the search core (`r2ps.search.searcher.Searcher`: the dual encoder, a
+faiss index, the code store, filters) on queries batched across requests; the
 ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering is
 `r2ps.search.cascade`'s, the same one evaluation measures. A call whose replica dies is asked
 again once (`Cascade._ask`), within the request's deadline: a replica's death costs latency,
@@ -29,11 +30,11 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from r2ps.log import get_logger, setup_logging
-from r2ps.models.onnx import load_ranker, load_retriever
+from r2ps.models.backends import load_ranker
 from r2ps.resources import cluster_has_gpus
-from r2ps.search.bm25 import BM25
 from r2ps.search.cascade import cascade_ids, fuse
-from r2ps.search.fusion import rrf
+from r2ps.search.filters import Filters
+from r2ps.search.searcher import Query, Searcher
 from r2ps.serving.api import (
     Hit,
     RequestError,
@@ -46,8 +47,6 @@ from r2ps.serving.api import (
 from r2ps.serving.replicas import (
     CascadeMetrics,
     count_pairs,
-    load_code_store,
-    load_index,
     pair_chunks,
     replica_threads,
     staged_config,
@@ -97,93 +96,55 @@ class _ModelReplica:
 
 @serve.deployment
 class Retriever(_ModelReplica):
-    """Dual encoder + faiss index + code store; query encoding batched across requests."""
+    """The search core (`Searcher`) on this replica; queries batched across requests."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self._staged, cfg = _replica_inputs(cfg)
         self.cpus = cfg.retriever_cpus
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
         threads = replica_threads(cfg.threads, cfg.retriever_cpus)
-        self.loaded = load_retriever(self.model_dir, cfg.backend, threads, _device())
-        self.model = self.loaded.model
-        self.warmup_ms = warm_up_retriever(self.model)  # before Serve counts it ready
-        self.store = load_code_store(cfg.codes)
-        self.index = load_index(cfg, self.model_dir)
-        missing = [c for c in self.index.code_ids if c not in self.store.rows]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} indexed code ids (e.g. {missing[0]!r}) are not in the code "
-                f"store {self.store.path}: the index was built from another corpus"
-            )
+        self.searcher = Searcher.from_config(
+            cfg, model_dir=self.model_dir, threads=threads, device=_device()
+        )
+        self.loaded = self.searcher.loaded
+        self.warmup_ms = warm_up_retriever(self.searcher.model)  # before Serve counts it ready
         self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
         self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
-        self.retrieval, self.hybrid_depth, self.rrf_k = cfg.retrieval, cfg.hybrid_depth, cfg.rrf_k
-        self._bm25 = None  # built at start for a hybrid default, else at the first hybrid query
-        if cfg.retrieval == "hybrid":
-            self._lexical()
+        if cfg.retrieval == "hybrid":  # BM25 built now, not at the first query
+            start = time.perf_counter()
+            self.searcher.lexical()
+            log.info("BM25 over %d codes built in %.1f s", len(self.searcher),
+                     time.perf_counter() - start)  # fmt: skip
         log.info(
             "retriever ready: %s (trained: %s), %d codes, index %s, %s",
             self.model_dir,
             self.trained,
-            len(self.index.code_ids),
-            self.index.manifest.get("kind"),
+            len(self.searcher),
+            self.searcher.index.manifest.get("kind"),
             self.runtime(),
         )
 
-    async def retrieve(self, query: str, k: int, retrieval: str | None = None) -> dict:
-        """The top `k` codes: ids, code text, language, source, location and scores
-        (cosines; RRF scores for `retrieval="hybrid"`)."""
-        return await self._search_batch((query, k, retrieval or self.retrieval))
+    async def retrieve(
+        self, query: str, k: int, retrieval: str | None = None, filters: Filters | None = None
+    ) -> dict:
+        """{"hits": the top `k` SearchHits that pass `filters` (fewer when fewer pass),
+        "retrieval": the first stage used}; scores are cosines, or RRF scores for hybrid."""
+        return await self._search_batch(Query(query, k, retrieval, filters))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _search_batch(self, items: list[tuple[str, int, str]]) -> list[dict]:
+    async def _search_batch(self, queries: list[Query]) -> list[dict]:
         # Off the event loop, so readiness probes answer while a batch encodes.
-        return await asyncio.to_thread(self._search, items)
-
-    def _lexical(self) -> BM25:
-        if self._bm25 is None:
-            start = time.perf_counter()
-            self._bm25 = BM25([self.store.get(i)[0] for i in self.index.code_ids])
-            log.info("BM25 over %d codes built in %.1f s", len(self.index.code_ids),
-                     time.perf_counter() - start)  # fmt: skip
-        return self._bm25
-
-    def _search(self, items: list[tuple[str, int, str]]) -> list[dict]:
-        n = len(self.index.code_ids)
-        depth = [k if mode == "dense" else max(k, self.hybrid_depth) for _, k, mode in items]
-        embeddings = self.model.embed_queries([q for q, _, _ in items])
-        scores, positions = self.index.search(embeddings, min(max(depth), n))
-        out = []
-        for (query, k, mode), d, s_row, p_row in zip(items, depth, scores, positions, strict=True):
-            if mode == "hybrid":  # BM25's and the dense list fused by rank (r2ps.search.fusion)
-                lexical, lex_scores = self._lexical().top_k(query, min(d, n))
-                lexical = lexical[lex_scores > 0]  # no shared term: not in BM25's list
-                ids, fused = rrf([p_row[:d], lexical], k=self.rrf_k, top=k)
-                keep = list(zip(fused.tolist(), ids.tolist(), strict=True))
-            else:
-                keep = [
-                    (float(s), int(p)) for s, p in zip(s_row[:k], p_row[:k], strict=True) if p >= 0
-                ]
-            ids = [self.index.code_ids[p] for _, p in keep]
-            rows = [self.store.get(i) for i in ids]
-            out.append(
-                {
-                    "code_ids": ids,
-                    "codes": [r[0] for r in rows],
-                    "languages": [r[1] for r in rows],
-                    "sources": [r[2] for r in rows],
-                    "locations": [self.store.location(i) for i in ids],
-                    "scores": [s for s, _ in keep],
-                    "retrieval": mode,
-                }
-            )
-        return out
+        found = await asyncio.to_thread(self.searcher.search_many, queries)
+        return [
+            {"hits": hits, "retrieval": self.searcher.mode(q.retrieval)}
+            for q, hits in zip(queries, found, strict=True)
+        ]
 
     def ready(self) -> dict:
         return {
             "model": self.model_dir,
             "trained": self.trained,
-            "codes": len(self.index.code_ids),
+            "codes": len(self.searcher),
             **self.runtime(),
         }
 
@@ -292,17 +253,20 @@ class Cascade:
         depth = max(req.top_k, rerank_k)
         try:
             found = await self._ask(
-                self.retriever, "retrieve", req.query, depth, req.retrieval, deadline=deadline
-            )
+                self.retriever, "retrieve", req.query, depth, req.retrieval, req.filters(),
+                deadline=deadline,
+            )  # fmt: skip
         except Exception as e:  # the retriever is the one stage the answer cannot do without
             log.error("retriever failed: %r", e)
             return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
         t1 = time.perf_counter()
-        de = np.asarray(found["scores"], dtype=np.float32)
+        found_hits = found["hits"]
+        de = np.asarray([h.score for h in found_hits], dtype=np.float32)
         k = min(rerank_k, len(de))
         ce, alpha, reason = None, 0.0, None
         if k:
-            ce, alpha, reason = await self._rerank(req.query, found["codes"][:k], deadline)
+            codes = [h.code for h in found_hits[:k]]
+            ce, alpha, reason = await self._rerank(req.query, codes, deadline)
         t2 = time.perf_counter()
         if reason is not None:
             self.metrics.degrade(reason)
@@ -312,16 +276,14 @@ class Cascade:
         fused = fuse(de[: len(ce_arr)], ce_arr, alpha)
         hits = [
             Hit(
-                rank=rank,
-                code_id=found["code_ids"][p],
-                code=found["codes"][p],
-                language=found["languages"][p],
-                source=found["sources"][p],
-                score=float(fused[p] if p < len(ce_arr) else de[p]),
-                retriever_score=float(de[p]),
-                retriever_rank=int(p) + 1,
-                ranker_score=float(ce_arr[p]) if p < len(ce_arr) else None,
-                **found["locations"][p],
+                **{
+                    **found_hits[p].to_dict(),  # the unit and where it is
+                    "rank": rank,
+                    "score": float(fused[p] if p < len(ce_arr) else de[p]),
+                    "retriever_score": float(de[p]),
+                    "retriever_rank": int(p) + 1,
+                    "ranker_score": float(ce_arr[p]) if p < len(ce_arr) else None,
+                }
             )
             for rank, p in enumerate(order.tolist(), start=1)
         ]

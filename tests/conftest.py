@@ -6,6 +6,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,3 +184,29 @@ def serve_deployments():
     if str(REPO) not in sys.path:  # `serve` lives at the repository root
         sys.path.insert(0, str(REPO))
     return importlib.import_module("serve.deployments")
+
+
+# --- codes tables shared by the embedding tests (tests/mining) and the multi-node test
+
+
+def make_codes(n: int, seed: int = 0) -> pa.Table:
+    """`n` codes of very different lengths, so length grouping reorders them."""
+    rng = np.random.default_rng(seed)
+    codes = []
+    for i in range(n):
+        body = "\n".join(f"    x{j} = x{j - 1} + {i} * {j}" for j in range(rng.integers(1, 40)))
+        codes.append(f"def f{i}(x0):\n{body}\n    return x0")
+    return pa.table(
+        {
+            "code_id": [f"id{i:03d}" for i in range(n)],
+            "code": codes,
+            "language": ["python"] * n,
+            "source": ["test"] * n,
+        }
+    )
+
+
+def write_split(folder: Path, table: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "codes.parquet", row_group_size=16)  # several row groups
+    return folder

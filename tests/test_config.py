@@ -103,7 +103,7 @@ def test_every_file_under_configs_loads(tmp_path):
     configs load into their job's dataclass."""
     from pathlib import Path
 
-    from r2ps.pipeline import PipelineConfig, build_stages
+    from r2ps.pipeline.config import PipelineConfig, build_stages
     from r2ps.train.config import RetrieverConfig
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -118,7 +118,7 @@ def test_every_file_under_configs_loads(tmp_path):
 
 def test_pipeline_help_lists_each_section_key_once():
     from r2ps.config import build_parser
-    from r2ps.pipeline import PipelineConfig
+    from r2ps.pipeline.config import PipelineConfig
 
     text = build_parser(PipelineConfig).format_help()
     for key in ("corpus.max_files", "retriever.lr", "mine.window_end", "evaluate.ks"):

@@ -186,12 +186,13 @@ def mounted_claims(cluster_spec: dict, path: str) -> set[tuple[str, str]]:
 
 def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
     """The RayService reads `<the RayJob's --out>/serve.yaml`, named as the pipeline names it."""
-    import r2ps.pipeline as pipeline
+    import r2ps.pipeline.run as pipeline_run
     from r2ps.config import parse_config
+    from r2ps.pipeline.config import PipelineConfig
     from r2ps.serving.settings import CONFIG_ENV
 
     job = parse_config(
-        pipeline.PipelineConfig, shlex.split(load("deploy/rayjob.yaml")["spec"]["entrypoint"])[2:]
+        PipelineConfig, shlex.split(load("deploy/rayjob.yaml")["spec"]["entrypoint"])[2:]
     )
     assert PurePosixPath(job.out).is_absolute(), f"the RayJob writes to {job.out!r}: pass --out"
 
@@ -205,11 +206,11 @@ def test_rayservice_serves_what_the_rayjob_wrote(tmp_path, monkeypatch):
         (evaluation / SERVED_FILE).write_text("{}")
         return {}
 
-    monkeypatch.setattr(pipeline, "run_stages", no_run)
+    monkeypatch.setattr(pipeline_run, "run_stages", no_run)
     monkeypatch.delenv("R2PS_STORAGE", raising=False)
     out = tmp_path / "out"
     out.mkdir()
-    run = pipeline.run_pipeline(dataclasses.replace(job, out=str(out)))
+    run = pipeline_run.run_pipeline(dataclasses.replace(job, out=str(out)))
     written = Path(run["serve_config"]).relative_to(out.resolve())
     expected = str(PurePosixPath(job.out) / written.as_posix())
     # ... and every path in it lies under --out, so on the shared volume.

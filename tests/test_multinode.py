@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import s3_client, s3_env
-from test_embed import make_codes, write_split
+from conftest import make_codes, s3_client, s3_env, write_split
 
 import r2ps
 from r2ps.config import to_dict

@@ -16,20 +16,12 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-import r2ps.pipeline as pipeline_module
+import r2ps.pipeline.run as pipeline_run
 from r2ps.config import ConfigError, parse_config
 from r2ps.data.schema import MINE_SUMMARY
-from r2ps.pipeline import (
-    ADDED_SETTINGS,
-    STAGE_FILE,
-    PipelineConfig,
-    Stage,
-    build_stages,
-    fingerprint,
-    format_summary,
-    run_pipeline,
-    run_stages,
-)
+from r2ps.pipeline.config import PipelineConfig, build_stages
+from r2ps.pipeline.run import format_summary, run_pipeline
+from r2ps.pipeline.stages import ADDED_SETTINGS, STAGE_FILE, Stage, fingerprint, run_stages
 from r2ps.search.cascade import SERVED_FILE
 from r2ps.serving.settings import ServeConfig
 
@@ -110,17 +102,12 @@ def test_a_setting_added_at_its_old_behaviour_keeps_finished_stages(monkeypatch)
 
 
 def test_the_settings_registered_as_added_exist_with_their_registered_types():
-    jobs = {
-        c.__name__: c
-        for c in (
-            pipeline_module.CorpusConfig,
-            pipeline_module.SampleConfig,
-            pipeline_module.RetrieverConfig,
-            pipeline_module.MineConfig,
-            pipeline_module.RankerConfig,
-            pipeline_module.EvalConfig,
-        )
+    jobs = {  # the job config of every section of the pipeline's settings
+        f.metadata["section"].__name__: f.metadata["section"]
+        for f in dataclasses.fields(PipelineConfig)
+        if "section" in f.metadata
     }
+    assert len(jobs) == 6
     for job, settings in ADDED_SETTINGS.items():
         fields = {f.name: f for f in dataclasses.fields(jobs[job])}
         for key, before in settings.items():
@@ -145,7 +132,7 @@ def test_second_run_skips_every_stage(tmp_path, caplog):
     record = json.loads((tmp_path / "b" / STAGE_FILE).read_text())
     assert record["config"] == {"out": str(tmp_path / "b"), "value": 2}
     assert set(record["inputs"]) == {"a"}
-    caplog.set_level("INFO", logger="r2ps.pipeline")
+    caplog.set_level("INFO", logger="r2ps.pipeline.stages")
     assert ran(run_stages(chain(tmp_path, calls))) == []
     assert calls == ["a", "b", "c"]
     assert "skip b: up to date" in caplog.text
@@ -383,7 +370,7 @@ def test_checkpoint_storage_is_a_setting_defaulting_to_the_cluster_environment(
     assert stages["retriever"].storage == str(tmp_path / "ray_results")
 
 
-REAL_BUILD = pipeline_module.build_stages
+REAL_BUILD = build_stages
 
 
 def fake_stage_bodies(monkeypatch, crash_at: str = "", served: dict | None = None) -> list[str]:
@@ -417,7 +404,7 @@ def fake_stage_bodies(monkeypatch, crash_at: str = "", served: dict | None = Non
             stage.fn = write
         return stages
 
-    monkeypatch.setattr(pipeline_module, "build_stages", fake)
+    monkeypatch.setattr(pipeline_run, "build_stages", fake)
     monkeypatch.delenv("R2PS_STORAGE", raising=False)
     return calls
 
@@ -546,7 +533,7 @@ def test_a_uri_out_uploads_each_stage_as_it_finishes_and_resumes_from_it(
 def test_presets_are_yaml_files_and_a_path_is_a_preset(tmp_path):
     """`--preset demo` reads configs/demo.yaml; a .yaml path is a preset of one's own, and a
     section that is no stage fails naming the file."""
-    from r2ps.pipeline import PRESET_DIR, load_preset
+    from r2ps.pipeline.config import PRESET_DIR, load_preset
 
     assert {p.stem for p in PRESET_DIR.glob("*.yaml")} >= {"demo", "full"}
     mine = tmp_path / "mine.yaml"

@@ -312,7 +312,7 @@ def test_the_pipeline_refuses_a_uri_cosqa_rather_than_writing_to_a_folder_named_
 
 def test_an_extraction_task_on_another_node_reads_a_source_from_its_uri(tmp_path):
     """read_source decodes as tokenize.open does (PEP 263 cookie, newlines) either way."""
-    from r2ps.data.corpus import read_source
+    from r2ps.data.sources import read_source
 
     root = tmp_path / "src"
     root.mkdir()

@@ -1,4 +1,4 @@
-"""The corpus builder: dedupe, exclusion, package splits, and one real build on Ray."""
+"""The corpus builder job: one real build on Ray from a source tree, one from your own pairs."""
 
 import json
 import shutil
@@ -10,88 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from r2ps.data import codetext
-from r2ps.data.corpus import (
-    EXTRACTED_SCHEMA,
-    CorpusConfig,
-    assign_splits,
-    build_corpus,
-    dedupe,
-    discover_sources,
-    exclude,
-    extract_files,
-)
-from r2ps.data.pysource import ExtractConfig
+from r2ps.data.corpus import build_corpus
+from r2ps.data.corpus_config import CorpusConfig
 from r2ps.data.schema import RetrievalSet
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "repos"
-
-
-def rows(codes, packages=None):
-    packages = packages or ["pkg"] * len(codes)
-    return pa.Table.from_pylist(
-        [
-            {
-                "query": f"query number {i}",
-                "code": c,
-                "code_id": codetext.code_id(c),
-                "match_key": codetext.code_match_key(c),
-                "raw_hash": codetext.content_hash(c),
-                "package": p,
-                "path": "m.py",
-                "line": i,
-                "func_name": "f",
-            }
-            for i, (c, p) in enumerate(zip(codes, packages, strict=True))
-        ],
-        EXTRACTED_SCHEMA,
-    )
-
-
-def test_dedupe_counts_exact_and_normalised_duplicates_and_keeps_the_first():
-    a = "def f(x):\n    return x + 1\n"
-    table = rows(
-        [a, a, "def f(x):\n    return x+1  # same\n", "def g():\n    return 2\n"],
-        ["a", "b", "c", "a"],
-    )
-    kept, info = dedupe(table)
-    assert kept["package"].to_pylist() == ["a", "a"]
-    assert info == {"before": 4, "after": 2, "exact_duplicates": 1, "normalised_duplicates": 1}
-
-
-def test_exclude_removes_pool_codes_even_when_the_pool_keeps_docstrings(tmp_path):
-    corpus_code = "def area(w, h):\n    return w * h\n"
-    pool_code = 'def area(w, h):\n    """Area."""\n    return w * h  # note\n'
-    pq.write_table(pa.table({"code": [pool_code]}), tmp_path / "pool.parquet")
-    table = rows([corpus_code, "def other():\n    return 0\n"])
-    kept, removed = exclude(table, [str(tmp_path / "pool.parquet")])
-    assert kept["code"].to_pylist() == ["def other():\n    return 0\n"]
-    assert removed == {str(tmp_path / "pool.parquet"): 1}
-
-
-def test_exclude_rejects_an_unknown_pool(tmp_path):
-    with pytest.raises(FileNotFoundError, match="evaluation pool"):
-        exclude(rows(["def f():\n    return 1\n"]), [str(tmp_path)])
-
-
-def test_assign_splits_moves_whole_packages_and_keeps_big_ones_in_train():
-    sizes = {f"p{i}": 10 for i in range(100)} | {"huge": 5000}
-    cfg = CorpusConfig(valid_fraction=0.05, test_fraction=0.05, max_eval_package_fraction=0.02)
-    split_of = assign_splits(sizes, cfg)
-    assert set(split_of) == set(sizes) and split_of["huge"] == "train"
-    per_split = {s: sum(n for p, n in sizes.items() if split_of[p] == s) for s in ("valid", "test")}
-    total = sum(sizes.values())
-    for n in per_split.values():
-        assert 0.04 * total <= n <= 0.06 * total
-    assert assign_splits(sizes, cfg) == split_of  # deterministic
-    assert assign_splits(sizes, CorpusConfig(seed=1)) != split_of
-
-
-def test_discover_skips_test_folders_and_packages_stdlib_by_module():
-    files = discover_sources(CorpusConfig(site_packages=False))
-    packages = {f["package"] for f in files}
-    assert {"stdlib/json", "stdlib/asyncio", "stdlib/os"} <= packages
-    assert not any("/test/" in f"/{f['relpath']}" or "/tests/" in f"/{f['relpath']}" for f in files)
 
 
 @pytest.fixture
@@ -107,37 +31,6 @@ def source_tree(tmp_path):
     # documented Go, Java, JS, TS, PHP and Ruby code: pairs through tree-sitter
     shutil.copytree(FIXTURES, root / "polyglot", ignore=shutil.ignore_patterns("*.py", "blob.*"))
     return root
-
-
-def test_roots_give_codesearchnet_pairs_in_every_language():
-    files = discover_sources(CorpusConfig(stdlib=False, site_packages=False, roots=[str(FIXTURES)]))
-    assert {Path(f["path"]).suffix for f in files} >= {
-        ".py",
-        ".go",
-        ".java",
-        ".js",
-        ".ts",
-        ".php",
-        ".rb",
-    }
-    good = [f for f in files if not Path(f["path"]).name.startswith(("blob", "broken"))]
-    pairs, file_rows = extract_files(good, ExtractConfig(min_code_lines=2))
-    assert set(pairs["language"].to_pylist()) == {
-        "python", "go", "java", "javascript", "typescript", "php", "ruby"
-    }  # fmt: skip
-    rows = {(r["language"], r["func_name"]): r for r in pairs.to_pylist()}
-    java = rows[("java", "circleArea")]
-    assert java["query"] == "Returns the area of a circle with the given radius."
-    assert java["code"].startswith("public static double circleArea") and java["line"] == 14
-    assert java["path"] == "java/src/geo/Shapes.java" and java["package"] == "java"
-    ruby = rows[("ruby", "area")]
-    assert ruby["query"] == "The area of the circle, pi r squared."
-    assert ruby["code"] == "def area\n  Math::PI * @r * @r\nend"
-    # the binary and broken files: Python's are reported, the others' recovered or empty
-    bad = [f for f in files if Path(f["path"]).name.startswith(("blob", "broken"))]
-    _, bad_rows = extract_files(bad, ExtractConfig())
-    errors = [e for e in bad_rows["error"].to_pylist() if e]
-    assert len(errors) == 2 and all(".py" in e for e in errors)
 
 
 @pytest.mark.ray
@@ -210,7 +103,8 @@ def test_build_corpus_from_your_own_pairs(ray_local, tmp_path):
     """A JSONL of (query, code) pairs becomes a three-split corpus: copies of one code stay
     in one split, bad records (one without code, one whose query UTF-8 cannot encode) are
     skipped and named, nothing else is lost."""
-    from r2ps.data.corpus import CorpusConfig, build_corpus
+    from r2ps.data.corpus import build_corpus
+    from r2ps.data.corpus_config import CorpusConfig
 
     rows = [
         {"question": f"add {i} to a number", "snippet": f"def add_{i}(x):\n    return x + {i}"}

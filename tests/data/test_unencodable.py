@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2ps.data.corpus import CorpusConfig, discover_sources, extract_files, pool_match_keys
+from r2ps.data.corpus_config import CorpusConfig
+from r2ps.data.cosqa import read_cosqa
+from r2ps.data.dedupe import pool_match_keys
 from r2ps.data.errors import (
     BadRecord,
     SkipLog,
@@ -26,7 +28,8 @@ from r2ps.data.errors import (
     utf8_errors,
 )
 from r2ps.data.pysource import ExtractConfig
-from r2ps.data.readers import iter_csn, iter_table, read_cosqa
+from r2ps.data.readers import iter_csn, iter_table
+from r2ps.data.sources import discover_sources, extract_files
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)

@@ -11,47 +11,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RERUN_TOL
+from conftest import RERUN_TOL, make_codes, write_split
 
 from r2ps.data.errors import BadRecord
 from r2ps.data.schema import codes_file
+from r2ps.mining.corpus_index import ensure_index
 from r2ps.mining.embed import (
     CodeEmbedder,
     EmbedConfig,
     block_count,
     embed_corpus,
-    ensure_index,
     plan_pool,
     tokenize_codes,
 )
 from r2ps.mining.index import IndexConfig, StaleIndexError, embedding_layout, read_embeddings
 from r2ps.models.dual import DualEncoder
-from r2ps.models.onnx import export_onnx
+from r2ps.models.onnx_export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_codes(n: int, seed: int = 0) -> pa.Table:
-    """`n` codes of very different lengths, so length grouping reorders them."""
-    rng = np.random.default_rng(seed)
-    codes = []
-    for i in range(n):
-        body = "\n".join(f"    x{j} = x{j - 1} + {i} * {j}" for j in range(rng.integers(1, 40)))
-        codes.append(f"def f{i}(x0):\n{body}\n    return x0")
-    return pa.table(
-        {
-            "code_id": [f"id{i:03d}" for i in range(n)],
-            "code": codes,
-            "language": ["python"] * n,
-            "source": ["test"] * n,
-        }
-    )
-
-
-def write_split(folder: Path, table: pa.Table) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / "codes.parquet", row_group_size=16)  # several row groups
-    return folder
 
 
 def small_cfg(model: Path, codes: Path, out: Path, **kw) -> EmbedConfig:

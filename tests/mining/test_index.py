@@ -150,6 +150,22 @@ def test_a_memory_mapped_matrix_builds_the_same_index_in_chunks(tmp_path, cluste
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_vectors_score_candidates_as_the_search_does(clustered, kind):
+    """`vectors` gives what the index ranks by: a dot with the query is the search's score
+    (the embedding itself where the index keeps it, ivfpq's compressed vector otherwise)."""
+    codes, queries = clustered
+    index = CodeIndex.build(codes, ids(len(codes)), IndexConfig(kind=kind, nlist=16), {})
+    scores, positions = index.search(queries[:5], 20)
+    for q, s, p in zip(queries[:5], scores, positions, strict=True):
+        np.testing.assert_allclose(index.vectors(p) @ q, s, rtol=1e-4, atol=1e-4)
+    if kind != "ivfpq":
+        np.testing.assert_array_equal(index.vectors([7, 0, 7]), codes[[7, 0, 7]])
+    assert index.vectors([]).shape == (0, 32)
+    with pytest.raises(IndexError, match=r"\[2000\]"):
+        index.vectors([3, 2000])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_save_load_round_trip(tmp_path, data, kind):
     codes, queries = data
     manifest = {"model_fingerprint": "m1", "model_path": "/models/m1"}

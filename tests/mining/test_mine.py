@@ -15,17 +15,8 @@ from scipy.stats import chisquare
 
 from r2ps.data.codetext import code_id, code_match_key
 from r2ps.mining.index import CodeIndex, IndexConfig
-from r2ps.mining.mine import (
-    NEGATIVES_SCHEMA,
-    MineConfig,
-    MiningSettingsError,
-    _Miner,
-    match_groups,
-    mine,
-    read_negatives,
-    search_windows,
-    text_golds,
-)
+from r2ps.mining.mine import MineConfig, _Miner, match_groups, mine, search_windows, text_golds
+from r2ps.mining.negatives import NEGATIVES_SCHEMA, MiningSettingsError, read_negatives
 from r2ps.mining.ps import CandidateFilter, resolve_window, sample_negatives
 
 # ------------------------------------------------------------------ the filter, by hand

@@ -8,22 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from r2ps.models.cross import CrossEncoder
-from r2ps.models.dual import DualEncoder
-from r2ps.models.onnx import (
+from r2ps.models.backends import (
     INT8_FILE,
     ONNX_MANIFEST,
     OrtCrossEncoder,
     OrtDualEncoder,
     StaleExportError,
     check_backend,
-    ensure_export,
-    export_onnx,
     load_ranker,
     load_retriever,
     onnx_dir,
     read_export,
 )
+from r2ps.models.cross import CrossEncoder
+from r2ps.models.dual import DualEncoder
+from r2ps.models.onnx_export import ensure_export, export_onnx
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

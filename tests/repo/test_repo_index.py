@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from r2ps.mining.index import CodeIndex
+from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.files import BINARY, GENERATED, IGNORED, MINIFIED, OVERSIZE, VENDORED
-from r2ps.repo.indexer import CODES, SUMMARY, RepoIndexConfig, index_repo
+from r2ps.repo.indexer import SUMMARY, index_repo
+from r2ps.repo.units import CODES
 
 
 def _cfg(src, out, model, **kw):
@@ -91,18 +93,18 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     assert "Square" in new_codes["symbol"].to_pylist()
     _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path)
 
-    # the Serve app's loader takes the written index as it is (no re-embedding)
-    from r2ps.serving.replicas import load_code_store, load_index
+    # the Serve app's loader (the search core, building what is missing) takes the
+    # written index as it is (no re-embedding)
+    from r2ps.search.searcher import Searcher
     from r2ps.serving.settings import ServeConfig
 
     serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / "serve.yaml").read_text()))
     # no --ranker: answers are the retriever's, and /readyz says why
     assert serve_cfg.rerank_k == 0 and "no --ranker" in serve_cfg.served_reason
-    index = load_index(serve_cfg, serve_cfg.retriever)
+    searcher = Searcher.from_config(serve_cfg, build_index=True)
     assert not (out / "embeddings").exists()
-    assert index.code_ids == new_codes["code_id"].to_pylist()
-    store = load_code_store(serve_cfg.codes)
-    assert len(store.rows) == new_codes.num_rows
+    assert searcher.index.code_ids == new_codes["code_id"].to_pylist()
+    assert len(searcher.store.rows) == new_codes.num_rows
 
 
 @pytest.mark.ray
@@ -193,52 +195,6 @@ def test_a_file_that_could_not_be_read_is_read_again(tmp_path, tiny_bert_dir, mo
     assert second["files"]["indexed"] == 2 and "unreadable" not in second["skipped_files"]
 
 
-def test_a_source_path_that_is_not_utf8_is_refused_by_name(tmp_path):
-    """Every path is stored and shown as text: a source or output folder whose own name is
-    not UTF-8 is refused before anything is written (names inside are skipped by the walk)."""
-    from r2ps.config import ConfigError
-    from r2ps.repo.indexer import check_paths
-
-    src = os.fsencode(tmp_path) + b"/caf\xe9"
-    os.mkdir(src)
-    with pytest.raises(ConfigError, match=r"source: .*caf\\\\xe9.*not UTF-8"):
-        check_paths(RepoIndexConfig(source=os.fsdecode(src), out=str(tmp_path / "out")))
-    assert not (tmp_path / "out").exists()
-    bad_out = os.fsdecode(os.fsencode(tmp_path) + b"/out\xfe")
-    with pytest.raises(ConfigError, match=r"out: .*out\\\\xfe.*not UTF-8"):
-        check_paths(RepoIndexConfig(source=str(tmp_path), out=bad_out))
-
-
-def test_a_file_that_changed_since_the_walk_is_named_not_fatal(tmp_path):
-    """Between the walk and the read (another task, minutes later) a file can vanish,
-    become a pipe (reading it would block forever), a link, or grow past the limit: each is
-    a named skip; the others are read."""
-    from dataclasses import asdict
-
-    from r2ps.repo.files import NOT_REGULAR, SYMLINK, UNREADABLE, FileRules, walk_sources
-    from r2ps.repo.indexer import read_file
-
-    for name in ("gone", "pipe", "link", "grown", "kept"):
-        (tmp_path / f"{name}.py").write_text(f"def {name}():\n    return 1\n")
-    rules = FileRules(max_file_bytes=100)
-    keep, _ = walk_sources(tmp_path, rules)
-    (tmp_path / "gone.py").unlink()
-    (tmp_path / "pipe.py").unlink()
-    os.mkfifo(tmp_path / "pipe.py")
-    (tmp_path / "link.py").unlink()
-    (tmp_path / "link.py").symlink_to("kept.py")
-    (tmp_path / "grown.py").write_text("def grown():\n" + "    x = 1\n" * 20)
-    rows = {f.path: read_file(asdict(f), rules) for f in keep}
-    assert {p: r["reason"] for p, r in rows.items()} == {
-        "gone.py": f"{UNREADABLE}: FileNotFoundError: No such file or directory",
-        "pipe.py": NOT_REGULAR,
-        "link.py": SYMLINK,
-        "grown.py": OVERSIZE,
-        "kept.py": None,
-    }
-    assert rows["kept.py"]["status"] == "indexed" and rows["kept.py"]["n_units"] == 1
-
-
 def test_bad_ignore_lines_are_named_in_the_summary_and_damaged_state_is_rebuilt(
     tmp_path, tiny_bert_dir
 ):
@@ -246,7 +202,8 @@ def test_bad_ignore_lines_are_named_in_the_summary_and_damaged_state_is_rebuilt(
     (file, number, text, a count by reason), as skipped.jsonl does. A last run's state
     damaged by hand or by a disk is named in a warning and rebuilt, not a crash."""
     from r2ps.repo.files import INVALID_PATTERN
-    from r2ps.repo.indexer import FILES, SKIPPED
+    from r2ps.repo.indexer import SKIPPED
+    from r2ps.repo.units import FILES
 
     src = tmp_path / "src"
     (src / "tests" / "data" / "invalid_gitignore_tests").mkdir(parents=True)

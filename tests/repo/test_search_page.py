@@ -21,7 +21,9 @@ from conftest import make_source_repo, serve_deployments
 from r2ps.mining.index import CodeIndex
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
-from r2ps.repo.indexer import CODES, RepoIndexConfig, index_repo
+from r2ps.repo.config import RepoIndexConfig
+from r2ps.repo.indexer import index_repo
+from r2ps.repo.units import CODES
 from r2ps.search.bm25 import BM25
 from r2ps.search.fusion import rrf
 from r2ps.serving.settings import ServeConfig

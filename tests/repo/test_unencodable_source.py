@@ -5,7 +5,9 @@ text replaced, and the summary names it with its first bad line."""
 
 import pyarrow.parquet as pq
 
-from r2ps.repo.indexer import CODES, RepoIndexConfig, index_repo
+from r2ps.repo.config import RepoIndexConfig
+from r2ps.repo.indexer import index_repo
+from r2ps.repo.units import CODES
 
 BODY = "    total = x + 1\n    return total\n"
 FILES = {

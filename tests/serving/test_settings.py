@@ -32,7 +32,7 @@ from r2ps.mining.index import CodeIndex, IndexConfig
 from r2ps.models.cross import CrossEncoder
 from r2ps.models.dual import DualEncoder
 from r2ps.models.encoder import model_fingerprint
-from r2ps.models.onnx import export_onnx
+from r2ps.models.onnx_export import export_onnx
 from r2ps.search.cascade import rerank
 from r2ps.serving.api import (
     RequestError,
@@ -216,13 +216,24 @@ def test_bytes_that_are_not_utf8_or_json_cannot_write_get_a_422_never_a_500():
 
 
 def test_the_body_limit_fits_every_request_the_document_allows():
+    from r2ps.search.filters import LANGUAGES
+    from r2ps.serving.settings import MAX_GLOB_CHARS, MAX_GLOBS
+
     with pytest.raises(ConfigError, match="max_body_bytes"):
-        ServeConfig(max_query_chars=2000, max_body_bytes=16384)
+        ServeConfig(max_query_chars=2000, max_body_bytes=32768)
     cfg = ServeConfig()
-    longest = json.dumps(
-        {"query": "\U0001f600" * cfg.max_query_chars, "top_k": 100, "rerank_k": 100}
-    )
-    assert len(longest.encode()) <= cfg.max_body_bytes
+    glob = "\U0001f600" * MAX_GLOB_CHARS
+    longest = {
+        "query": "\U0001f600" * cfg.max_query_chars,
+        "top_k": 100,
+        "rerank_k": 100,
+        "retrieval": "hybrid",
+        "language": list(LANGUAGES),
+        "path": [glob] * MAX_GLOBS,
+        "exclude": [glob] * MAX_GLOBS,
+    }
+    parse_search_request(json.dumps(longest).encode(), cfg.max_query_chars)  # allowed
+    assert len(json.dumps(longest).encode()) <= cfg.max_body_bytes
 
 
 def _schema_accepts(schema: dict, body: dict) -> bool:
@@ -353,7 +364,7 @@ def _settings(models, **over) -> ServeConfig:
         "codes": str(models["codes"]),
         "embed_out": str(models["root"] / "embed"),
         "max_query_chars": 200,
-        "max_body_bytes": 4096,
+        "max_body_bytes": 32768,  # the longest query and globs, every character escaped
         "ranker_pair_budget": 8,
         "ranker_batch_wait_s": 0.1,
         "ranker_timeout_s": 30.0,
@@ -721,7 +732,7 @@ def test_replicas_stage_uri_settings_for_their_life(tmp_path, monkeypatch):
 
 
 def test_code_store_keeps_locations_when_the_codes_have_them(tmp_path):
-    from r2ps.serving.replicas import load_code_store
+    from r2ps.search.store import load_code_store
 
     table = {
         "code_id": ["u1", "u2"],
@@ -791,7 +802,13 @@ def test_fuzz_search_from_the_openapi_document(live):
 
     def valid(case, r):
         assert r.status_code == 200, (case.body, r.status_code, r.text)
-        assert len(r.json()["results"]) == min(case.body.get("top_k", 10), len(CODES))
+        # the codes are Python and in no file: a language filter without python, or a
+        # path filter, leaves none of them (filters apply before the top-k cut)
+        body = case.body
+        passing = len(CODES)
+        if "python" not in (body.get("language") or ["python"]) or body.get("path"):
+            passing = 0
+        assert len(r.json()["results"]) == min(body.get("top_k", 10), passing)
 
     def invalid(case, r):
         assert 400 <= r.status_code < 500, (case.body, r.status_code, r.text)

@@ -33,7 +33,7 @@ from test_training import (
 from r2ps.data import codetext
 from r2ps.data.schema import PAIR_SCHEMA, RetrievalSet, split_pairs
 from r2ps.evaluation.retrieval import top_candidates
-from r2ps.mining.mine import read_negatives
+from r2ps.mining.negatives import read_negatives
 from r2ps.models.dual import DualEncoder
 from r2ps.train.config import RankerConfig
 from r2ps.train.ranker import RankerTask

@@ -12,6 +12,10 @@ Parquet, hashes and tokenizers all refuse, and an Arrow string column read from 
 may hold bytes that are not UTF-8 (Arrow does not check them on reading). `check_text`
 and `check_utf8` turn either into a BadRecord at the boundary, where file and line are
 known, instead of a UnicodeError deep inside pyarrow or a tokenizer.
+
+The field checks at the end (`required_str`, `opt_str`, `opt_tokens`, `nonempty`) are
+what every reader of a parsed record (a JSON line, a Parquet row, a CoSQA record) calls:
+each returns the field's text or raises BadRecord naming file, line and field.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -170,3 +175,47 @@ def handle(err: BadRecord, skip_log: SkipLog | None) -> None:
     if skip_log is None:
         raise err
     skip_log.add(err)
+
+
+# ---------------------------------------------------------------- a parsed record's fields
+
+
+def type_name(value: Any) -> str:
+    """JSON's name for the type of a parsed value, for error messages."""
+    return {dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def opt_str(rec: dict, key: str, file: str | Path, line: int | None) -> str | None:
+    """`rec[key]` if present; present-but-not-a-string (or text UTF-8 cannot encode) is an
+    error, never a fallback."""
+    if key not in rec:
+        return None
+    if not isinstance(rec[key], str):
+        raise BadRecord(file, line, key, f"expected a string, got {type_name(rec[key])}")
+    return check_text(rec[key], file, line, key)
+
+
+def opt_tokens(rec: dict, key: str, file: str | Path, line: int | None) -> str | None:
+    """A token list joined by spaces, if present; anything but a list of strings is an error."""
+    if key not in rec:
+        return None
+    value = rec[key]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise BadRecord(file, line, key, f"expected a list of strings, got {type_name(value)}")
+    return check_text(" ".join(value), file, line, key)
+
+
+def nonempty(text: str, key: str, file: str | Path, line: int | None) -> str:
+    """`text`, unless it is only whitespace: then BadRecord (field `key` is empty)."""
+    if not text.strip():
+        raise BadRecord(file, line, key, "is empty")
+    return text
+
+
+def required_str(rec: dict, key: str, file: str | Path, line: int | None) -> str:
+    """`rec[key]`, a non-empty string; missing, null, another type or empty is BadRecord."""
+    if key not in rec:
+        raise BadRecord(file, line, key, "missing")
+    if rec[key] is None:
+        raise BadRecord(file, line, key, "is null")
+    return nonempty(opt_str(rec, key, file, line) or "", key, file, line)

@@ -1,9 +1,12 @@
-"""Readers: public data formats -> r2ps pair rows (`schema.PAIR_SCHEMA`).
+"""Readers of pair files: public formats -> r2ps pair rows (`schema.PAIR_SCHEMA`).
 
-Every reader is a plain iterator over one file (small data, tests, no Ray needed) and
-`pairs_dataset` runs that same iterator once per file inside Ray Data, so the in-memory
-and the distributed forms can never disagree. A malformed record never disappears: it
-raises `BadRecord` (file, line, field) or, with a `SkipLog`, is recorded and skipped.
+The formats (`PATTERNS`): `csn` (CodeSearchNet/GraphCodeBERT JSONL, which also reads
+AdvTest), `jsonl` and `parquet` with caller-named columns. Every reader is a plain
+iterator over one file (small data, tests, no Ray needed) and `pairs_dataset` runs that
+same iterator once per file inside Ray Data, so the in-memory and the distributed forms
+can never disagree. A malformed record never disappears: it raises `BadRecord` (file,
+line, field) or, with a `SkipLog`, is recorded and skipped. The CoSQA evaluation set,
+which is not a pair file, has its own reader (`r2ps.data.cosqa`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,13 +26,16 @@ from r2ps.data.errors import (
     BadRecord,
     SkipLog,
     Skipped,
-    check_text,
     handle,
-    unencodable,
+    nonempty,
+    opt_str,
+    opt_tokens,
+    required_str,
+    type_name,
     utf8_errors,
 )
 from r2ps.data.pysource import strip_docstring
-from r2ps.data.schema import CODE_SCHEMA, PAIR_SCHEMA, QREL_SCHEMA, QUERY_SCHEMA, RetrievalSet
+from r2ps.data.schema import PAIR_SCHEMA
 
 Row = dict[str, str]
 PathLike = str | Path
@@ -45,48 +50,6 @@ READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 # Pair columns plus `error`, all nullable: Ray concatenates blocks and must not see a
 # non-null constraint on the empty strings of an error row.
 ROW_SCHEMA = pa.schema([pa.field(n, pa.string()) for n in PAIR_SCHEMA.names + ["error"]])
-
-
-def _type_name(value: Any) -> str:
-    """JSON's name for the type of a parsed value, for error messages."""
-    return {dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-# ---------------------------------------------------------------- field checks
-
-
-def _opt_str(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
-    """`rec[key]` if present; present-but-not-a-string (or text UTF-8 cannot encode) is an
-    error, never a fallback."""
-    if key not in rec:
-        return None
-    if not isinstance(rec[key], str):
-        raise BadRecord(file, line, key, f"expected a string, got {_type_name(rec[key])}")
-    return check_text(rec[key], file, line, key)
-
-
-def _opt_tokens(rec: dict, key: str, file: PathLike, line: int | None) -> str | None:
-    """A token list joined by spaces, if present."""
-    if key not in rec:
-        return None
-    value = rec[key]
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise BadRecord(file, line, key, f"expected a list of strings, got {_type_name(value)}")
-    return check_text(" ".join(value), file, line, key)
-
-
-def _nonempty(text: str, key: str, file: PathLike, line: int | None) -> str:
-    if not text.strip():
-        raise BadRecord(file, line, key, "is empty")
-    return text
-
-
-def _required_str(rec: dict, key: str, file: PathLike, line: int | None) -> str:
-    if key not in rec:
-        raise BadRecord(file, line, key, "missing")
-    if rec[key] is None:
-        raise BadRecord(file, line, key, "is null")
-    return _nonempty(_opt_str(rec, key, file, line) or "", key, file, line)
 
 
 def _pair(query: str, qid: str, code: str, language: str, source: str) -> Row:
@@ -129,7 +92,7 @@ def _parse_object(raw: bytes, file: PathLike, line: int) -> dict:
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise BadRecord(file, line, None, f"not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise BadRecord(file, line, None, f"expected a JSON object, got {_type_name(value)}")
+        raise BadRecord(file, line, None, f"expected a JSON object, got {type_name(value)}")
     return value
 
 
@@ -159,20 +122,20 @@ def _iter_rows(path: PathLike, make_row, skip_log: SkipLog | None) -> Iterator[R
 
 def _csn_query(rec: dict, file: PathLike, line: int) -> str:
     """Docstring tokens (what GraphCodeBERT trains on), else the docstring's first paragraph."""
-    tokens = _opt_tokens(rec, "docstring_tokens", file, line)
+    tokens = opt_tokens(rec, "docstring_tokens", file, line)
     if tokens is not None:
-        return _nonempty(tokens, "docstring_tokens", file, line)
-    doc = _opt_str(rec, "docstring", file, line)
+        return nonempty(tokens, "docstring_tokens", file, line)
+    doc = opt_str(rec, "docstring", file, line)
     if doc is None:
         raise BadRecord(file, line, "docstring_tokens", "missing (and no 'docstring')")
     first = doc.strip().split("\n\n")[0]
-    return _nonempty(" ".join(first.split()), "docstring", file, line)
+    return nonempty(" ".join(first.split()), "docstring", file, line)
 
 
 # AdvTest's `function_tokens` come first: its test split renames identifiers there, and the
 # un-renamed `function`/`original_string` would leak the names the benchmark hides.
-_CODE_SOURCES = (("function_tokens", _opt_tokens), ("code", _opt_str),
-                 ("original_string", _opt_str), ("code_tokens", _opt_tokens))  # fmt: skip
+_CODE_SOURCES = (("function_tokens", opt_tokens), ("code", opt_str),
+                 ("original_string", opt_str), ("code_tokens", opt_tokens))  # fmt: skip
 # What each field holds in the released files: CodeSearchNet's function_parser takes the
 # whole function span for `code` / `original_string`, so a Python function keeps its
 # docstring there (the query would sit inside its own gold code); the token lists leave it
@@ -185,24 +148,24 @@ def _csn_code(rec: dict, language: str, file: PathLike, line: int) -> str:
         value = get(rec, key, file, line)
         if value is None:
             continue
-        value = _nonempty(value, key, file, line)
+        value = nonempty(value, key, file, line)
         if key in _WITH_DOCSTRING and language == "python":
             stripped = strip_docstring(value)
             if stripped is None:  # the docstring shares a line with code: take the tokens
-                tokens = _opt_tokens(rec, "code_tokens", file, line)
+                tokens = opt_tokens(rec, "code_tokens", file, line)
                 if tokens is None:
                     raise BadRecord(file, line, key, "its docstring cannot be cut out")
-                return _nonempty(tokens, "code_tokens", file, line)
-            value = _nonempty(stripped, key, file, line)
+                return nonempty(tokens, "code_tokens", file, line)
+            value = nonempty(stripped, key, file, line)
         return value
     raise BadRecord(file, line, "code", "missing (and no original_string/code_tokens)")
 
 
 def _csn_row(rec: dict, file: PathLike, line: int) -> Row:
-    url = _required_str(rec, "url", file, line)
-    language = _opt_str(rec, "language", file, line) or "python"
+    url = required_str(rec, "url", file, line)
+    language = opt_str(rec, "language", file, line) or "python"
     query, code = _csn_query(rec, file, line), _csn_code(rec, language, file, line)
-    source = _opt_str(rec, "repo", file, line) or url
+    source = opt_str(rec, "repo", file, line) or url
     return _pair(query, query_id(query, namespace=url), code, language, source)
 
 
@@ -236,9 +199,9 @@ def iter_table(
     cols = (query_field, code_field, source_field)
 
     def make_row(rec: dict, file: PathLike, line: int) -> Row:
-        query = _required_str(rec, query_field, file, line)
-        code = _required_str(rec, code_field, file, line)
-        source = _required_str(rec, source_field, file, line) if source_field else Path(file).name
+        query = required_str(rec, query_field, file, line)
+        code = required_str(rec, code_field, file, line)
+        source = required_str(rec, source_field, file, line) if source_field else Path(file).name
         return _pair(query, query_id(query, namespace=source), code, language, source)
 
     if str(path).endswith(".parquet"):
@@ -287,176 +250,6 @@ def _parquet_records(batch: pa.RecordBatch, path: PathLike, before: int) -> list
     if not bad:
         return batch.to_pylist()
     return [bad.get(i) or batch.slice(i, 1).to_pylist()[0] for i in range(batch.num_rows)]
-
-
-# ---------------------------------------------------------------- CoSQA
-
-
-def _read_text(path: Path) -> str:
-    """A JSON file's text: UTF-8, a byte-order mark (Windows tools write one) ignored.
-
-    Undecodable bytes become lone surrogates (`surrogateescape`), so the record holding
-    them is the one reported (`_json_items`), not the whole file; an unreadable file
-    raises BadRecord naming it.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise BadRecord(path, None, None, f"unreadable ({e})") from None
-    return data.decode("utf-8-sig", errors="surrogateescape")
-
-
-def _read_pool(path: Path) -> dict[int, str]:
-    """retrieval_idx -> code text. A broken pool makes the whole evaluation wrong: raise."""
-    pool: dict[int, str] = {}
-    for number, line, entry in _json_items(path, "entry"):
-        if isinstance(entry, BadRecord):
-            raise entry
-        code, idx = entry
-        try:
-            if not isinstance(idx, int) or isinstance(idx, bool) or idx in pool:
-                raise BadRecord(path, line, "retrieval_idx", f"bad or repeated id {idx!r}")
-            pool[idx] = _nonempty(check_text(code, path, line, "code"), "code", path, line)
-        except BadRecord as err:
-            raise BadRecord(
-                err.file, err.line, err.field, f"entry {number}: {err.message}"
-            ) from None
-    return pool
-
-
-# What a CoSQA folder holds that r2ps reads: the pool, and the dev queries.
-COSQA_POOL, COSQA_DEV = COSQA_FILES = ("code_idx_map.txt", "cosqa-retrieval-dev-500.json")
-
-
-def cosqa_pool_codes(directory: PathLike) -> list[str]:
-    """The CoSQA pool texts in id order: what a training corpus must not contain."""
-    pool = _read_pool(Path(directory) / COSQA_POOL)
-    return [pool[i] for i in sorted(pool)]
-
-
-def _json_items(path: Path, noun: str) -> Iterator[tuple[int, int, Any]]:
-    """(item number, line it starts on, item) of each item of a JSON file holding one list
-    (`noun` "record": the items are its elements) or one object ("entry": the items are
-    its (key, value) members).
-
-    An item holding bytes that are not UTF-8 is yielded as a BadRecord for that item only
-    (the reader may skip it and go on); a break in the syntax raises BadRecord naming the
-    line, and nothing after it can be read.
-    """
-    text, decoder, ws = _read_text(path), json.JSONDecoder(), re.compile(r"\s*")
-    is_list = noun == "record"
-    opening, closing = "[]" if is_list else "{}"
-    pos = ws.match(text).end()
-    if not text.startswith(opening, pos):
-        shape = "a JSON list of records" if is_list else "one JSON object {code text: id}"
-        raise BadRecord(path, 1, None, f"expected {shape}")
-    pos, number, line, counted = ws.match(text, pos + 1).end(), 0, 1, 0
-    while not text.startswith(closing, pos):
-        number, line, counted = number + 1, line + text.count("\n", counted, pos), pos
-        try:
-            item, end = decoder.raw_decode(text, pos)
-            if not is_list:  # `"key": value`
-                colon = ws.match(text, end).end()
-                if not isinstance(item, str) or not text.startswith(":", colon):
-                    raise BadRecord(path, line, None, f'{noun} {number}: expected "key": value')
-                value, end = decoder.raw_decode(text, ws.match(text, colon + 1).end())
-                item = (item, value)
-        except json.JSONDecodeError as e:
-            raise BadRecord(path, e.lineno, None, f"{noun} {number}: not valid JSON") from None
-        bad = unencodable(text, pos, end)
-        yield (
-            number,
-            line,
-            (BadRecord(path, line, None, f"{noun} {number}: {bad[1]}") if bad else item),
-        )
-        pos = ws.match(text, end).end()
-        if text.startswith(",", pos):
-            pos = ws.match(text, pos + 1).end()
-        elif not text.startswith(closing, pos):
-            why = f"{noun} {number}: expected ',' or '{closing}' after it"
-            raise BadRecord(path, line, None, why)
-    if text[pos + 1 :].strip():
-        line += text.count("\n", counted, pos)
-        raise BadRecord(path, line, None, f"text after the closing '{closing}'")
-
-
-def _cosqa_query(
-    rec: Any, path: Path, number: int, line: int, pool: dict[int, str]
-) -> tuple[str, str, int] | None:
-    """(query id, query, gold retrieval_idx), or None for a non-relevant (label != 1) record."""
-    if isinstance(rec, BadRecord):
-        raise rec
-    try:
-        if not isinstance(rec, dict):
-            raise BadRecord(path, line, None, f"expected a JSON object, got {_type_name(rec)}")
-        doc = _required_str(rec, "doc", path, line)
-        name = _required_str(rec, "idx", path, line)
-        gold, label = rec.get("retrieval_idx"), rec.get("label", 1)
-        if not isinstance(gold, int) or isinstance(gold, bool):
-            raise BadRecord(
-                path, line, "retrieval_idx", f"expected an integer, got {_type_name(gold)}"
-            )
-        if gold not in pool:
-            raise BadRecord(
-                path, line, "retrieval_idx", f"{gold} is not in the pool (code_idx_map.txt)"
-            )
-        if label not in (0, 1) or isinstance(label, bool):
-            raise BadRecord(path, line, "label", f"expected 0 or 1, got {label!r}")
-    except BadRecord as err:
-        raise BadRecord(err.file, err.line, err.field, f"record {number}: {err.message}") from None
-    return (query_id(doc, namespace="cosqa:" + name), doc, gold) if label == 1 else None
-
-
-def read_cosqa(
-    directory: PathLike,
-    queries_file: str = COSQA_DEV,
-    skip_log: SkipLog | None = None,
-) -> RetrievalSet:
-    """The CoSQA retrieval task: the whole pool as codes, `doc` as queries, gold qrels.
-
-    Only `label == 1` records are relevance pairs (a 0 marks a query-code pair that does
-    not match), so a query appears only with at least one gold code. Pool codes that
-    normalise to one code_id become one code; every retrieval_idx maps to that id, so
-    qrels stay correct. (The released dev data: 6,267 distinct codes, all labels 1.)
-    """
-    directory = Path(directory)
-    pool = _read_pool(directory / COSQA_POOL)
-    ids = {idx: code_id(code) for idx, code in pool.items()}
-    codes: dict[str, Row] = {}
-    for idx in sorted(pool):  # codes sharing an id keep the lowest retrieval_idx as source
-        row = {"code_id": ids[idx], "code": pool[idx], "language": "python"}
-        codes.setdefault(ids[idx], {**row, "source": f"cosqa:{idx}"})
-    queries: dict[str, str] = {}
-    qrels: dict[tuple[str, str], None] = {}
-    path = directory / queries_file
-    records = _json_items(path, "record")
-    while True:
-        try:
-            number, line, rec = next(records)
-        except StopIteration:
-            break
-        except BadRecord as err:  # the list breaks off: keep what came before it
-            handle(err, skip_log)
-            break
-        try:
-            found = _cosqa_query(rec, path, number, line, pool)
-        except BadRecord as err:
-            handle(err, skip_log)
-            continue
-        if found:
-            queries.setdefault(found[0], found[1])
-            qrels[(found[0], ids[found[2]])] = None
-    return RetrievalSet(
-        codes=pa.Table.from_pylist(list(codes.values()), schema=CODE_SCHEMA),
-        queries=pa.Table.from_pylist(
-            [{"query_id": q, "query": t} for q, t in queries.items()], schema=QUERY_SCHEMA
-        ),
-        qrels=pa.Table.from_pylist(
-            [{"query_id": q, "code_id": c} for q, c in qrels], schema=QREL_SCHEMA
-        ),
-    )
 
 
 # ---------------------------------------------------------------- many files, with or without Ray

@@ -57,7 +57,7 @@ TABLE_FILES = {"codes": CODE_SCHEMA, "queries": QUERY_SCHEMA, "qrels": QREL_SCHE
 # The split folders of a corpus, and the summary each stage writes beside its outputs.
 SPLITS = ("train", "valid", "test")
 CORPUS_STATS = "stats.json"  # data/corpus.py
-MINE_SUMMARY = "mine_summary.json"  # mining.py
+MINE_SUMMARY = "mine_summary.json"  # mining/mine.py
 TRAIN_SUMMARY = "train_summary.json"  # train/launch.py, beside the exported model
 MODEL_CONFIG = "config.json"  # in every model folder (Hugging Face format)
 

@@ -94,7 +94,7 @@ class EvalConfig:
         """Every path this evaluation will read (`config.check_inputs`): the data sets, the
         models given, the valid split when there is a ranker to fuse, the timing pool when
         there is an efficiency table. A model setting left empty is not read."""
-        from r2ps.data.readers import COSQA_FILES
+        from r2ps.data.cosqa import COSQA_FILES
 
         split, ranker = "a split folder", "a trained ranker folder"
         out = [

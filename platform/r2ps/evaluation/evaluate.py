@@ -69,7 +69,7 @@ log = get_logger(__name__)
 
 def load_sets(cfg: EvalConfig) -> dict[str, RetrievalSet]:
     """The data sets to report, by name: the split folder's name and/or `cosqa`."""
-    from r2ps.data.readers import read_cosqa
+    from r2ps.data.cosqa import read_cosqa
 
     sets = {}
     if cfg.split:

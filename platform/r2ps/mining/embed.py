@@ -22,8 +22,8 @@ holds the job's output anyway (a URI output is uploaded from there). Written by 
 tasks instead (`write_parquet`), the shards of a multi-node run would land on whichever
 node ran each task.
 
-`ensure_index` is what mining and serving call: it reuses a saved index (or saved
-embeddings) when its manifest matches the model and the corpus, and rebuilds otherwise.
+`embed_corpus` is the whole run; `mining/corpus_index.py` calls it when an index of the
+corpus must be built and its saved embeddings are stale or missing.
 """
 
 from __future__ import annotations
@@ -44,17 +44,8 @@ from r2ps.data.errors import check_utf8
 from r2ps.data.schema import MODEL_CONFIG, codes_file
 from r2ps.finite import check_finite
 from r2ps.log import Progress, get_logger
-from r2ps.mining.index import (
-    MANIFEST,
-    CodeIndex,
-    IndexConfig,
-    StaleIndexError,
-    check_manifest,
-    corpus_fingerprint,
-    embedding_layout,
-    read_embeddings,
-    read_manifest,
-)
+from r2ps.mining.index import MANIFEST, IndexConfig, corpus_fingerprint, embedding_layout
+from r2ps.models.backends import check_backend, load_retriever
 from r2ps.models.encoder import (
     batches_by_length,
     load_tokenizer,
@@ -64,7 +55,7 @@ from r2ps.models.encoder import (
     pad_token_id,
     read_meta,
 )
-from r2ps.models.onnx import check_backend, ensure_export, load_retriever
+from r2ps.models.onnx_export import ensure_export
 from r2ps.storage import atomic_path, input_file, on_this_node
 
 log = get_logger(__name__)
@@ -352,19 +343,22 @@ def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan)
     )
 
 
-# ------------------------------------------------------------------ jobs
+# ------------------------------------------------------------------ the run
 
 
-def _embeddings_dir(cfg: EmbedConfig) -> Path:
+def embeddings_dir(cfg: EmbedConfig) -> Path:
+    """Where the run writes its shards and manifest: `<out>/embeddings`."""
     return Path(cfg.out) / "embeddings"
 
 
-def _index_dir(cfg: EmbedConfig) -> Path:
-    return Path(cfg.out) / "index"
+CorpusIdentity = tuple[str, Path, dict]  # (model dir, codes file, manifest keys)
 
 
-def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
-    """(model dir, codes file, the manifest keys that say which vectors of which corpus)."""
+def corpus_identity(cfg: EmbedConfig) -> CorpusIdentity:
+    """(model dir, codes file, the manifest keys that say which vectors of which corpus).
+
+    Reads every code id and hashes the model's weights: a caller that needs it twice
+    passes it on (`embed_corpus`'s `corpus`)."""
     model = model_or_default(cfg.model)
     codes = codes_file(cfg.codes)
     ids = read_code_ids(codes)
@@ -381,9 +375,14 @@ def _identity(cfg: EmbedConfig) -> tuple[str, Path, dict]:
     )
 
 
-def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
+def embed_corpus(cfg: EmbedConfig, corpus: CorpusIdentity | None = None) -> dict:
+    """Embed every code of `cfg.codes` into `<out>/embeddings/`; returns the manifest.
+
+    `corpus`: `corpus_identity(cfg)`, when the caller has read it already.
+    """
     import ray
 
+    model, codes, identity = corpus or corpus_identity(cfg)
     check_code_text(codes)  # before any work starts
     plan = plan_pool(cfg)
     if cfg.backend != "torch":
@@ -393,7 +392,7 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
                 "actors run torch (bf16/fp16): set backend=torch"
             )
         ensure_export(model, cfg.backend)  # once, on the driver, before the actors load it
-    final = _embeddings_dir(cfg)
+    final = embeddings_dir(cfg)
     log.info(
         "embedding %d codes of %s: %d actor(s) x %d thread(s), %.2f CPU, %.0f GPU each",
         identity["count"], codes, plan.actors, plan.threads, plan.num_cpus, plan.num_gpus,
@@ -429,44 +428,3 @@ def _embed(cfg: EmbedConfig, model: str, codes: Path, identity: dict) -> dict:
     log.info("embedded %d codes in %.1f s (%.0f codes/s) -> %s", len(ids), seconds,
              manifest["codes_per_s"] or 0, final)  # fmt: skip
     return manifest
-
-
-def embed_corpus(cfg: EmbedConfig) -> dict:
-    """Embed every code of `cfg.codes` into `<out>/embeddings/`; returns the manifest."""
-    model, codes, identity = _identity(cfg)
-    return _embed(cfg, model, codes, identity)
-
-
-def ensure_index(cfg: EmbedConfig) -> CodeIndex:
-    """The index of `cfg.codes` under `cfg.model`: loaded when up to date, else rebuilt.
-
-    Up to date means the saved manifest has the same model fingerprint, corpus
-    fingerprint (ids in order) and index kind and build settings. Embeddings are reused
-    the same way, so changing only the index kind re-indexes without re-embedding.
-    """
-    model, codes, identity = _identity(cfg)
-    expect = {**identity, "kind": cfg.index.kind, "settings": cfg.index.build_settings()}
-    try:
-        index = CodeIndex.load(_index_dir(cfg), expect=expect, cfg=cfg.index)
-        log.info("reusing index %s (%d codes)", _index_dir(cfg), len(index))
-        return index
-    except (FileNotFoundError, StaleIndexError) as e:
-        log.info("building the index: %s", e)
-    try:
-        manifest = read_manifest(_embeddings_dir(cfg))
-        check_manifest(manifest, identity, _embeddings_dir(cfg))
-        log.info("reusing embeddings %s", _embeddings_dir(cfg))
-    except (FileNotFoundError, StaleIndexError) as e:
-        log.info("embedding: %s", e)
-        manifest = _embed(cfg, model, codes, identity)
-    # The vectors go through a memory map on disk beside the index: RAM holds the index
-    # being built, not also every vector (143 GiB at 100M codes of d = 384).
-    vectors = Path(cfg.out) / "vectors.tmp.npy"
-    try:
-        ids, emb = read_embeddings(str(_embeddings_dir(cfg)), into=vectors)
-        index = CodeIndex.build(emb, ids, cfg.index, manifest)  # the embedding run's record too
-        del emb
-    finally:
-        vectors.unlink(missing_ok=True)
-    index.save(_index_dir(cfg))
-    return index

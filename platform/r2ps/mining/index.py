@@ -308,6 +308,21 @@ class CodeIndex:
 
         return top_k_tied(best, len(q), len(self.code_ids), k)
 
+    def vectors(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
+        """float32 [m, d]: the vectors at `positions` (int [m], each in 0..N-1) as the index
+        holds them: the embeddings themselves for flat and hnsw, their compressed form for
+        ivfpq (what its search scores). For scoring codes another first stage found (BM25)
+        on the dense scale. IndexError naming a position out of range."""
+        p = np.asarray(positions, dtype=np.int64).reshape(-1)
+        bad = p[(p < 0) | (p >= len(self.code_ids))]
+        if bad.size:
+            raise IndexError(f"positions {bad[:10].tolist()} not in an index of {len(self)} codes")
+        if self.cfg.kind in ("ivf", "ivfpq"):  # inverted lists find a vector by id via a map
+            faiss.extract_index_ivf(self._cpu).make_direct_map()  # no-op once made
+        if not p.size:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self._cpu.reconstruct_batch(p)
+
     def save(self, directory: str | Path) -> None:
         """`index.faiss` + `code_ids.parquet`, then `manifest.json` last (a crash mid-save
         leaves no manifest, so the half-written index is never loaded)."""

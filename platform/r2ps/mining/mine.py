@@ -16,6 +16,12 @@ Where r2ps does better than the authors' code:
 - memory does not grow with the number of queries: queries are embedded, searched and
   filtered one shard at a time, each shard written atomically, so a crashed run resumes
   where it stopped and gives the same files.
+
+This module is the job: its settings, the guard's inputs (match keys, evaluation pools,
+golds shared by query text), and the ranking of each shard's queries against the index
+(`search_windows`, `_Miner`). What it writes, the counts it keeps and how the ranker
+reads them back are `mining/negatives.py`'s; the index comes from
+`mining/corpus_index.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,22 +43,21 @@ from r2ps.data.codetext import code_match_key, query_key
 from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, TABLE_FILES, conform, split_files
 from r2ps.log import get_logger
 from r2ps.mining.index import IndexConfig
-from r2ps.mining.ps import FILTERS, GUARDS, CandidateFilter, Kept, resolve_window, sample_negatives
+from r2ps.mining.negatives import (
+    NEGATIVES_SCHEMA,
+    check_settings,
+    count_pair,
+    empty_stats,
+    merge_stats,
+    read_shard_stats,
+    summarize,
+    write_shard,
+)
+from r2ps.mining.ps import CandidateFilter, resolve_window
 from r2ps.storage import atomic_path, write_text_atomic
 
 log = get_logger(__name__)
 
-NEGATIVES_SCHEMA = pa.schema(
-    [
-        pa.field("query_id", pa.string(), nullable=False),
-        pa.field("code_id", pa.string(), nullable=False),
-        pa.field("cand_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("cand_ranks", pa.list_(pa.int32()), nullable=False),
-        pa.field("cand_scores", pa.list_(pa.float32()), nullable=False),
-        pa.field("pos_score", pa.float32(), nullable=False),
-    ]
-)
-STATS_KEY = b"r2ps_mine_stats"
 QueryEmbedder = Callable[[list[str]], np.ndarray]
 
 
@@ -97,7 +102,7 @@ class MineConfig:
     def inputs(self) -> list[Need]:
         """Every path mining reads (`config.check_inputs`, before Ray starts): the model,
         the split, and the evaluation pools, read only once the index is built."""
-        from r2ps.data.corpus import pool_needs
+        from r2ps.data.dedupe import pool_needs
 
         return [
             *needs(self, "model", MODEL_CONFIG, what="a retriever folder"),
@@ -109,10 +114,6 @@ class MineConfig:
 # ---------------------------------------------------------------- the job
 
 
-class MiningSettingsError(RuntimeError):
-    """The output folder holds shards mined with other settings: they must not be mixed."""
-
-
 def match_groups(keys: np.ndarray) -> np.ndarray:
     """Duplicate group per code: codes with one match key (`code_match_key`) share one."""
     _, groups = np.unique(keys, return_inverse=True)
@@ -121,7 +122,7 @@ def match_groups(keys: np.ndarray) -> np.ndarray:
 
 def pool_mask(keys: np.ndarray, pools: list[str]) -> tuple[np.ndarray, dict[str, int]]:
     """Which codes (by match key) are in an evaluation pool, and how many each pool hit."""
-    from r2ps.data.corpus import pool_match_keys
+    from r2ps.data.dedupe import pool_match_keys
 
     mask = np.zeros(len(keys), dtype=bool)
     hits: dict[str, int] = {}
@@ -142,27 +143,6 @@ def _settings(cfg: MineConfig, manifest: dict, pool_hits: dict, n: int) -> dict:
     keep["candidates"] = n
     keep["guard"] = "query text"  # golds of every id holding the query's text (was: the id)
     return keep
-
-
-def _check_settings(neg_dir: Path, settings: dict) -> None:
-    path = neg_dir / "settings.json"
-    shards = sorted(neg_dir.glob("part-*.parquet"))
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise MiningSettingsError(
-                f"{neg_dir} holds {len(shards)} shard(s) mined with other settings "
-                f"(differing: {', '.join(diff)}); use a new --out or delete that folder"
-            )
-    elif shards:
-        raise MiningSettingsError(
-            f"{neg_dir} holds shards but no settings.json: cannot tell how they were mined"
-        )
-    neg_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True, default=str))
-    for stale in neg_dir.glob("*.tmp-*"):  # a crash between write and rename
-        stale.unlink()
 
 
 def _query_order(pairs_dir: str) -> tuple[pa.Table, pa.Table]:
@@ -236,15 +216,6 @@ def text_golds(queries: pa.Table, qrels: pa.Table, code_ids: list[str]) -> dict[
         if seen[key] > 1 and cid in position:
             out.setdefault(key, []).append(position[cid])
     return out
-
-
-def _read_shard_stats(path: Path) -> dict | None:
-    """A finished shard's stats (kept in its Parquet metadata), or None if it is unreadable."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta[STATS_KEY])
-    except (OSError, KeyError, ValueError, pa.ArrowException):
-        return None
 
 
 def search_windows(
@@ -336,7 +307,7 @@ class _Miner:
             if key in gold_of:
                 gold_of[key] = gold_of[key] + shared
         rng = np.random.default_rng([cfg.seed, number])
-        stats = _empty_stats()
+        stats = empty_stats()
         out = {"query_id": [], "code_id": [], "flat": [], "ranks": [], "scores": [], "pos": []}
         lengths: list[int] = []
         by_query: dict[str, list[tuple[str, str]]] = {}
@@ -359,7 +330,7 @@ class _Miner:
                     pos = self.position[cid]
                     pos_score = float(q_emb[row_of[qid]] @ self.code_emb[pos])
                     kept = self.filt.apply(positions[j], scores[j], pos, gold, pos_score)
-                    _count(stats, kept, cfg, rng)
+                    count_pair(stats, kept, cfg.m, cfg.inv_tau, rng)
                     if kept.positions.size == 0:
                         continue
                     out["query_id"].append(qid)
@@ -395,72 +366,14 @@ class _Miner:
         return pa.Table.from_arrays(columns, schema=NEGATIVES_SCHEMA)
 
 
-def _empty_stats() -> dict:
-    return {
-        "pairs": 0,
-        "rows": 0,
-        "empty": 0,
-        "below_m": 0,
-        "kept_sum": 0,
-        "kept_min": None,
-        "kept_max": 0,
-        "removed": dict.fromkeys(GUARDS + FILTERS, 0),
-        "draw_rank_sum": 0.0,
-        "draw_score_sum": 0.0,
-        "draws": 0,
-    }
-
-
-def _count(stats: dict, kept: Kept, cfg: MineConfig, rng: np.random.Generator) -> None:
-    """Add one pair's filter result to the shard stats, with one seeded preview draw."""
-    n = int(kept.positions.size)
-    stats["pairs"] += 1
-    for reason, count in kept.removed.items():
-        stats["removed"][reason] += count
-    if n == 0:
-        stats["empty"] += 1
-        stats["below_m"] += 1
-        return
-    stats["rows"] += 1
-    stats["below_m"] += int(n < cfg.m)
-    stats["kept_sum"] += n
-    stats["kept_min"] = n if stats["kept_min"] is None else min(stats["kept_min"], n)
-    stats["kept_max"] = max(stats["kept_max"], n)
-    drawn = sample_negatives(kept.scores, cfg.m, cfg.inv_tau, rng)
-    stats["draw_rank_sum"] += float(kept.ranks[drawn].sum())
-    stats["draw_score_sum"] += float(kept.scores[drawn].sum())
-    stats["draws"] += int(drawn.size)
-
-
-def _merge(total: dict, part: dict) -> None:
-    for key, value in part.items():
-        if key == "removed":
-            for reason, count in value.items():
-                total["removed"][reason] = total["removed"].get(reason, 0) + count
-        elif key == "kept_min":
-            if value is not None:
-                cur = total.get("kept_min")
-                total["kept_min"] = value if cur is None else min(cur, value)
-        elif key == "kept_max":
-            total["kept_max"] = max(total.get("kept_max", 0), value)
-        else:
-            total[key] = total.get(key, 0) + value
-
-
-def _write_shard(path: Path, table: pa.Table, stats: dict) -> None:
-    """Write a shard to a temporary name, then rename: a shard on disk is always whole."""
-    meta = {STATS_KEY: json.dumps(stats).encode()}
-    with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-
-
 def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     """Mine PS candidate windows for every pair of `cfg.pairs`; returns the summary.
 
     `embed_queries` replaces the retriever's query encoder (texts -> float32 [n, d] unit
     rows); benchmarks use it to time mining alone on precomputed vectors.
     """
-    from r2ps.mining.embed import EmbedConfig, ensure_index
+    from r2ps.mining.corpus_index import ensure_index
+    from r2ps.mining.embed import EmbedConfig
     from r2ps.mining.index import read_embeddings
 
     if cfg.m < 1 or cfg.query_chunk < 1 or cfg.shard_queries < 1:
@@ -497,7 +410,7 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
 
     neg_dir = out / "negatives"
     settings = _settings(cfg, index.manifest, pool_hits, n_candidates)
-    _check_settings(neg_dir, settings)
+    check_settings(neg_dir, settings)
 
     shared = text_golds(queries, qrels, index.code_ids)
     miner = _Miner(cfg, index, code_emb, filt, embed_queries, shared)
@@ -506,117 +419,24 @@ def mine(cfg: MineConfig, embed_queries: QueryEmbedder | None = None) -> dict:
     reused = 0
     for number in range(n_shards):
         path = neg_dir / f"part-{number:05d}.parquet"
-        stats = _read_shard_stats(path) if path.exists() else None
+        stats = read_shard_stats(path) if path.exists() else None
         if stats is None:
             shard_q = queries.slice(number * cfg.shard_queries, cfg.shard_queries)
             shard_r = qrels.filter(pc.is_in(qrels["query_id"], shard_q["query_id"]))
             table, stats = miner.shard(shard_q, shard_r, number)
             t0 = time.perf_counter()
-            _write_shard(path, table, stats)
+            write_shard(path, table, stats)
             miner.seconds["write"] += time.perf_counter() - t0
             log.info("shard %d/%d: %d rows", number + 1, n_shards, table.num_rows)
         else:
             reused += 1
-        _merge(totals, stats)
+        merge_stats(totals, stats)
     seconds.update(miner.seconds)
     seconds["total"] = time.perf_counter() - t_start
 
-    summary = _summary(cfg, settings, index.manifest, totals, (start, end), n_candidates)
+    summary = summarize(settings, index.manifest, totals, (start, end), n_candidates)
     summary["shards"] = {"total": n_shards, "written": n_shards - reused, "reused": reused}
     summary["queries_searched_again"] = miner.researched
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     write_text_atomic(out / MINE_SUMMARY, json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def _summary(
-    cfg: MineConfig, settings: dict, manifest: dict, t: dict, window: tuple, n: int
-) -> dict:
-    rows = t.get("rows", 0)
-    draws = t.get("draws", 0)
-    return {
-        "pairs": str(Path(cfg.pairs).resolve()),
-        "model": manifest.get("model_path") or cfg.model,
-        "settings": settings,
-        "queries": t.get("queries", 0),
-        "pairs_mined": t.get("pairs", 0),
-        "rows": rows,
-        "pairs_without_candidates": t.get("empty", 0),
-        "window": {"start": window[0], "end": window[1], "candidate_codes": n},
-        "candidates_per_row": {
-            "mean": round(t.get("kept_sum", 0) / rows, 3) if rows else 0.0,
-            "min": t.get("kept_min"),
-            "max": t.get("kept_max", 0),
-        },
-        "pairs_below_m": t.get("below_m", 0),
-        "removed": t.get("removed", {}),
-        "preview_draw": {
-            "m": cfg.m,
-            "inv_tau": cfg.inv_tau,
-            "mean_rank": round(t.get("draw_rank_sum", 0.0) / draws, 3) if draws else None,
-            "mean_score": round(t.get("draw_score_sum", 0.0) / draws, 4) if draws else None,
-        },
-        "index": {k: manifest.get(k) for k in ("kind", "count", "dim", "model_path")},
-    }
-
-
-def format_summary(summary: dict) -> str:
-    """The summary as a few readable lines (the job prints this)."""
-    c, w, s = summary["candidates_per_row"], summary["window"], summary["seconds"]
-    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items())
-    lines = [
-        f"mined {summary['queries']} queries, {summary['pairs_mined']} pairs -> "
-        f"{summary['rows']} rows ({summary['pairs_without_candidates']} pairs without candidates)",
-        f"window [{w['start']}, {w['end']}) over {w['candidate_codes']} candidate codes; "
-        f"kept per row mean {c['mean']} min {c['min']} max {c['max']}; "
-        f"{summary['pairs_below_m']} pairs below m={summary['preview_draw']['m']}",
-        f"removed: {removed}",
-        "seconds: " + ", ".join(f"{k} {v}" for k, v in s.items()),
-        f"shards: {summary['shards']}",
-    ]
-    return "\n".join(lines)
-
-
-def read_negatives(
-    out: str | Path, columns: Sequence[str] = tuple(NEGATIVES_SCHEMA.names)
-) -> pa.Table:
-    """`columns` of every mined row of `<out>/negatives/`, in shard order (what the ranker reads).
-
-    Each file is checked against the mining schema: a missing column, or a list column
-    that is not a list, fails naming the file and the column.
-    """
-    parts = sorted(Path(out, "negatives").glob("part-*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"{out}/negatives: no part-*.parquet (run jobs/mine.py first)")
-    schema = pa.schema([NEGATIVES_SCHEMA.field(name) for name in columns])
-    tables = []
-    for path in parts:
-        table = pq.read_table(path)
-        for col in schema:
-            if col.name not in table.column_names:
-                raise ValueError(f"{path}: missing column {col.name!r} (have {table.column_names})")
-            tp = table.schema.field(col.name).type
-            if pa.types.is_list(col.type) and not (
-                pa.types.is_list(tp) or pa.types.is_large_list(tp)
-            ):
-                raise ValueError(f"{path}: column {col.name!r} must be a list, got {tp}")
-        tables.append(table.select(list(columns)).cast(schema))
-    return pa.concat_tables(tables)
-
-
-def named_split(negatives: str | Path) -> Path:
-    """The split folder `<negatives>/mine_summary.json` names (`pairs`), whether or not it
-    is there (a split mining staged from a URI is staged again by jobs/train.py).
-
-    A relative path is taken from the working directory, or else from the negatives folder.
-    """
-    summary_path = Path(negatives) / MINE_SUMMARY
-    if not summary_path.exists():
-        raise FileNotFoundError(f"{summary_path} not found: is {negatives} a mining output?")
-    summary = json.loads(summary_path.read_text())
-    if not isinstance(summary, dict) or not summary.get("pairs"):
-        raise ValueError(f"{summary_path}: field 'pairs' (the mined split folder) is missing")
-    folder = Path(summary["pairs"])
-    if not folder.is_absolute() and not folder.exists():
-        folder = Path(negatives) / folder
-    return folder

@@ -8,7 +8,7 @@ query's hard negatives, and how the ranker draws its `m` of them each epoch.
   relative margin to the positive's score;
 - `sample_negatives`: `m` of a window's candidates, p proportional to exp(score / tau').
 
-The mining job (mining.py) applies the filter to every (query, positive) of a split and
+The mining job (mining/mine.py) applies the filter to every (query, positive) of a split and
 stores the windows; the ranker's training data (train/ranker_data.py) samples from them.
 """
 

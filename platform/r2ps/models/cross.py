@@ -340,7 +340,7 @@ def score_pairs(
 
     `model` is a CrossEncoder or anything with its inference attributes (`tokenizer`,
     `max_query_len`, `max_len`, forward -> [B]): the ONNX Runtime ranker
-    (`r2ps.models.onnx.OrtCrossEncoder`) runs through this same loop.
+    (`r2ps.models.backends.OrtCrossEncoder`) runs through this same loop.
     Raises ValueError naming the pairs whose score is NaN or inf.
     """
     tokenizer = model.tokenizer

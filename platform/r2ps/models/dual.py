@@ -147,7 +147,7 @@ def embed_texts(
     """Embeddings [len(texts), h] float32 in input order; eval mode, no gradients.
 
     `model` is a DualEncoder or anything with its `encode` and `dim` (the ONNX Runtime
-    retriever, `r2ps.models.onnx.OrtDualEncoder`, runs through this same loop).
+    retriever, `r2ps.models.backends.OrtDualEncoder`, runs through this same loop).
     Texts are tokenised once, then batched by length (little padding) and the
     results are written back to their input positions. The model's train/eval
     mode is restored afterwards, so this can run in the middle of training. Raises

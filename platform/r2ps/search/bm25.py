@@ -82,12 +82,20 @@ class BM25:
             return np.zeros(self.n_docs, dtype=np.float32)
         return np.asarray(self._model.get_scores(terms), dtype=np.float32)
 
-    def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(
+        self, query: str, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(positions int64 [k'], scores float32 [k']) best first, k' = min(k, N).
 
-        Scores equal within float noise keep pool order (`r2ps.evaluation.metrics`' tie rule), so
-        the ranking is the same on every CPU and a gold code tied with many zero-score
-        codes gets no lucky rank.
+        `among`: int positions in ascending order (a search filter's): only those are
+        ranked, and N is their number. Scores equal within float noise keep pool order
+        (`r2ps.ranking`'s tie rule), so the ranking is the same on every CPU and a gold code
+        tied with many zero-score codes gets no lucky rank.
         """
-        scores, positions = top_k_of_scores(self.scores(query)[None, :], k)
-        return positions[0], scores[0]
+        scores = self.scores(query)
+        if among is not None:
+            among = np.asarray(among, dtype=np.int64)
+            top, positions = top_k_of_scores(scores[among][None, :], k)
+            return among[positions[0]], top[0]
+        top, positions = top_k_of_scores(scores[None, :], k)
+        return positions[0], top[0]

@@ -5,11 +5,41 @@ validates input and writes the OpenAPI document from the same classes) and
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
-from r2ps.serving.settings import MAX_RERANK_K, MAX_TOP_K, NOT_BLANK
+from r2ps.search.filters import GLOB_PATTERN, LANGUAGES, Filters, glob_problem
+from r2ps.serving.settings import MAX_GLOB_CHARS, MAX_GLOBS, MAX_RERANK_K, MAX_TOP_K, NOT_BLANK
+
+Language = Literal[LANGUAGES]  # type: ignore[valid-type]  (the labels of r2ps.data.grammars)
+
+
+def _glob(value: str) -> str:
+    problem = glob_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# A glob: the document states GLOB_PATTERN, `_glob` enforces the same rule in Python
+# (r2ps.search.filters.glob_problem), with a message that says what is wrong.
+Glob = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_GLOB_CHARS, json_schema_extra={"pattern": GLOB_PATTERN}),
+    AfterValidator(_glob),
+]
+_GLOB_HELP = (
+    "gitignore-style globs over paths relative to the indexed folder (e.g. `tests/**`, "
+    "`**/*_test.go`, `*.py`, `src/`); no `!`, `#`, `\\` escapes or `[ranges]`"
+)
 
 # --- the HTTP API ---
 
@@ -39,6 +69,26 @@ class SearchRequest(BaseModel):
         description="first stage: dense, or hybrid (BM25 + dense by reciprocal rank "
         "fusion; scores are then RRF scores); null: the server's setting",
     )
+    # Filters (r2ps.search.filters), applied before the top-k cut: fewer than top_k
+    # results when fewer codes pass, never others.
+    language: list[Language] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(LANGUAGES),
+        description="only codes in one of these languages",
+    )
+    path: list[Glob] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GLOBS,
+        description=f"only codes in files matching one of these {_GLOB_HELP}",
+    )
+    exclude: list[Glob] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GLOBS,
+        description=f"no code in files matching one of these {_GLOB_HELP}",
+    )
 
     @field_validator("query")
     @classmethod
@@ -46,6 +96,11 @@ class SearchRequest(BaseModel):
         if not value.strip():
             raise ValueError("query is empty or only whitespace")
         return value
+
+    def filters(self) -> Filters | None:
+        """The request's filters, or None when it names none."""
+        found = Filters(self.language, self.path, self.exclude)
+        return found if found else None
 
     @field_validator("top_k", "rerank_k", mode="before")
     @classmethod

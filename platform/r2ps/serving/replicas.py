@@ -1,7 +1,8 @@
 """What the deployments (serve/deployments.py) load and run with, besides Ray Serve:
 
 - `pair_chunks` / `count_pairs`: how the ranker batches by (query, code) pairs;
-- `load_code_store`, `load_index`, `staged_config`: what replicas load;
+- `staged_config`: the settings with URI inputs copied to the replica's node (what the
+  retriever loads is `r2ps.search.searcher.Searcher`);
 - `replica_threads`, `warm_up_*`: threads and warm-up of a replica;
 - `CascadeMetrics`: the custom metrics (`ray.serve.metrics`) plus local counts that
   `/healthz` reports, so a test or an operator can read them without Prometheus."""
@@ -9,16 +10,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from r2ps.data.schema import codes_file
 from r2ps.log import get_logger
 from r2ps.serving.settings import ServeConfig
 from r2ps.storage import staged
@@ -63,77 +58,6 @@ def staged_config(cfg: ServeConfig, stack: contextlib.ExitStack) -> ServeConfig:
     to be built is built into that copy and not uploaded (run jobs/embed.py for that).
     """
     return stack.enter_context(staged(cfg, inputs=URI_FIELDS))
-
-
-# Columns of a source-tree index's codes.parquet (jobs/index.py) that hits carry along.
-LOCATION_FIELDS = ("path", "start_line", "end_line", "symbol")
-
-
-@dataclass
-class CodeStore:
-    """Code text and metadata by code id: what the retriever returns besides scores."""
-
-    rows: dict[str, tuple[str, str, str]]  # code_id -> (code, language, source)
-    path: str
-    # code_id -> {path, start_line, end_line, symbol}, when the store has those columns
-    locations: dict[str, dict] = field(default_factory=dict)
-
-    def get(self, code_id: str) -> tuple[str, str, str]:
-        try:
-            return self.rows[code_id]
-        except KeyError:
-            raise KeyError(f"code id {code_id!r} is in the index but not in {self.path}") from None
-
-    def location(self, code_id: str) -> dict:
-        """Where the code is (LOCATION_FIELDS), or {} for a store without locations."""
-        return self.locations.get(code_id, {})
-
-
-def load_code_store(codes: str) -> CodeStore:
-    """Read codes.parquet (code_id, code, language, source, and LOCATION_FIELDS when
-    present) into memory."""
-    names = ["code_id", "code", "language", "source"]
-    path = codes_file(codes, columns=tuple(names))
-    schema_names = pq.read_schema(path).names
-    located = all(n in schema_names for n in LOCATION_FIELDS)
-    table = pq.read_table(path, columns=names + (list(LOCATION_FIELDS) if located else []))
-    table = table.to_pydict()
-    rows = {
-        cid: (code, lang, src)
-        for cid, code, lang, src in zip(
-            table["code_id"], table["code"], table["language"], table["source"], strict=True
-        )
-    }
-    locations = {}
-    if located:
-        for i, cid in enumerate(table["code_id"]):
-            locations[cid] = {name: table[name][i] for name in LOCATION_FIELDS}
-    return CodeStore(rows=rows, path=str(path), locations=locations)
-
-
-def load_index(cfg: ServeConfig, model_dir: str):
-    """The faiss index of `cfg.codes` under `model_dir`: loaded if fresh, else (re)built.
-
-    `ensure_index` compares the saved manifest with the model and corpus fingerprints,
-    so a retrained model or a changed corpus never serves a stale index.
-    """
-    from r2ps.mining.embed import EmbedConfig, ensure_index
-
-    if not Path(cfg.embed_out, "index", "manifest.json").exists():
-        log.warning(
-            "no index under %s: embedding %s inside the replica. Ray Data needs free CPUs "
-            "beside the Serve replicas; on a small machine build it first with "
-            "`python jobs/embed.py --model %s --codes %s --out %s`",
-            cfg.embed_out,
-            cfg.codes,
-            model_dir,
-            cfg.codes,
-            cfg.embed_out,
-        )
-    embed_cfg = EmbedConfig(
-        model=model_dir, codes=cfg.codes, out=cfg.embed_out, index=dataclasses.replace(cfg.index)
-    )
-    return ensure_index(embed_cfg)
 
 
 # --- replicas: threads and warm-up ---

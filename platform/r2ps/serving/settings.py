@@ -17,14 +17,13 @@ from typing import Any
 from r2ps.config import ConfigError, from_dict, load_config
 from r2ps.data.schema import codes_file
 from r2ps.log import get_logger
-from r2ps.mining.index import IndexConfig
-from r2ps.models.onnx import BACKENDS
+from r2ps.search.filters import SPACE_ESCAPES
+from r2ps.search.searcher import SERVE_FILE, SearchConfig
 from r2ps.storage import is_uri
 
 log = get_logger(__name__)
 
 CONFIG_ENV = "R2PS_SERVE_CONFIG"
-SERVE_FILE = "serve.yaml"  # what the main job and the index job write beside their outputs
 RUNS_DIR = "runs"  # where `serve run` looks for the newest SERVE_FILE when none is named
 BUILD_HINT = (
     "build something to serve with `make demo` (the main job), or `python jobs/index.py "
@@ -37,39 +36,35 @@ _OTHER_ENV = {CONFIG_ENV, "R2PS_LOG_LEVEL", "R2PS_COSQA", "R2PS_STORAGE"}
 
 MAX_TOP_K = 100
 MAX_RERANK_K = 100
-RETRIEVAL_MODES = ("dense", "hybrid")
+MAX_GLOBS = 8  # globs in a request's `path`, and in its `exclude`
+MAX_GLOB_CHARS = 128
 BODY_BYTES_PER_CHAR = 12  # a character outside the BMP, JSON-escaped: a surrogate pair
-BODY_OVERHEAD = 256  # braces, keys, top_k and rerank_k
+# braces, keys, numbers, `retrieval`, every language once, the quotes and commas of globs
+BODY_OVERHEAD = 512
 # A query is blank when `str.strip()` leaves nothing. The OpenAPI document states the same
-# rule as a pattern: one character outside Python's whitespace, written out as \uXXXX
-# escapes, which ECMA-262, Python `re` and JSON Schema validators all read alike (their
-# own `\s` classes differ from Python's: \x1c-\x1f, \x85, \ufeff).
-_SPACES = [c for c in range(0x110000) if chr(c).isspace()]
-NOT_BLANK = "[^" + "".join(f"\\u{c:04x}" for c in _SPACES) + "]"
+# rule as a pattern: one character outside Python's whitespace (r2ps.search.filters'
+# SPACE_ESCAPES, which every regex dialect of a client reads alike).
+NOT_BLANK = "[^" + SPACE_ESCAPES + "]"
+
+
+def longest_body_bytes(max_query_chars: int) -> int:
+    """Bytes of the longest compact JSON body the OpenAPI document allows: the query and
+    every glob at their longest, each character escaped as a surrogate pair."""
+    chars = max_query_chars + 2 * MAX_GLOBS * MAX_GLOB_CHARS
+    return BODY_BYTES_PER_CHAR * chars + BODY_OVERHEAD
 
 
 @dataclass
-class ServeConfig:
-    """Settings of the cascade endpoint; defaults point at the outputs of `make demo`
-    (runs/demo/pipeline: what its serve.yaml names, the served choice aside)."""
+class ServeConfig(SearchConfig):
+    """Settings of the cascade endpoint: the search core's (`SearchConfig`: the retriever,
+    the code store, the index, backend, threads, first stage) and the serving ones below.
+    Defaults point at the outputs of `make demo` (runs/demo/pipeline: what its serve.yaml
+    names, the served choice aside)."""
 
-    retriever: str = field(
-        default="runs/demo/pipeline/retriever",
-        metadata={"help": "dual encoder dir; the bundled MiniLM when absent"},
-    )
     ranker: str = field(
         default="runs/demo/pipeline/ranker_ps",
         metadata={"help": "cross encoder dir; the bundled MiniLM (fresh head) when absent"},
     )
-    codes: str = field(
-        default="runs/demo/pipeline/sample",
-        metadata={"help": "code store: a split folder with codes.parquet, or a .parquet file"},
-    )
-    embed_out: str = field(
-        default="runs/demo/pipeline/mined",
-        metadata={"help": "the embed job's output dir: <embed_out>/index is served"},
-    )
-    index: IndexConfig = field(default_factory=IndexConfig)
     alpha: float | None = field(
         default=None,
         metadata={
@@ -86,8 +81,8 @@ class ServeConfig:
     )
     max_query_chars: int = 2000
     max_body_bytes: int = field(
-        default=32768,
-        metadata={"help": "body size limit; must fit the longest query JSON-escaped"},
+        default=65536,
+        metadata={"help": "body size limit; must fit the longest request JSON-escaped"},
     )
     ranker_timeout_s: float = field(
         default=10.0, metadata={"help": "past this the answer is the retriever's alone"}
@@ -116,36 +111,14 @@ class ServeConfig:
     ranker_target_ongoing: float = 2.0
     ranker_max_ongoing: int = 16
     ingress_cpus: float = 0.1
-    backend: str = field(
-        default="torch",
-        metadata={
-            "help": "CPU inference of the retriever's query encoder and the ranker: torch | "
-            "onnx | onnx-int8 (the export beside each model: jobs/export_onnx.py); GPU "
-            "replicas always run torch"
-        },
-    )
-    threads: int = field(
-        default=0,
-        metadata={"help": "CPU threads per replica (torch or ONNX Runtime); 0: its reserved CPUs"},
-    )
-    retrieval: str = field(
-        default="dense",
-        metadata={
-            "help": "first stage when a request names none: dense | hybrid (BM25 + dense, RRF)"
-        },
-    )
-    hybrid_depth: int = field(
-        default=100, metadata={"help": "hybrid: candidates from each list before fusion"}
-    )
-    rrf_k: int = field(default=60, metadata={"help": "hybrid: RRF's k (r2ps.search.fusion)"})
 
     def __post_init__(self) -> None:
         checks = {
+            **self.search_checks(),
             "max_query_chars": self.max_query_chars >= 1,
             # a request the OpenAPI document allows must fit: every character of a
-            # longest query may arrive escaped (a surrogate pair, 12 bytes)
-            "max_body_bytes": self.max_body_bytes
-            >= BODY_BYTES_PER_CHAR * self.max_query_chars + BODY_OVERHEAD,
+            # longest query and of every glob may arrive escaped (a surrogate pair)
+            "max_body_bytes": self.max_body_bytes >= longest_body_bytes(self.max_query_chars),
             "ranker_timeout_s": self.ranker_timeout_s > 0,
             "request_timeout_s": self.request_timeout_s > 0,
             "retriever_batch_size": self.retriever_batch_size >= 1,
@@ -153,11 +126,6 @@ class ServeConfig:
             "ranker_min_replicas": 0 <= self.ranker_min_replicas <= self.ranker_max_replicas,
             "ranker_max_replicas": self.ranker_max_replicas >= 1,
             "alpha": self.alpha is None or 0.0 <= self.alpha <= 1.0,
-            "retrieval": self.retrieval in RETRIEVAL_MODES,
-            "hybrid_depth": self.hybrid_depth >= 1,
-            "rrf_k": self.rrf_k >= 0,
-            "backend": self.backend in BACKENDS,
-            "threads": self.threads >= 0,
             "rerank_k": 0 <= self.rerank_k <= MAX_RERANK_K,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -78,7 +78,7 @@ class TrainConfig:
 
     def _inputs(self, splits: tuple[str, ...]) -> list[Need]:
         """The corpus's `splits`, the starting model and CoSQA, when given."""
-        from r2ps.data.readers import COSQA_FILES
+        from r2ps.data.cosqa import COSQA_FILES
         from r2ps.data.schema import MODEL_CONFIG, split_files
 
         corpus = [f for split in splits for f in split_files(split)]
@@ -217,7 +217,7 @@ class RankerConfig(TrainConfig):
         """Besides the corpus (valid; train too for in-batch negatives): the retriever and,
         for PS negatives, the mining output and the split its summary names."""
         from r2ps.data.schema import MINE_SUMMARY, MODEL_CONFIG, split_files
-        from r2ps.mining.mine import named_split
+        from r2ps.mining.negatives import named_split
 
         out = self._inputs(("valid",) if self.negatives_source == "ps" else ("train", "valid"))
         out += needs(self, "retriever", MODEL_CONFIG, what="a trained retriever folder")

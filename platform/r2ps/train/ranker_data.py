@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from r2ps.data.codetext import query_key
 from r2ps.data.schema import MINE_SUMMARY, RetrievalSet
 from r2ps.log import get_logger
-from r2ps.mining.mine import named_split, read_negatives
+from r2ps.mining.negatives import named_split, read_negatives
 from r2ps.mining.ps import sample_negatives
 from r2ps.train.config import RankerConfig
 from r2ps.train.retriever import seeded_sample, training_pairs

@@ -235,7 +235,7 @@ def _load_split(directory: str) -> RetrievalSet:
 
 @functools.lru_cache(maxsize=2)
 def _load_cosqa(directory: str) -> RetrievalSet:
-    from r2ps.data.readers import read_cosqa
+    from r2ps.data.cosqa import read_cosqa
 
     return read_cosqa(directory)
 
@@ -263,7 +263,7 @@ def compare_on_test(cfg: RetrieverConfig, trained: str) -> dict:
 
     Run once after training, on held-out packages no checkpoint was chosen on.
     """
-    from r2ps.data.readers import read_cosqa
+    from r2ps.data.cosqa import read_cosqa
 
     sets = {"test": RetrievalSet.read(Path(cfg.corpus) / "test")}
     if cfg.eval_cosqa:

@@ -1,0 +1,83 @@
+"""The repository index's settings (`RepoIndexConfig`, `jobs/index.py`) and the checks of
+its paths (`check_paths`) made before anything is read or written. Read by the
+extraction (`r2ps.repo.units`), the vectors (`r2ps.repo.vectors`) and the job
+(`r2ps.repo.indexer`), so none of them imports the job for its settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r2ps.config import ConfigError, Need, check_inputs, needs
+from r2ps.data.schema import MODEL_CONFIG
+from r2ps.mining.index import IndexConfig
+from r2ps.models.cross import HEAD_FILE
+from r2ps.repo.files import FileRules, is_utf8, shown
+
+
+@dataclass
+class RepoIndexConfig:
+    """Settings of `jobs/index.py`."""
+
+    source: str = field(default="", metadata={"help": "the source tree to index"})
+    out: str = field(default="runs/repo", metadata={"help": "output folder (kept between runs)"})
+    model: str = field(default="", metadata={"help": "retriever dir ('' = bundled MiniLM)"})
+    ranker: str = field(
+        default="",
+        metadata={"help": "trained ranker dir for serve.yaml ('' = retriever order only)"},
+    )
+    full: bool = field(default=False, metadata={"help": "ignore the last run: rebuild all"})
+    workers: int = field(default=0, metadata={"help": "extraction tasks (0: all CPUs)"})
+    files_per_task: int = 64
+    local_below: int = field(
+        default=256,
+        metadata={"help": "fewer files (codes) than this are parsed (embedded) here, no Ray"},
+    )
+    actors: int = field(
+        default=0, metadata={"help": "embedding actors (0: r2ps.mining.embed's plan)"}
+    )
+    batch_size: int = 64
+    block_rows: int = 512
+    threads: int = 0
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "the Ray a large run fans out on: '' = ray.init()'s rule (RAY_ADDRESS, "
+            "else a cluster running on this machine, else a new local one); 'local' = a new "
+            "one for this run, whatever runs (the `r2ps index` command's default); an address"
+        },
+    )
+    rules: FileRules = field(default_factory=FileRules)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("files_per_task", "batch_size", "block_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+    def inputs(self) -> list[Need]:
+        """The models given (`config.check_inputs`): read only after the walk and the
+        extraction, so checked first (`check_paths`). `source` has its own checks there."""
+        return [
+            *needs(self, "model", MODEL_CONFIG, what="a retriever folder"),
+            *needs(self, "ranker", MODEL_CONFIG, HEAD_FILE, what="a trained ranker folder"),
+        ]
+
+
+def check_paths(cfg: RepoIndexConfig) -> None:
+    """Raise ConfigError naming `--source`, `--out`, `--model` or `--ranker` before anything
+    is written or read."""
+    if not cfg.source:
+        raise ConfigError("source: no folder given (--source DIR)")
+    if not Path(cfg.source).is_dir():
+        raise ConfigError(f"source: {cfg.source!r} is not a folder")
+    if not os.access(cfg.source, os.R_OK | os.X_OK):
+        raise ConfigError(f"source: {cfg.source!r} cannot be listed (permissions)")
+    for name, path in (("source", cfg.source), ("out", cfg.out)):
+        # every path is stored and shown as text: these folders' names must be too
+        if not is_utf8(str(Path(path).resolve())):
+            raise ConfigError(f"{name}: {shown(path)!r}: the path is not UTF-8")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
+    check_inputs(cfg)

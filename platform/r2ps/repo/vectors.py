@@ -1,0 +1,172 @@
+"""Vectors by content id and the faiss index over every unit: stages 3-4 of the
+repository index.
+
+`update_vectors` keeps one float32 vector per content id (a hash of the code text) in
+`vectors/` under the retriever that made it (its fingerprint and code length in the
+manifest): only content ids with no stored vector are embedded (a Ray Data actor pool
+of `r2ps.mining.embed`, or in this process when few), and exactly the current ones are
+kept. `build_index` builds the faiss index over every unit, in `codes.parquet` order,
+with the manifest `r2ps.mining.corpus_index.ensure_index` expects, so the Serve app loads it
+as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from r2ps.log import get_logger
+from r2ps.mining.index import CodeIndex, corpus_fingerprint
+from r2ps.models.encoder import model_fingerprint
+from r2ps.repo.config import RepoIndexConfig
+from r2ps.repo.units import CODES, join_ray, write_atomic
+
+log = get_logger(__name__)
+
+VECTORS_DIR = "vectors"
+VECTORS = "vectors.parquet"
+
+
+def _embed_new(
+    texts: list[str], ids: list[str], model: str, cfg: RepoIndexConfig, work: Path
+) -> np.ndarray:
+    """float32 [len(texts), d] unit vectors of `texts` with the retriever at `model`."""
+    from r2ps.mining.embed import EmbedConfig, embedding_dataset, plan_pool
+
+    if len(texts) < max(1, cfg.local_below):
+        import torch
+
+        from r2ps.models.dual import DualEncoder
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        encoder = DualEncoder.from_pretrained(model).eval()
+        return encoder.embed_codes(texts, cfg.batch_size)
+    join_ray(cfg.ray_address)
+    pending = work / "pending.parquet"
+    pq.write_table(pa.table({"code_id": ids, "code": texts}), pending)
+    ecfg = EmbedConfig(
+        model=model,
+        codes=str(pending),
+        actors=cfg.actors,
+        batch_size=cfg.batch_size,
+        block_rows=cfg.block_rows,
+        threads=cfg.threads,
+    )
+    out = None
+    for block in embedding_dataset(ecfg, pending, model, plan_pool(ecfg)).iter_batches(
+        batch_size=None, batch_format="pyarrow"
+    ):
+        emb = block["embedding"].combine_chunks()
+        dim = emb.type.list_size
+        if out is None:
+            out = np.zeros((len(texts), dim), dtype=np.float32)
+        out[block["pos"].to_numpy()] = emb.flatten().to_numpy().reshape(-1, dim)
+    pending.unlink()
+    return out
+
+
+def _vector_identity(model: str) -> dict:
+    from r2ps.mining.embed import EmbedConfig, max_code_len
+
+    return {
+        "model_fingerprint": model_fingerprint(model),
+        "max_code_len": max_code_len(EmbedConfig(model=model), model),
+    }
+
+
+def update_vectors(
+    units: pa.Table, model: str, cfg: RepoIndexConfig, out: Path
+) -> tuple[np.ndarray, dict]:
+    """float32 [len(units), d]: each unit's vector, by content id; embeds only content
+    ids that have no stored vector under this retriever, and stores exactly the current
+    content ids' vectors (those of code that left the tree are dropped)."""
+    vdir = out / VECTORS_DIR
+    vdir.mkdir(parents=True, exist_ok=True)
+    identity = _vector_identity(model)
+    stored_ids: list[str] = []
+    stored = np.zeros((0, 0), dtype=np.float32)
+    manifest_path = vdir / "manifest.json"
+    if not cfg.full and manifest_path.exists() and (vdir / VECTORS).exists():
+        try:
+            saved = json.loads(manifest_path.read_text())
+            if all(saved.get(k) == v for k, v in identity.items()):
+                table = pq.read_table(vdir / VECTORS)
+                emb = table["embedding"].combine_chunks()
+                stored = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
+                stored_ids = table["content_id"].to_pylist()
+            else:
+                log.info("vectors in %s are from another retriever: re-embedding", vdir)
+        except (OSError, ValueError, AttributeError, KeyError, pa.ArrowException) as e:
+            # damaged by hand or by a disk (AttributeError: a manifest that is not an object)
+            log.warning("%s: stored vectors are not usable (%r): re-embedding", vdir, e)
+            stored_ids, stored = [], np.zeros((0, 0), dtype=np.float32)
+    row_of = {cid: i for i, cid in enumerate(stored_ids)}
+    unit_contents = units["content_id"].to_pylist()
+    wanted = sorted(set(unit_contents))
+    new_ids = [cid for cid in wanted if cid not in row_of]
+    start = time.perf_counter()
+    if new_ids:
+        log.info("embedding %d new codes (%d reused)", len(new_ids), len(wanted) - len(new_ids))
+        first = {}
+        for cid, code in zip(unit_contents, units["code"].to_pylist(), strict=True):
+            first.setdefault(cid, code)
+        vecs = _embed_new([first[c] for c in new_ids], new_ids, model, cfg, vdir)
+        if not len(stored):
+            stored = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+        for cid in new_ids:
+            row_of[cid] = len(row_of)
+        stored = np.concatenate([stored, vecs.astype(np.float32)])
+    seconds = time.perf_counter() - start
+    keep_rows = np.array([row_of[c] for c in wanted], dtype=np.int64)
+    kept = stored[keep_rows]
+    manifest_path.unlink(missing_ok=True)
+    table = pa.table(
+        {
+            "content_id": pa.array(wanted, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(kept.reshape(-1), pa.float32()), kept.shape[1]
+            ),
+        }
+    )
+    write_atomic(table, vdir / VECTORS)
+    manifest_path.write_text(
+        json.dumps({**identity, "dim": int(kept.shape[1]), "count": len(wanted)}) + "\n"
+    )
+    position = {cid: i for i, cid in enumerate(wanted)}
+    vectors = kept[np.array([position[c] for c in unit_contents], dtype=np.int64)]
+    stats = {
+        "unique": len(wanted),
+        "embedded": len(new_ids),
+        "reused": len(wanted) - len(new_ids),
+        "embed_seconds": round(seconds, 3),
+        "codes_per_s": round(len(new_ids) / seconds, 1) if new_ids and seconds else None,
+    }
+    return vectors, stats
+
+
+def build_index(
+    units: pa.Table, emb: np.ndarray, model: str, cfg: RepoIndexConfig, out: Path
+) -> CodeIndex:
+    """The faiss index over every unit (`emb` [len(units), d]), with the manifest
+    `ensure_index` checks."""
+    from r2ps.mining.embed import EmbedConfig, max_code_len
+
+    ids = units["code_id"].to_pylist()
+    manifest = {
+        "model_fingerprint": model_fingerprint(model),
+        "corpus_fingerprint": corpus_fingerprint(ids),
+        "count": len(ids),
+        "max_code_len": max_code_len(EmbedConfig(model=model), model),
+        "model_path": model,
+        "codes": str((out / CODES).resolve()),
+        "source": str(Path(cfg.source).resolve()),
+    }
+    index = CodeIndex.build(emb, ids, cfg.index, manifest)
+    index.save(out / "index")
+    return index
