@@ -16,10 +16,11 @@ Per repository:
    `jobs/index.py`) into `--out-dir/<name>`; a later run reuses what is up to date (the
    indexer is incremental; `--full` rebuilds). A repository whose index crashes is
    recorded as a crash and the run goes on;
-2. load the index as a Serve replica does: the Retriever deployment's own class
-   (`serve/deployments.py`, run in this process, no Ray Serve) on the `serve.yaml` the
-   indexer wrote; `dense` and `hybrid` are its `_search`; `bm25` is the BM25 half of
-   hybrid alone (its index, positive scores only), a baseline, not a served mode;
+2. load the index as a Serve replica does: the search core its Retriever deployment
+   runs (`r2ps.search.searcher.Searcher`, in this process, no Ray Serve) on the
+   `serve.yaml` the indexer wrote; `dense`, `hybrid` and `repo` (blend + the repository
+   signals, `r2ps.search.signals`) are its `search`; `bm25` is the BM25 half of hybrid
+   alone (its index, positive scores only), a baseline, not a served mode;
 3. each query's top 10 units scored by `r2ps.evaluation.metrics.target_ranks` + `ndcg`
    (semble's rule: path equal or one ends with "/" + the other, line overlap when the
    target has lines, secondary targets relevant too, binary gains, ideal min(10,
@@ -29,7 +30,7 @@ Per repository:
    replica's threads).
 
     python benchmarks/repo_search.py --data ../shared/data/semble --trees /work/trees \\
-        [--split dev|test|all] [--repos flask,chi] [--retrieval dense,hybrid,bm25] \\
+        [--split dev|test|all] [--repos flask,chi] [--retrieval dense,hybrid,repo,bm25] \\
         [--model DIR] [--out-dir DIR] [--tag NAME]
 """
 
@@ -53,14 +54,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import yaml
 
 from r2ps.data.errors import BadRecord
 from r2ps.evaluation.metrics import Target, hits_target, ndcg, path_matches, target_ranks
 from r2ps.log import get_logger, setup_logging
 from r2ps.models.encoder import model_or_default
 from r2ps.repo.config import RepoIndexConfig
-from r2ps.repo.indexer import SERVE_YAML, index_repo
+from r2ps.repo.indexer import index_repo
 from r2ps.repo.units import CODES
 from r2ps.serving.settings import ServeConfig
 from r2ps.storage import write_text_atomic
@@ -72,7 +72,7 @@ if str(REPO) not in sys.path:  # `serve` lives at the repository root
 log = get_logger("r2ps.repo_search")
 
 TOP_K = 10  # semble's protocol: each query's top 10 results
-MODES = ("dense", "hybrid", "bm25")
+MODES = ("dense", "hybrid", "repo", "bm25")
 CATEGORIES = ("semantic", "architecture", "symbol")
 
 
@@ -168,27 +168,33 @@ def tree_revisions(trees: Path) -> dict[str, dict]:
 # ------------------------------------------------------------------ searching one tree
 
 
-def open_retriever(index_dir: Path, threads: int, lexical: bool):
-    """The Serve app's Retriever on the index jobs/index.py wrote to `index_dir`, in this
-    process: its plain class (no Ray Serve), on the indexer's serve.yaml. With `lexical`
-    its BM25 is built now (as Serve does for a hybrid default), not at the first query."""
-    from serve.deployments import Retriever
+def open_retriever(index_dir: Path, threads: int, lexical: bool, **overrides):
+    """The search core the Serve app's Retriever runs (`r2ps.search.searcher.Searcher`) on
+    the index jobs/index.py wrote to `index_dir`, in this process, on the indexer's
+    serve.yaml; `threads` 0: a replica's (`replica_threads`). With `lexical` its BM25 is
+    built now (as Serve does for a hybrid or repo default), not at the first query.
+    `overrides`: other serve.yaml settings (e.g. `backend`, the query encoder's)."""
+    from r2ps.search.searcher import Searcher
+    from r2ps.serving.replicas import replica_threads
 
-    settings = yaml.safe_load((index_dir / SERVE_YAML).read_text())
-    settings.update(retrieval="hybrid" if lexical else "dense", threads=threads)
-    return Retriever.func_or_class(ServeConfig.from_mapping(settings))
+    threads = replica_threads(threads, ServeConfig().retriever_cpus)
+    retrieval = "hybrid" if lexical else "dense"
+    searcher = Searcher.open(index_dir, retrieval=retrieval, threads=threads, **overrides)
+    if lexical:
+        searcher.lexical()
+    return searcher
 
 
 def search(retriever, query: str, mode: str, k: int = TOP_K) -> list[tuple[str, int, int]]:
     """The top `k` units of `query` as (path, start_line, end_line), best first."""
     if mode == "bm25":  # the lexical list hybrid fuses, alone: terms shared or nothing
-        positions, scores = retriever._lexical().top_k(query, k)
+        positions, scores = retriever.lexical().top_k(query, k)
         ids = [retriever.index.code_ids[p] for p in positions[scores > 0]]
-        locations = [retriever.store.location(i) for i in ids]
-    else:
-        (found,) = retriever._search([(query, k, mode)])
-        locations = found["locations"]
-    return [(loc["path"], loc["start_line"], loc["end_line"]) for loc in locations]
+        return [
+            (loc["path"], loc["start_line"], loc["end_line"])
+            for loc in map(retriever.store.location, ids)
+        ]
+    return [(h.path, h.start_line, h.end_line) for h in retriever.search(query, k, mode)]
 
 
 def target_coverage(index_dir: Path, tasks: list[Task]) -> dict:
@@ -318,7 +324,7 @@ def run_repo(name: str, semble: Semble, args, revision: dict) -> dict:
         record["coverage"] = target_coverage(out, tasks)
         t0 = time.perf_counter()
         retriever = open_retriever(
-            out, args.threads, lexical=bool({"hybrid", "bm25"} & set(args.retrieval))
+            out, args.threads, lexical=bool({"hybrid", "repo", "bm25"} & set(args.retrieval))
         )
         record["load_seconds"] = round(time.perf_counter() - t0, 3)
         record["search_threads"] = torch.get_num_threads()

@@ -12,7 +12,7 @@ ranker (a cross encoder, autoscaled) rescores the top `rerank_k`; the ordering i
 `r2ps.search.cascade`'s, the same one evaluation measures. A call whose replica dies is asked
 again once (`Cascade._ask`), within the request's deadline: a replica's death costs latency,
 not the answer. When the ranker is still slow or down the answer is the retriever's alone,
-marked `"reranked": false`, and counted.
+marked `"reranked": false`, and counted. The ingress serves MCP at /mcp too (r2ps.serving.mcp).
 """
 
 import asyncio
@@ -34,7 +34,7 @@ from r2ps.models.backends import load_ranker
 from r2ps.resources import cluster_has_gpus
 from r2ps.search.cascade import cascade_ids, fuse
 from r2ps.search.filters import Filters
-from r2ps.search.searcher import Query, Searcher
+from r2ps.search.searcher import Query, Searcher, first_stage
 from r2ps.serving.api import (
     Hit,
     RequestError,
@@ -44,6 +44,7 @@ from r2ps.serving.api import (
     read_limited_body,
     search_body_openapi,
 )
+from r2ps.serving.mcp import ServedIndex, build_server, mount_http
 from r2ps.serving.replicas import (
     CascadeMetrics,
     count_pairs,
@@ -110,9 +111,10 @@ class Retriever(_ModelReplica):
         self.warmup_ms = warm_up_retriever(self.searcher.model)  # before Serve counts it ready
         self._search_batch.set_max_batch_size(cfg.retriever_batch_size)
         self._search_batch.set_batch_wait_timeout_s(cfg.retriever_batch_wait_s)
-        if cfg.retrieval == "hybrid":  # BM25 built now, not at the first query
+        if cfg.retrieval != "dense":  # BM25 (and the symbol table) now, not at the first query
             start = time.perf_counter()
             self.searcher.lexical()
+            self.searcher.symbols()
             log.info("BM25 over %d codes built in %.1f s", len(self.searcher),
                      time.perf_counter() - start)  # fmt: skip
         log.info(
@@ -128,7 +130,13 @@ class Retriever(_ModelReplica):
         self, query: str, k: int, retrieval: str | None = None, filters: Filters | None = None
     ) -> dict:
         """{"hits": the top `k` SearchHits that pass `filters` (fewer when fewer pass),
-        "retrieval": the first stage used}; scores are cosines, or RRF scores for hybrid."""
+        "retrieval": the first stage used}; scores are cosines, RRF scores for hybrid, the
+        signals' scores for repo. {"error": why} when this index cannot serve `retrieval`
+        (repo on a corpus without paths): the request's fault, kept out of the batch."""
+        try:
+            self.searcher.mode(retrieval)
+        except ValueError as e:
+            return {"error": str(e)}
         return await self._search_batch(Query(query, k, retrieval, filters))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -145,6 +153,7 @@ class Retriever(_ModelReplica):
             "model": self.model_dir,
             "trained": self.trained,
             "codes": len(self.searcher),
+            **first_stage(self.searcher.cfg),  # the default first stage and its signals
             **self.runtime(),
         }
 
@@ -229,6 +238,16 @@ class Cascade:
         _SEARCH_BODY.update(search_body_openapi(cfg.max_query_chars))
         api.openapi_schema = None
 
+    def __serve_build_asgi_app__(self):
+        """This replica's app, which Serve asks for after the constructor: the routes below
+        and the MCP server at /mcp (r2ps.serving.mcp), whose search_code answers as POST
+        /search does."""
+        ready = lambda: self._ask(self.retriever, "ready", deadline=time.perf_counter() + 5)  # noqa: E731
+        server = build_server(
+            ServedIndex(self.answer, self.cfg, ready), max_query_chars=self.cfg.max_query_chars
+        )
+        return mount_http(self.app, server)
+
     @api.post(
         "/search",
         response_model=SearchResponse,
@@ -259,6 +278,8 @@ class Cascade:
         except Exception as e:  # the retriever is the one stage the answer cannot do without
             log.error("retriever failed: %r", e)
             return JSONResponse({"detail": "retriever unavailable"}, status_code=503)
+        if "error" in found:  # a first stage this index cannot serve
+            return JSONResponse({"detail": found["error"]}, status_code=422)
         t1 = time.perf_counter()
         found_hits = found["hits"]
         de = np.asarray([h.score for h in found_hits], dtype=np.float32)

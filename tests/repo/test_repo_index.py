@@ -101,10 +101,17 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / "serve.yaml").read_text()))
     # no --ranker: answers are the retriever's, and /readyz says why
     assert serve_cfg.rerank_k == 0 and "no --ranker" in serve_cfg.served_reason
+    # the first stage: repository search (blend + signals), written out and reported
+    from r2ps.search.searcher import first_stage
+    from r2ps.search.signals import RankingSignals
+
+    assert serve_cfg.retrieval == "repo" and serve_cfg.signals == RankingSignals()
+    assert inc["search"] == first_stage(serve_cfg)
     searcher = Searcher.from_config(serve_cfg, build_index=True)
     assert not (out / "embeddings").exists()
     assert searcher.index.code_ids == new_codes["code_id"].to_pylist()
     assert len(searcher.store.rows) == new_codes.num_rows
+    assert searcher.search("Square", k=1)[0].symbol == "Square"  # its definition first
 
 
 @pytest.mark.ray

@@ -66,7 +66,7 @@ def _ids(hits) -> list[str]:
 
 def test_dense_and_hybrid_with_locations(searcher, indexed, codes, tiny_bert_dir):
     target = next(c for c in codes.values() if c["symbol"] == "Geo.Circle.area")
-    (top, *_) = searcher.search(target["code"], k=4)
+    (top, *_) = searcher.search(target["code"], k=4, retrieval="dense")
     assert top.code_id == target["code_id"] and top.code == target["code"]
     located = {k: getattr(top, k) for k in ("path", "start_line", "end_line", "symbol")}
     assert located == {k: target[k] for k in located}
@@ -81,7 +81,11 @@ def test_dense_and_hybrid_with_locations(searcher, indexed, codes, tiny_bert_dir
     n = len(index)
     model = DualEncoder.from_pretrained(tiny_bert_dir)
     _, dense = index.search(model.embed_queries(["circle area"]), n)
-    lexical, scores = BM25([codes[i]["code"] for i in index.code_ids]).top_k("circle area", n)
+    # BM25's document of a source tree's unit: its path, symbol and code
+    documents = [
+        " ".join((codes[i]["path"], codes[i]["symbol"], codes[i]["code"])) for i in index.code_ids
+    ]
+    lexical, scores = BM25(documents).top_k("circle area", n)
     ids, fused = rrf([dense[0], lexical[scores > 0]], k=60, top=6)
     assert _ids(hybrid) == [index.code_ids[i] for i in ids]
     np.testing.assert_allclose([h.score for h in hybrid], fused)
@@ -106,14 +110,15 @@ def test_a_filtered_search_is_the_full_ranking_without_the_others(searcher, code
     got = searcher.search(query, k, mode, filters)
     assert got and {h.code_id for h in got} <= allowed
     if mode == "dense":  # exactly the unfiltered ranking's first k allowed units
-        full = searcher.search(query, n)
+        full = searcher.search(query, n, "dense")
         want = [h for h in full if h.code_id in allowed][:k]
         assert _ids(got) == _ids(want)
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-6)
     else:  # both lists restricted first, then fused (the ranks are within what passes)
         depth = max(k, searcher.cfg.hybrid_depth)
         position = {cid: i for i, cid in enumerate(searcher.index.code_ids)}
-        dense = [position[h.code_id] for h in searcher.search(query, n) if h.code_id in allowed]
+        full = searcher.search(query, n, "dense")
+        dense = [position[h.code_id] for h in full if h.code_id in allowed]
         among = np.array(sorted(position[c] for c in allowed))
         lexical, scores = searcher.lexical().top_k(query, n)
         lexical = [p for p, s in zip(lexical, scores, strict=True) if s > 0 and p in among][:depth]
@@ -136,7 +141,7 @@ def test_the_first_stage_is_asked_deeper_until_k_allowed_units_pass(searcher, mo
     them, the next goes four times deeper, and the answer is still the full ranking's
     first k of them."""
     query, n = "area of a circle", len(searcher)
-    full = searcher.search(query, n)
+    full = searcher.search(query, n, "dense")
     best: dict[str, int] = {}  # file -> the rank of its best unit
     for rank, h in enumerate(full):
         best.setdefault(h.path, rank)
@@ -150,7 +155,7 @@ def test_the_first_stage_is_asked_deeper_until_k_allowed_units_pass(searcher, mo
         return real(embeddings, k, *args, **kwargs)
 
     monkeypatch.setattr(searcher.index, "search", counted)
-    got = searcher.search(query, 2, filters=filters)
+    got = searcher.search(query, 2, "dense", filters)
     assert _ids(got) == _ids([h for h in full if h.path in low][:2])
     assert depths[0] <= n // 2 < depths[-1]  # the first list held none of them
     assert depths[1] == min(n, depths[0] * 4)

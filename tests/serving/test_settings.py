@@ -421,6 +421,15 @@ def _search(url, **body):
     return requests.post(f"{url}/search", json=body, timeout=60)
 
 
+def test_repo_retrieval_on_a_corpus_is_refused_as_the_requests_fault(live):
+    # the corpus's units have no paths: the repository signals cannot rank them
+    r = _search(live, query="read a file", top_k=3, retrieval="repo")
+    assert r.status_code == 422 and "retrieval 'repo'" in r.json()["detail"], r.text
+    ready = requests.get(f"{live}/readyz", timeout=30).json()["retriever"]
+    assert ready["retrieval"] == "dense" and "signals" not in ready
+    assert _search(live, query="read a file", top_k=3, retrieval="hybrid").status_code == 200
+
+
 def test_a_real_query_gets_the_cascade_ranking(live, models):
     code = CODES[3]
     r = _search(live, query=code, top_k=5, rerank_k=0)
@@ -470,7 +479,7 @@ def test_every_bad_input_gets_a_4xx_with_a_message(live):
         assert needle in r.text.lower(), (name, r.text)
     r = requests.post(f"{live}/search", data=b"{not json", timeout=30)
     assert r.status_code == 422 and "json" in r.text.lower()
-    big = b'{"query": "' + b"y" * 5000 + b'"}'
+    big = b'{"query": "' + b"y" * 40_000 + b'"}'  # over max_body_bytes (32768)
     r = requests.post(f"{live}/search", data=big, timeout=30)
     assert r.status_code == 413 and "limit" in r.text
     r = requests.post(f"{live}/search", data=iter([big[:1000], big[1000:]]), timeout=30)
@@ -486,7 +495,10 @@ def test_health_readiness_and_openapi(live, models):
     assert ready.json()["retriever"]["codes"] == len(CODES)
     spec = requests.get(f"{live}/openapi.json", timeout=30).json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
-    assert set(schema["schema"]["properties"]) == {"query", "top_k", "rerank_k", "retrieval"}
+    assert set(schema["schema"]["properties"]) == {
+        *("query", "top_k", "rerank_k", "retrieval"),
+        *("language", "path", "exclude"),  # the filters (r2ps.search.filters)
+    }
     query = schema["schema"]["properties"]["query"]  # this server's own limits
     assert (query["minLength"], query["maxLength"]) == (1, 200) and "pattern" in query
     assert requests.get(f"{live}/docs", timeout=30).status_code == 200

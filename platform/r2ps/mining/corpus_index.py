@@ -10,6 +10,7 @@ re-embeds (`embed.embed_corpus`) only when the embeddings are stale or missing.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from r2ps.log import get_logger
@@ -21,6 +22,7 @@ from r2ps.mining.index import (
     read_embeddings,
     read_manifest,
 )
+from r2ps.models.encoder import model_fingerprint, model_or_default
 
 log = get_logger(__name__)
 
@@ -28,6 +30,27 @@ log = get_logger(__name__)
 def index_dir(cfg: EmbedConfig) -> Path:
     """Where the index and its manifest are saved: `<out>/index`."""
     return Path(cfg.out) / "index"
+
+
+def saved_code_embedding(cfg: EmbedConfig) -> EmbedConfig:
+    """`cfg` with the code truncation and backend that the index saved under `cfg.out`
+    was embedded with, when that index is of `cfg.model`; else `cfg` as it is.
+
+    For a searcher of an index someone else built (the repository index job chooses
+    both: r2ps.repo.config): the queries need the same model, not the codes' settings,
+    so the index is loaded as it was made. An index of another model is still stale, and
+    a rebuild then embeds with `cfg`'s own settings, not the old model's."""
+    try:
+        manifest = read_manifest(index_dir(cfg))
+    except (FileNotFoundError, ValueError):  # none yet, or damaged: ensure_index says so
+        return cfg
+    if manifest.get("model_fingerprint") != model_fingerprint(model_or_default(cfg.model)):
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        max_code_len=int(manifest.get("max_code_len", cfg.max_code_len)),
+        backend=manifest.get("backend", "torch"),
+    )
 
 
 def ensure_index(cfg: EmbedConfig, build: bool = True) -> CodeIndex:

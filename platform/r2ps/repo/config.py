@@ -12,6 +12,7 @@ from pathlib import Path
 from r2ps.config import ConfigError, Need, check_inputs, needs
 from r2ps.data.schema import MODEL_CONFIG
 from r2ps.mining.index import IndexConfig
+from r2ps.models.backends import check_backend
 from r2ps.models.cross import HEAD_FILE
 from r2ps.repo.files import FileRules, is_utf8, shown
 
@@ -39,7 +40,23 @@ class RepoIndexConfig:
     )
     batch_size: int = 64
     block_rows: int = 512
-    threads: int = 0
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads of the encoder, in this process or per actor (0: torch's "
+            "or ONNX Runtime's default here, r2ps.mining.embed's plan in actors)"
+        },
+    )
+    backend: str = field(
+        default="torch",
+        metadata={
+            "help": "the code encoder on CPUs: torch | onnx | onnx-int8 (the export beside "
+            "the model, made at the first run); GPU actors run torch"
+        },
+    )
+    max_code_len: int = field(
+        default=0, metadata={"help": "code tokens embedded (0: the model's own; MiniLM 256)"}
+    )
     ray_address: str = field(
         default="",
         metadata={
@@ -55,6 +72,10 @@ class RepoIndexConfig:
         for name in ("files_per_task", "batch_size", "block_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("threads", "max_code_len", "actors", "workers", "local_below"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        check_backend(self.backend)
 
     def inputs(self) -> list[Need]:
         """The models given (`config.check_inputs`): read only after the walk and the

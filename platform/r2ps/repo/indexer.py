@@ -17,8 +17,9 @@ one wrote:
 4. index (`r2ps.repo.vectors`): the faiss index over every unit, in `codes.parquet`
    order, with the manifest `r2ps.mining.corpus_index.ensure_index` expects, so the Serve app
    loads it as it is; then, here, `serve.yaml` (`R2PS_SERVE_CONFIG=<out>/serve.yaml serve
-   run serve.app:cascade`) and `index_summary.json` (counts, every skipped file named by
-   reason, timings).
+   run serve.app:cascade`; its first stage `REPO_RETRIEVAL`, with the repository signals)
+   and `index_summary.json` (counts, every skipped file named by reason, timings, the
+   first stage served).
 
 Because units are kept per file and vectors per content id, an incremental run gives
 the same `codes.parquet` and index as a full rebuild of the same tree (tests/repo).
@@ -28,7 +29,10 @@ shaped: the state records their fingerprints.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -51,12 +55,57 @@ from r2ps.repo.units import (
     write_atomic,
 )
 from r2ps.repo.vectors import build_index, update_vectors
+from r2ps.search.searcher import SearchConfig, first_stage
 
 log = get_logger(__name__)
 
 SUMMARY = "index_summary.json"
 SKIPPED = "skipped.jsonl"
 SERVE_YAML = "serve.yaml"
+RUNNING = "index_run.json"  # present while a run writes the folder (`announce_run`)
+# The first stage a repository index is served with: the best measured on semble's dev
+# split (docs/REPO_SEARCH.md): BM25 + dense blended, then the repository signals.
+REPO_RETRIEVAL = "repo"
+
+
+@contextlib.contextmanager
+def announce_run(out: Path):
+    """State in `out/RUNNING` that a run is writing `out` ({pid, host, started}: Unix
+    seconds) until the block ends, however it ends. Readers (`run_under_way`) then know
+    the folder's files may be half the last run's and half this one's."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    path = Path(out, RUNNING)
+    path.write_text(json.dumps(record) + "\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run_under_way(out: str | Path) -> dict | None:
+    """The record of the run writing `out` now (`announce_run`), or None when there is
+    none. A run killed before it could remove its record left one naming a process that
+    is gone: on this host that is checked, and such a record is ignored."""
+    try:
+        record = json.loads(Path(out, RUNNING).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written this instant
+        return {}
+    if record.get("host") == socket.gethostname():
+        try:
+            os.kill(int(record["pid"]), 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, KeyError, TypeError, ValueError):
+            pass  # alive under another user, or a record without a pid: a run, then
+    return record
+
+
+def served_first_stage() -> dict:
+    """The first stage serve.yaml names and its settings (`REPO_RETRIEVAL`, the search
+    core's defaults: `r2ps.search.searcher.first_stage`)."""
+    return first_stage(SearchConfig(retrieval=REPO_RETRIEVAL))
 
 
 def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
@@ -75,6 +124,8 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
         # The weight a trained ranker was trained for (0.5 residual, 0 plain); without one
         # its scores are noise: alpha 1 keeps the retriever's order.
         "alpha": saved_trained_alpha(cfg.ranker) if trained_ranker else 1.0,
+        # written out, so a user sees (and can change) how the first stage ranks
+        **served_first_stage(),
     }
     if not trained_ranker:  # no reranking by default: an untrained ranker only costs time
         settings["rerank_k"] = 0
@@ -161,13 +212,20 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
 
     Raises ConfigError for a bad `--source`, `--out`, `--model` or `--ranker` (before
     anything is written: `check_paths`), and NothingToIndex for a tree without code to
-    index (before the index is written; `--out` exists by then)."""
-    from r2ps.models.encoder import model_or_default
-
+    index (before the index is written; `--out` exists by then). While it runs,
+    `<out>/index_run.json` says so (`announce_run`, read by `run_under_way`)."""
     check_paths(cfg)
-    t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with announce_run(out):
+        return _run_stages(cfg, out)
+
+
+def _run_stages(cfg: RepoIndexConfig, out: Path) -> dict:
+    """`index_repo`'s stages, once its settings are checked and `out` exists."""
+    from r2ps.models.encoder import model_or_default
+
+    t0 = time.perf_counter()
     model = model_or_default(cfg.model)
     # 1. walk (not into the output folder, when it lies inside the source)
     keep, walk_skipped = walk_sources(cfg.source, cfg.rules, exclude=out)
@@ -215,11 +273,13 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
     if units.num_rows == 0:
         raise NothingToIndex(f"{cfg.source}: no function, method or class found to index")
     write_atomic(units, out / CODES)
+    t_codes = time.perf_counter()
     # 3. embed what is new
     vectors, vec_stats = update_vectors(units, model, cfg, out)
     t_embed = time.perf_counter()
     # 4. index and outputs
     index = build_index(units, vectors, model, cfg, out)
+    t_index = time.perf_counter()
     serve_yaml = write_serve_yaml(cfg, model, out)
     # files.parquet last: it is what the next run trusts
     state = files.replace_schema_metadata({"r2ps_state": fingerprint})
@@ -234,6 +294,7 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
             "out": str(out.resolve()),
             "model": model,
             "serve_yaml": str(serve_yaml.resolve()),
+            "search": served_first_stage(),  # what serve.yaml serves a query naming none
             "index": {"kind": index.manifest["kind"], "count": len(index), "dim": index.dim},
             "run": {
                 "incremental": previous is not None,
@@ -244,11 +305,14 @@ def index_repo(cfg: RepoIndexConfig) -> dict:
                 "units_extracted": fresh_units.num_rows,
                 "codes": vec_stats,
             },
+            # stages as they ran; "write": codes.parquet, serve.yaml, files.parquet (the
+            # vectors' own file is in "embed", index_summary.json after the clock stops)
             "seconds": {
                 "walk": round(t_walk - t0, 3),
                 "extract": round(t_extract - t_walk, 3),
-                "embed": round(t_embed - t_extract, 3),
-                "index_and_write": round(t_end - t_embed, 3),
+                "embed": round(t_embed - t_codes, 3),
+                "index": round(t_index - t_embed, 3),
+                "write": round((t_codes - t_extract) + (t_end - t_index), 3),
                 "total": round(t_end - t0, 3),
             },
             "rates": {

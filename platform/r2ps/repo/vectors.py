@@ -2,12 +2,13 @@
 repository index.
 
 `update_vectors` keeps one float32 vector per content id (a hash of the code text) in
-`vectors/` under the retriever that made it (its fingerprint and code length in the
-manifest): only content ids with no stored vector are embedded (a Ray Data actor pool
-of `r2ps.mining.embed`, or in this process when few), and exactly the current ones are
-kept. `build_index` builds the faiss index over every unit, in `codes.parquet` order,
-with the manifest `r2ps.mining.corpus_index.ensure_index` expects, so the Serve app loads it
-as it is.
+`vectors/` under the encoder that made it (the retriever's fingerprint, the code length
+and the backend in the manifest): only content ids with no stored vector are embedded (a
+Ray Data actor pool of `r2ps.mining.embed`, or in this process when few), and exactly the
+current ones are kept. `build_index` builds the faiss index over every unit, in
+`codes.parquet` order, with the manifest `r2ps.mining.corpus_index.ensure_index` expects
+(the code length and backend it records are the index's own: `saved_code_embedding`), so
+the Serve app loads it as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r2ps.log import get_logger
-from r2ps.mining.index import CodeIndex, corpus_fingerprint
+from r2ps.mining.index import LEGACY_DEFAULTS, CodeIndex, corpus_fingerprint
 from r2ps.models.encoder import model_fingerprint
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.units import CODES, join_ray, write_atomic
@@ -32,21 +33,33 @@ VECTORS_DIR = "vectors"
 VECTORS = "vectors.parquet"
 
 
+def code_len(cfg: RepoIndexConfig, model: str) -> int:
+    """Code tokens embedded: `cfg.max_code_len`, else the retriever's own."""
+    from r2ps.mining.embed import EmbedConfig, max_code_len
+
+    return max_code_len(EmbedConfig(model=model, max_code_len=cfg.max_code_len), model)
+
+
+def embeds_here(cfg: RepoIndexConfig, n_codes: int) -> bool:
+    """Whether `n_codes` new codes are embedded in this process (else on Ray actors)."""
+    return n_codes < max(1, cfg.local_below)
+
+
 def _embed_new(
     texts: list[str], ids: list[str], model: str, cfg: RepoIndexConfig, work: Path
 ) -> np.ndarray:
-    """float32 [len(texts), d] unit vectors of `texts` with the retriever at `model`."""
+    """float32 [len(texts), d] unit vectors of `texts` with the retriever at `model`, on
+    `cfg.backend`, cut to `code_len` tokens, in batches of similar length."""
     from r2ps.mining.embed import EmbedConfig, embedding_dataset, plan_pool
+    from r2ps.models.backends import load_retriever
+    from r2ps.models.dual import embed_texts
+    from r2ps.models.onnx_export import ensure_export
 
-    if len(texts) < max(1, cfg.local_below):
-        import torch
-
-        from r2ps.models.dual import DualEncoder
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        encoder = DualEncoder.from_pretrained(model).eval()
-        return encoder.embed_codes(texts, cfg.batch_size)
+    if cfg.backend != "torch":
+        ensure_export(model, cfg.backend)  # once per model, before any encoder loads it
+    if embeds_here(cfg, len(texts)):
+        encoder = load_retriever(model, cfg.backend, cfg.threads).model
+        return embed_texts(encoder, encoder.tokenizer, texts, code_len(cfg, model), cfg.batch_size)
     join_ray(cfg.ray_address)
     pending = work / "pending.parquet"
     pq.write_table(pa.table({"code_id": ids, "code": texts}), pending)
@@ -57,9 +70,17 @@ def _embed_new(
         batch_size=cfg.batch_size,
         block_rows=cfg.block_rows,
         threads=cfg.threads,
+        max_code_len=cfg.max_code_len,
+        backend=cfg.backend,
     )
+    plan = plan_pool(ecfg)
+    if plan.num_gpus and cfg.backend != "torch":  # GPU actors run torch: other vectors
+        raise ValueError(
+            f"backend={cfg.backend!r} is for CPUs; this Ray cluster has GPUs, whose actors "
+            "run torch: set backend=torch"
+        )
     out = None
-    for block in embedding_dataset(ecfg, pending, model, plan_pool(ecfg)).iter_batches(
+    for block in embedding_dataset(ecfg, pending, model, plan).iter_batches(
         batch_size=None, batch_format="pyarrow"
     ):
         emb = block["embedding"].combine_chunks()
@@ -71,12 +92,13 @@ def _embed_new(
     return out
 
 
-def _vector_identity(model: str) -> dict:
-    from r2ps.mining.embed import EmbedConfig, max_code_len
-
+def _vector_identity(model: str, cfg: RepoIndexConfig) -> dict:
+    """What makes a stored vector this run's: the retriever, the truncation, the backend
+    (int8 vectors are not the fp32 ones)."""
     return {
         "model_fingerprint": model_fingerprint(model),
-        "max_code_len": max_code_len(EmbedConfig(model=model), model),
+        "max_code_len": code_len(cfg, model),
+        "backend": cfg.backend,
     }
 
 
@@ -88,20 +110,21 @@ def update_vectors(
     content ids' vectors (those of code that left the tree are dropped)."""
     vdir = out / VECTORS_DIR
     vdir.mkdir(parents=True, exist_ok=True)
-    identity = _vector_identity(model)
+    identity = _vector_identity(model, cfg)
     stored_ids: list[str] = []
     stored = np.zeros((0, 0), dtype=np.float32)
     manifest_path = vdir / "manifest.json"
     if not cfg.full and manifest_path.exists() and (vdir / VECTORS).exists():
         try:
             saved = json.loads(manifest_path.read_text())
-            if all(saved.get(k) == v for k, v in identity.items()):
+            if all(saved.get(k, LEGACY_DEFAULTS.get(k)) == v for k, v in identity.items()):
                 table = pq.read_table(vdir / VECTORS)
                 emb = table["embedding"].combine_chunks()
                 stored = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
                 stored_ids = table["content_id"].to_pylist()
             else:
-                log.info("vectors in %s are from another retriever: re-embedding", vdir)
+                log.info("vectors in %s are from another encoder (retriever, code length or "
+                         "backend): re-embedding", vdir)  # fmt: skip
         except (OSError, ValueError, AttributeError, KeyError, pa.ArrowException) as e:
             # damaged by hand or by a disk (AttributeError: a manifest that is not an object)
             log.warning("%s: stored vectors are not usable (%r): re-embedding", vdir, e)
@@ -146,6 +169,9 @@ def update_vectors(
         "reused": len(wanted) - len(new_ids),
         "embed_seconds": round(seconds, 3),
         "codes_per_s": round(len(new_ids) / seconds, 1) if new_ids and seconds else None,
+        "backend": cfg.backend,
+        "max_code_len": identity["max_code_len"],
+        "in_process": embeds_here(cfg, len(new_ids)) if new_ids else None,
     }
     return vectors, stats
 
@@ -155,14 +181,13 @@ def build_index(
 ) -> CodeIndex:
     """The faiss index over every unit (`emb` [len(units), d]), with the manifest
     `ensure_index` checks."""
-    from r2ps.mining.embed import EmbedConfig, max_code_len
-
     ids = units["code_id"].to_pylist()
     manifest = {
         "model_fingerprint": model_fingerprint(model),
         "corpus_fingerprint": corpus_fingerprint(ids),
         "count": len(ids),
-        "max_code_len": max_code_len(EmbedConfig(model=model), model),
+        "max_code_len": code_len(cfg, model),
+        "backend": cfg.backend,
         "model_path": model,
         "codes": str((out / CODES).resolve()),
         "source": str(Path(cfg.source).resolve()),

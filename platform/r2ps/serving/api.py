@@ -17,9 +17,11 @@ from pydantic import (
 )
 
 from r2ps.search.filters import GLOB_PATTERN, LANGUAGES, Filters, glob_problem
+from r2ps.search.fusion import RETRIEVAL_MODES
 from r2ps.serving.settings import MAX_GLOB_CHARS, MAX_GLOBS, MAX_RERANK_K, MAX_TOP_K, NOT_BLANK
 
 Language = Literal[LANGUAGES]  # type: ignore[valid-type]  (the labels of r2ps.data.grammars)
+Retrieval = Literal[RETRIEVAL_MODES]  # type: ignore[valid-type]  (r2ps.search.fusion)
 
 
 def _glob(value: str) -> str:
@@ -64,10 +66,13 @@ class SearchRequest(BaseModel):
         description="retriever candidates the ranker rescores (0: retriever only; "
         "default: the server's rerank_k, chosen on validation data)",
     )
-    retrieval: Literal["dense", "hybrid"] | None = Field(
+    retrieval: Retrieval | None = Field(
         default=None,
-        description="first stage: dense, or hybrid (BM25 + dense by reciprocal rank "
-        "fusion; scores are then RRF scores); null: the server's setting",
+        description="first stage: dense; hybrid (BM25 + dense by reciprocal rank fusion; "
+        "scores are then RRF scores); or repo, for a source tree's index (BM25 + dense "
+        "blended, then ranked by repository signals: test files demoted, file and symbol "
+        "names matched, results spread over files; scores are then the blend in [0, 1] "
+        "plus those boosts); null: the server's setting",
     )
     # Filters (r2ps.search.filters), applied before the top-k cut: fewer than top_k
     # results when fewer codes pass, never others.

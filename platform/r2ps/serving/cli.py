@@ -5,12 +5,16 @@ training platform's entry points).
     r2ps search QUERY [-k N] [--lang python,go] [--path GLOB]... [--exclude GLOB]...
                 [--retrieval dense|hybrid] [--json] [--index DIR | --url URL]
     r2ps serve [--index DIR] [--host HOST] [--port PORT] [--address ADDR]
+    r2ps mcp [--index DIR] [--budget CHARS]
 
 Where an index lives: `r2ps index PATH` writes `PATH/.r2ps/index` (`.r2ps/` holds a
 .gitignore of `*`, so git and the next index run leave it alone); `r2ps search` and
 `r2ps serve` use the nearest `.r2ps/index` from the current folder up, as git finds
 `.git`, unless `--index` names a folder (any index folder with a serve.yaml, e.g. one
 `jobs/index.py` wrote).
+
+`r2ps mcp` serves an index to a coding agent over MCP on stdin/stdout (the tools
+`search_code` and `index_status`: r2ps.serving.mcp; docs/AGENTS.md configures each agent).
 
 `r2ps search` prints one line per hit, `path:start-end  symbol  (language)  score`, and on
 a terminal the first lines of each hit's code below it; `--json` prints one JSON object
@@ -42,6 +46,10 @@ from pathlib import Path
 
 INDEX_HOME = ".r2ps"  # beside the indexed tree: INDEX_HOME/index
 SNIPPET_LINES = 4  # lines of each hit's code shown on a terminal
+# A query is a few dozen tokens: one thread encodes it in tens of milliseconds, and more
+# only contend for cores the user's other work holds (on 2 busy cores, 2 threads took
+# 0.9 s a query against 35 ms for 1: benchmarks/cli_latency.py).
+SEARCH_THREADS = 1
 USAGE, NO_HITS = 2, 1
 
 Run = Callable[[argparse.Namespace], int]
@@ -206,7 +214,7 @@ def search(args: argparse.Namespace) -> int:
 
         folder = Path(args.index) if args.index else find_index()
         try:
-            searcher = Searcher.open(folder)
+            searcher = Searcher.open(folder, threads=SEARCH_THREADS)
         except (FileNotFoundError, StaleIndexError, ConfigError) as e:
             raise UsageError(f"{e} (write the index with `r2ps index PATH`)") from None
         where, retrieval = str(folder), searcher.mode(args.retrieval)
@@ -325,6 +333,36 @@ def _deployments():
     if str(root) not in paths.split(os.pathsep):  # the replicas unpickle serve.deployments
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), paths) if p)
     return importlib.import_module("serve.deployments")
+
+
+# ------------------------------------------------------------------ r2ps mcp
+
+
+def _mcp_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", metavar="DIR", help="default: the nearest .r2ps/index")
+    p.add_argument(
+        "--budget", type=_positive, metavar="CHARS",
+        help="characters one answer may hold, its text and structured content together "
+        "(default: r2ps.serving.mcp.BUDGET_CHARS, 20000)",
+    )  # fmt: skip
+
+
+@command("mcp", _mcp_arguments)
+def mcp(args: argparse.Namespace) -> int:
+    """Serve an index to a coding agent over MCP (stdio), until the agent closes it."""
+    from r2ps.search.searcher import SERVE_FILE
+    from r2ps.serving.mcp import BUDGET_CHARS, LocalIndex, build_server
+
+    _quiet_logging()  # to stderr: stdout carries the protocol
+    folder = Path(args.index) if args.index else find_index()
+    if not (folder / SERVE_FILE).is_file():  # the index itself loads after the handshake
+        raise UsageError(f"{folder}: no {SERVE_FILE}: not an index folder (`r2ps index PATH`)")
+    try:
+        server = build_server(LocalIndex(folder), budget=args.budget or BUDGET_CHARS)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    server.run("stdio")
+    return 0
 
 
 # ------------------------------------------------------------------ main
