@@ -379,13 +379,13 @@ def print_table(report: dict) -> None:
     rows = report["settings_run"]
     print(f"\nindex speed on {', '.join(report['settings']['repos'])} ({os.cpu_count()} CPUs)")
     head = (
-        f"  {'setting':<12} {'units':>6} " + " ".join(f"{s:>7}" for s in STAGES)
+        f"  {'setting':<16} {'units':>6} " + " ".join(f"{s:>7}" for s in STAGES)
         + f" {'codes/s':>8} {'peak MiB':>9} {'NDCG@10':>8} {'torch-q':>8} {'own-q':>8} {'vs today':>9}"
         + "  NDCG - today [95% CI]"
     )  # fmt: skip
     print(head)
     for name, r in rows.items():
-        line = f"  {name:<12} {r['units']:>6} " + " ".join(
+        line = f"  {name:<16} {r['units']:>6} " + " ".join(
             f"{r['seconds'][s]:>7.1f}" for s in STAGES
         )
         line += f" {r['codes_per_s'] or 0:>8.1f} {r['peak_rss_mib']:>9.0f}"
