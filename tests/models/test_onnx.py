@@ -107,6 +107,22 @@ def test_retriever_fp32_embeddings_match_torch(retriever_dir):
     assert np.einsum("ij,ij->i", int8, torch_model.embed_codes(CODES)).min() > 0.95
 
 
+def test_int8_outputs_do_not_depend_on_the_batch(retriever_dir, ranker_dir):
+    """int8 activations are quantised per call: each row runs alone, so a text embeds
+    (a pair scores) the same alone, in any batch, in any order, and with any padding."""
+    int8 = OrtDualEncoder(retriever_dir, "onnx-int8", threads=1)
+    together = int8.embed_codes(CODES, batch_size=4)
+    alone = np.concatenate([int8.embed_codes([c]) for c in CODES])
+    reversed_ = int8.embed_codes(CODES[::-1], batch_size=3)[::-1]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(reversed_, alone)
+    ranker = OrtCrossEncoder(ranker_dir, "onnx-int8", threads=1)
+    scores = ranker.score_pairs(QUERIES, CODES, batch_size=4)
+    pairs = zip(QUERIES, CODES, strict=True)
+    single = np.concatenate([ranker.score_pairs([q], [c]) for q, c in pairs])
+    np.testing.assert_array_equal(scores, single)
+
+
 def test_manifest_ties_the_export_to_the_weights(ranker_dir):
     manifest = json.loads((onnx_dir(ranker_dir) / ONNX_MANIFEST).read_text())
     assert manifest["kind"] == "cross" and manifest["output"] == "scores"

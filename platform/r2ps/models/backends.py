@@ -128,6 +128,23 @@ class _OrtModule(nn.Module):
         self.tokenizer = load_tokenizer(model_dir)
 
     def _run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The graph on (input_ids, attention_mask[, token_type_ids]) [B, L] -> [B, ...].
+
+        The int8 graph quantises activations with one range per call (ONNX Runtime's
+        dynamic quantisation), so a row's output would move with the rows and padding
+        beside it (cosine 0.985 between MiniLM's vectors of one code in batches of 64 and
+        alone): it runs each row alone, on its own tokens (the mask's), so a text's
+        vector or score is the same in any batch: an index updated incrementally equals
+        a rebuild, a query's answer does not depend on the requests batched with it. On
+        2 CPUs, rows alone embed as fast as batches (benchmarks/index_speed.py)."""
+        if self.backend != "onnx-int8":
+            return self._call(*tensors)
+        mask = tensors[1].bool()
+        return torch.cat(
+            [self._call(*(t[i][mask[i]][None] for t in tensors)) for i in range(len(mask))]
+        )
+
+    def _call(self, *tensors: torch.Tensor) -> torch.Tensor:
         feed = {
             name: t.detach().cpu().numpy().astype(np.int64, copy=False)
             for name, t in zip(self.input_names, tensors, strict=False)
