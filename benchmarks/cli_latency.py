@@ -7,9 +7,11 @@ writes JSON.
    time; the page cache warm after the first), once more with filters (`--lang`,
    `--exclude`); wall seconds per run and the p50;
 2. warm: `Searcher.open(DIR, threads=...)` once (its seconds reported), then every query
-   `--warm-runs` times, dense, filtered (a path glob, an exclude glob) and hybrid (BM25
-   built before, its build seconds reported); ms per query, p50 / p95 / max, and with each
-   thread count in `--threads` (the command uses 1: `r2ps.serving.cli.SEARCH_THREADS`).
+   `--warm-runs` times, dense, filtered (a path glob, an exclude glob), hybrid and repo
+   (the index job's default; BM25 made ready before, loaded from the index folder when
+   saved there, else built: its seconds reported); ms per query, p50 / p95 / max, and with each
+   thread count in `--threads` (the command uses 1: `r2ps.serving.cli.SEARCH_THREADS`);
+3. the cold start's phases in a fresh interpreter (PHASES), and the index's backend.
 
 The issue's targets (30k units): cold under 3 s, warm under 100 ms. The load average is
 recorded before and after: this machine's 2 cores are shared, so the cold figures carry
@@ -108,24 +110,29 @@ def cold(index: Path, runs: int) -> dict:
     }
 
 
-# Where a cold start's seconds go, in a fresh process: the imports (torch and the
-# transformers model stack, then r2ps's search core), loading the index, the first query.
+# Where a cold start's seconds go, in a fresh process, as `r2ps search` spends them: the
+# search core's imports, loading the index (the query encoder: torch and transformers
+# for backend torch, ONNX Runtime and `tokenizers` alone for onnx / onnx-int8; the code
+# store; the faiss index), BM25 for a hybrid or repo first stage (loaded from the index
+# folder when the index job saved it), the first query; and which of torch, transformers
+# and Ray the process imported.
 PHASES = """
 import json, os, sys, time
 t0 = time.perf_counter()
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-import torch
-t1 = time.perf_counter()
-import transformers.modeling_utils
-t2 = time.perf_counter()
 from r2ps.search.searcher import Searcher
-t3 = time.perf_counter()
+t1 = time.perf_counter()
 searcher = Searcher.open(sys.argv[1], threads=1)
-t4 = time.perf_counter()
+t2 = time.perf_counter()
+if searcher.cfg.retrieval != "dense":
+    searcher.lexical()
+t3 = time.perf_counter()
 searcher.search(sys.argv[2], 10)
-t5 = time.perf_counter()
-print(json.dumps({"import_torch": t1 - t0, "import_transformers_models": t2 - t1,
-                  "import_r2ps": t3 - t2, "open_index": t4 - t3, "first_query": t5 - t4}))
+t4 = time.perf_counter()
+heavy = [m for m in ("torch", "transformers", "ray") if m in sys.modules]
+print(json.dumps({"import_r2ps": t1 - t0, "open_index": t2 - t1, "bm25": t3 - t2,
+                  "first_query": t4 - t3, "backend": searcher.loaded.backend,
+                  "imported": heavy}))
 """
 
 
@@ -137,7 +144,7 @@ def cold_phases(index: Path) -> dict:
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     phases = json.loads(done.stdout.strip().splitlines()[-1])
-    return {k: round(v, 3) for k, v in phases.items()} | {
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()} | {
         "process_wall": round(time.perf_counter() - start, 3)
     }
 
@@ -150,8 +157,12 @@ def warm(index: Path, threads: int, runs: int) -> dict:
     start = time.perf_counter()
     searcher = Searcher.open(index, threads=threads)
     opened = time.perf_counter() - start
+    t0 = time.perf_counter()
+    searcher.lexical()  # loaded when saved beside the index, else built (and saved)
+    bm25_s = time.perf_counter() - t0
     searcher.search(QUERIES[0], 10)  # the first call of a fresh model costs more
     out: dict = {"threads": threads, "open_s": round(opened, 3), "units": len(searcher)}
+    out["bm25_s"] = round(bm25_s, 3)
 
     def timed(**kwargs) -> dict:
         seconds = []
@@ -162,13 +173,12 @@ def warm(index: Path, threads: int, runs: int) -> dict:
                 seconds.append(time.perf_counter() - t0)
         return _ms(seconds)
 
-    out["dense"] = timed()
+    out["dense"] = timed(retrieval="dense")
     for name, (_, kwargs) in FILTERS.items():
-        out[f"dense_{name}"] = timed(filters=Filters(**kwargs))
-    t0 = time.perf_counter()
-    searcher.lexical()
-    out["bm25_build_s"] = round(time.perf_counter() - t0, 3)
+        out[f"dense_{name}"] = timed(retrieval="dense", filters=Filters(**kwargs))
     out["hybrid"] = timed(retrieval="hybrid")
+    if searcher.store.locations:  # a source tree's index
+        out["repo"] = timed(retrieval="repo")
     return out
 
 
@@ -203,13 +213,13 @@ def main() -> None:
     print("  phases (s): " + ", ".join(f"{k} {v}" for k, v in report["cold_phases"].items()))
     print(f"{'warm (ms)':<18}" + "".join(f"{k:>18}" for k in ("p50", "p95", "max")))
     for w in report["warm"]:
-        for kind in ("dense", *(f"dense_{n}" for n in FILTERS), "hybrid"):
+        for kind in ("dense", *(f"dense_{n}" for n in FILTERS), "hybrid", "repo"):
+            if kind not in w:
+                continue
             row = w[kind]
             label = f"{kind} t={w['threads']}"
             print(f"{label:<18}" + "".join(f"{row[k]:>18}" for k in ("p50_ms", "p95_ms", "max_ms")))
-        print(
-            f"  threads {w['threads']}: open {w['open_s']} s, BM25 built in {w['bm25_build_s']} s"
-        )
+        print(f"  threads {w['threads']}: open {w['open_s']} s, BM25 ready in {w['bm25_s']} s")
     print(f"wrote {args.out}")
 
 

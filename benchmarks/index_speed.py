@@ -168,6 +168,31 @@ def run_tree(name: str, tree: str, semble, args) -> dict:
     return record
 
 
+def run_large(name: str, args) -> dict:
+    """Index `args.large` (any tree: no queries, so no NDCG) with setting `name`."""
+    out = args.out_dir / name / "large"
+    shutil.rmtree(out, ignore_errors=True)
+    record: dict = {"name": str(args.large), "queries": 0, "crash": None}
+    try:
+        start = time.perf_counter()
+        summary = index_repo(_setting_config(name, args.large, out, args.model))
+        record["wall_seconds"] = round(time.perf_counter() - start, 3)
+    except Exception as e:  # noqa: BLE001
+        record["crash"] = repo_search._crash(str(args.large), "index", e)
+        return record
+    finally:
+        _stop_ray()
+    codes = summary["run"]["codes"]
+    return record | {
+        "files": summary["files"]["indexed"],
+        "units": summary["units"]["total"],
+        "embedded": codes["embedded"],
+        "seconds": summary["seconds"],
+        "codes_per_s": codes["codes_per_s"],
+        "embedding": {k: codes[k] for k in ("backend", "max_code_len", "in_process")},
+    }
+
+
 def served_backend(out: Path) -> str:
     """The query encoder's backend the index's serve.yaml names (torch when it names none)."""
     import yaml
@@ -193,8 +218,11 @@ def run_child(args) -> None:
     from r2ps.models import dual  # noqa: F401
     from r2ps.search import searcher  # noqa: F401
 
-    semble = read_semble(args.data)
-    trees = [run_tree(args.child, tree, semble, args) for tree in args.repos]
+    if args.large:
+        trees = [run_large(args.child, args)]
+    else:
+        semble = read_semble(args.data)
+        trees = [run_tree(args.child, tree, semble, args) for tree in args.repos]
     usage = {
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "children_peak_rss_mib": round(
@@ -222,8 +250,9 @@ def _tree_rss(root) -> int:
     return total
 
 
-def run_setting(name: str, args) -> dict:
-    """Setting `name` in a child process, its process tree's RSS sampled meanwhile."""
+def run_setting(name: str, args, large: bool = False) -> dict:
+    """Setting `name` in a child process, its process tree's RSS sampled meanwhile (on
+    `args.large` alone when `large`)."""
     import psutil
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,7 +261,7 @@ def run_setting(name: str, args) -> dict:
             sys.executable, __file__, f"--data={args.data}", f"--trees={args.trees}",
             f"--repos={','.join(args.repos)}", f"--model={args.model}",
             f"--out-dir={args.out_dir}", f"--child={name}", f"--child-out={child_out}",
-        ]  # fmt: skip
+        ] + ([f"--large={args.large}"] if large else [])  # fmt: skip
         start = time.perf_counter()
         proc = subprocess.Popen(cmd)
         root = psutil.Process(proc.pid)
@@ -335,7 +364,11 @@ def first_answer(name: str, tree: str, semble, args) -> dict:
     user runs them (fresh processes): `r2ps index` for `default`, else jobs/index.py with
     the row's settings and a Ray of its own, as `r2ps index` starts one."""
     r2ps = str(Path(sys.executable).with_name("r2ps"))
-    source = args.trees / tree / semble.repos[tree].get("benchmark_root", "")
+    if tree in semble.repos:
+        source = args.trees / tree / semble.repos[tree].get("benchmark_root", "")
+        query = semble.tasks[tree][0].query
+    else:  # a folder of one's own: the query --first-answer-query names
+        source, tree, query = Path(tree), Path(tree).name, args.first_answer_query
     out = args.out_dir / f"first-answer-{name}" / tree
     shutil.rmtree(out, ignore_errors=True)
     if name == "default":
@@ -346,7 +379,6 @@ def first_answer(name: str, tree: str, semble, args) -> dict:
                      "--out", str(out), "full=true", "ray_address=local", *settings]  # fmt: skip
     if args.model != model_or_default(""):
         index_cmd += ["--model", args.model] if name == "default" else [f"model={args.model}"]
-    query = semble.tasks[tree][0].query
     search_cmd = [r2ps, "search", query, "--index", str(out), "--json", "-k", "10"]
     times = {}
     for step, cmd in (("index", index_cmd), ("search", search_cmd)):
@@ -362,6 +394,8 @@ def first_answer(name: str, tree: str, semble, args) -> dict:
     return {
         "setting": name,
         "tree": tree,
+        "source": str(source),
+        "query": query,
         "units": summary["units"]["total"],
         "index_command": " ".join(index_cmd[:2]),
         "index_seconds": times["index"],
@@ -405,6 +439,12 @@ def print_table(report: dict) -> None:
             f"\nbest NDCG@10 {choice['best_ndcg10']:.4f}; within {choice['tolerance']}: "
             f"{', '.join(choice['within'])}; fastest of those: {choice['choice']}"
         )
+    for name, r in report.get("large", {}).get("settings_run", {}).items():
+        print(
+            f"large tree {report['large']['source']}, {name}: {r['units']} units, "
+            f"{r['seconds']['total']:.1f} s ({r['codes_per_s'] or 0:.1f} codes/s), "
+            f"peak {r['peak_rss_mib']:.0f} MiB" + ("  CRASHED" if r["crashed"] else "")
+        )
     for fa in report.get("first_answer", []):
         print(
             f"first answer, {fa['setting']} on {fa['tree']} ({fa['units']} units): index "
@@ -429,7 +469,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="", help="retriever dir ('' = the bundled MiniLM)")
     p.add_argument("--tolerance", type=float, default=0.005, help="NDCG@10 below the best")
-    p.add_argument("--first-answer", default="", help="a tree to time index + first search on")
+    p.add_argument(
+        "--first-answer",
+        default="",
+        help="a tree to time index + first search on: a semble repository (its first query) "
+        "or a folder (--first-answer-query)",
+    )
+    p.add_argument("--first-answer-query", default="where is the configuration read")
+    p.add_argument(
+        "--large",
+        type=Path,
+        help="also index this tree (any folder, e.g. ~30k units; no queries: speed and peak "
+        "memory only) with each of --large-settings",
+    )
+    p.add_argument("--large-settings", type=repo_search._csv, default=["default"])
     p.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "r2ps_index_speed")
     p.add_argument("--tag", default="dev", help="results file index_speed_<tag>.json")
     p.add_argument("--resume", action="store_true", help="keep the rows the file holds")
@@ -437,7 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    unknown = sorted(set(args.settings) - set(SETTINGS))
+    unknown = sorted(set(args.settings + args.large_settings) - set(SETTINGS))
     if unknown:
         p.error(f"--settings: unknown {unknown}; expected some of {list(SETTINGS)}")
     args.model = model_or_default(args.model)
@@ -482,6 +535,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         },
         "onnx_export": _ensure_exports(args),
         "settings_run": rows,
+        "large": {"source": str(args.large) if args.large else None, "settings_run": {}},
         "first_answer": [],
     }
 
@@ -494,6 +548,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         rows[name] = {"started": started, **run_setting(name, args)}
         save()
+    if args.large:
+        for name in args.large_settings:
+            log.info("large tree %s, setting %s", args.large, name)
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            report["large"]["settings_run"][name] = {
+                "started": started,
+                **run_setting(name, args, large=True),
+            }
+            save()
     if args.first_answer:
         for name in ("today", "default"):
             report["first_answer"].append(first_answer(name, args.first_answer, semble, args))

@@ -58,6 +58,7 @@ import torch
 from r2ps.data.errors import BadRecord
 from r2ps.evaluation.metrics import Target, hits_target, ndcg, path_matches, target_ranks
 from r2ps.log import get_logger, setup_logging
+from r2ps.models.backends import BACKENDS
 from r2ps.models.encoder import model_or_default
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.indexer import index_repo
@@ -323,9 +324,9 @@ def run_repo(name: str, semble: Semble, args, revision: dict) -> dict:
     try:
         record["coverage"] = target_coverage(out, tasks)
         t0 = time.perf_counter()
-        retriever = open_retriever(
-            out, args.threads, lexical=bool({"hybrid", "repo", "bm25"} & set(args.retrieval))
-        )
+        lexical = bool({"hybrid", "repo", "bm25"} & set(args.retrieval))
+        query = {"backend": args.query_backend} if args.query_backend else {}
+        retriever = open_retriever(out, args.threads, lexical=lexical, **query)
         record["load_seconds"] = round(time.perf_counter() - t0, 3)
         record["search_threads"] = torch.get_num_threads()
         record["retrieval"] = evaluate_repo(retriever, tasks, args.retrieval, args.latency_runs)
@@ -484,6 +485,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="", help="retriever dir ('' = the bundled MiniLM)")
     p.add_argument("--full", action="store_true", help="rebuild every index from scratch")
     p.add_argument("--threads", type=int, default=0, help="search threads (0: a replica's)")
+    p.add_argument(
+        "--query-backend",
+        default="",
+        choices=("", *BACKENDS),
+        help="the query encoder's backend ('': the one serve.yaml names)",
+    )
     p.add_argument("--latency-runs", type=int, default=3, help="searches per query for p50")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="results file repo_search_<tag>.json")
@@ -506,7 +513,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # What must be the same for results of two runs to stand in one table.
-SAME_SETTINGS = ("model", "retrieval", "search_threads", "latency_runs", "data", "trees")
+SAME_SETTINGS = (
+    "model",
+    "retrieval",
+    "search_threads",
+    "query_backend",
+    "latency_runs",
+    "data",
+    "trees",
+)
 
 
 def kept_records(path: Path, settings: dict) -> dict[str, dict]:
@@ -564,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
             "repos": names,
             "index": asdict(RepoIndexConfig(model=args.model)),
             "search_threads": args.threads,
+            "query_backend": args.query_backend,
             "latency_runs": args.latency_runs,
             "full_rebuild": args.full,
             "seed": args.seed,

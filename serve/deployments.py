@@ -30,10 +30,12 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from r2ps.log import get_logger, setup_logging
-from r2ps.models.backends import load_ranker
+from r2ps.models.loading import load_ranker
+from r2ps.repo.indexer import run_under_way
 from r2ps.resources import cluster_has_gpus
 from r2ps.search.cascade import cascade_ids, fuse
 from r2ps.search.filters import Filters
+from r2ps.search.live import LiveSearcher
 from r2ps.search.searcher import Query, Searcher, first_stage
 from r2ps.serving.api import (
     Hit,
@@ -104,8 +106,9 @@ class Retriever(_ModelReplica):
         self.cpus = cfg.retriever_cpus
         self.model_dir, self.trained = resolve_model(cfg.retriever, "retriever")
         threads = replica_threads(cfg.threads, cfg.retriever_cpus)
-        self.searcher = Searcher.from_config(
-            cfg, model_dir=self.model_dir, threads=threads, device=_device()
+        # follows the index folder's versions: a new one is loaded before the next batch
+        self.searcher = LiveSearcher(
+            Searcher.from_config(cfg, model_dir=self.model_dir, threads=threads, device=_device())
         )
         self.loaded = self.searcher.loaded
         self.warmup_ms = warm_up_retriever(self.searcher.model)  # before Serve counts it ready
@@ -155,6 +158,11 @@ class Retriever(_ModelReplica):
             "codes": len(self.searcher),
             **first_stage(self.searcher.cfg),  # the default first stage and its signals
             **self.runtime(),
+            # the index version served, its age, and whether an index run is under way
+            "index": {
+                **self.searcher.status(),
+                "indexing": run_under_way(self.searcher.folder) is not None,
+            },
         }
 
 
@@ -402,7 +410,10 @@ class Cascade:
         """Ready when the retriever answers; the ranker's state is reported beside it, and
         each one's backend, CPU threads, reserved CPUs and warm-up time, and the cascade's
         settings: `rerank_k` 0 means answers are the retriever's alone; `alpha` is the
-        setting or, unset, the weight the ranker was trained for (`alpha_from` says which)."""
+        setting or, unset, the weight the ranker was trained for (`alpha_from` says which).
+        `index`: the index version the retriever serves (`version`, `age_seconds` since it
+        was published, `latest_version` on disk: a replica loads it before its next batch)
+        and whether an index run is under way (`indexing`)."""
         state: dict = {}
         for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
             try:
@@ -419,6 +430,7 @@ class Cascade:
             "reranking": self.cfg.rerank_k > 0,
             "reason": self.cfg.served_reason,
         }
+        state["index"] = state["retriever"].get("index")
         ok = "error" not in state["retriever"]
         return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
 

@@ -8,6 +8,20 @@ import subprocess
 import sys
 
 
+def _printed(code: str, unset: str) -> list[str]:
+    """What `code` prints in a fresh interpreter (stderr a pipe), `unset` not in its env."""
+    env = {k: v for k, v in os.environ.items() if k != unset}
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+    )
+    return run.stdout.split()
+
+
 def test_ray_data_and_model_loading_bars_are_off_when_stderr_is_not_a_terminal():
     """A model load's "Loading weights" bar filled make demo's log once per actor."""
     code = (
@@ -20,16 +34,21 @@ def test_ray_data_and_model_loading_bars_are_off_when_stderr_is_not_a_terminal()
         "print(transformers.utils.logging.is_progress_bar_enabled())\n"
         "print(os.environ['HF_HUB_DISABLE_PROGRESS_BARS'])\n"  # what Ray workers inherit
     )
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env=env,
+    assert _printed(code, unset="HF_HUB_DISABLE_PROGRESS_BARS") == ["False", "False", "1"]
+
+
+def test_ray_data_imported_later_has_its_bars_off_and_setup_does_not_import_it():
+    """setup_logging leaves Ray Data unimported (a command that never uses Ray pays no
+    import) and its bars still start off when it is imported later."""
+    code = (
+        "import sys\n"
+        "from r2ps.log import setup_logging\n"
+        "setup_logging()\n"
+        "print('ray.data' in sys.modules)\n"
+        "from ray.data import DataContext\n"
+        "print(DataContext.get_current().enable_progress_bars)\n"
     )
-    assert run.stdout.split() == ["False", "False", "1"]
+    assert _printed(code, unset="RAY_DATA_DISABLE_PROGRESS_BARS") == ["False", "False"]
 
 
 def test_progress_logs_periodic_lines_and_a_last_one(caplog, monkeypatch):

@@ -11,20 +11,28 @@ non-finite score last (`r2ps.evaluation.metrics`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SHOWN = 10  # rows named in a message; the count says how many there are
 
 
 def nonfinite_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Positions (int64) of the rows of `x` ([N] or [N, ...]) that hold NaN or +-inf."""
-    if isinstance(x, torch.Tensor):
-        if not x.is_floating_point() or bool(torch.isfinite(x).all()):
+    """Positions (int64) of the rows of `x` ([N] or [N, ...]) that hold NaN or +-inf.
+
+    torch is not imported here: a tensor exists only where torch already is (the search
+    command checks numpy vectors and never loads it)."""
+    th = sys.modules.get("torch")
+    if th is not None and isinstance(x, th.Tensor):
+        if not x.is_floating_point() or bool(th.isfinite(x).all()):
             return np.zeros(0, dtype=np.int64)
-        ok = torch.isfinite(x.detach()).reshape(len(x), -1).all(dim=1).cpu().numpy()
+        ok = th.isfinite(x.detach()).reshape(len(x), -1).all(dim=1).cpu().numpy()
     else:
         a = np.asarray(x)
         if a.dtype.kind not in "fc" or np.isfinite(a).all():

@@ -27,9 +27,13 @@ def setup_logging(level: str | int | None = None) -> None:
     level = level or os.environ.get("R2PS_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format=_FORMAT, datefmt="%H:%M:%S", force=True)
     if not sys.stderr.isatty():
-        from ray.data import DataContext
+        # read when ray.data is imported; set here rather than importing it (half a
+        # second of a command that may never use Ray)
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        if "ray.data" in sys.modules:  # imported already: switch its bars off too
+            from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = False
+            DataContext.get_current().enable_progress_bars = False
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import
         if "transformers" in sys.modules:  # imported already: switch its bars off too
             sys.modules["transformers"].utils.logging.disable_progress_bar()

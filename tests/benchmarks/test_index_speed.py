@@ -51,7 +51,8 @@ def test_index_speed_end_to_end(semble, tmp_path, tiny_bert_dir, capsys):  # noq
     assert list(rows) == ["today", "int8", "default"]
     for name, row in rows.items():
         assert row["crashed"] == ["empty"]  # a tree without code: recorded, the run goes on
-        assert row["units"] == 3 and row["embedded"] == 3  # pyrepo 2, gorepo 1
+        # pyrepo 2 functions; gorepo 1 function + its module unit (`package shapes`)
+        assert row["units"] == 4 and row["embedded"] == 4
         assert set(row["seconds"]) == {"walk", "extract", "embed", "index", "write", "total"}
         assert row["seconds"]["total"] >= row["seconds"]["embed"] > 0
         assert row["codes_per_s"] > 0

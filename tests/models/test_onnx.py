@@ -123,6 +123,13 @@ def test_int8_outputs_do_not_depend_on_the_batch(retriever_dir, ranker_dir):
     np.testing.assert_array_equal(scores, single)
 
 
+def test_a_folder_without_a_saved_ranker_runs_on_torch(tiny_bert_dir):
+    """A plain encoder as ranker (the Serve app's untrained fallback) has a fresh head and
+    no export of its own: an ONNX backend loads it on torch rather than failing."""
+    loaded = load_ranker(tiny_bert_dir, "onnx-int8", threads=1)
+    assert loaded.backend == "torch" and isinstance(loaded.model, CrossEncoder)
+
+
 def test_manifest_ties_the_export_to_the_weights(ranker_dir):
     manifest = json.loads((onnx_dir(ranker_dir) / ONNX_MANIFEST).read_text())
     assert manifest["kind"] == "cross" and manifest["output"] == "scores"
@@ -161,3 +168,19 @@ def test_load_by_backend(ranker_dir, retriever_dir):
     assert isinstance(load_retriever(retriever_dir, "onnx", 1).model, OrtDualEncoder)
     with pytest.raises(ValueError, match="torch, onnx, onnx-int8"):
         check_backend("tensorrt")
+
+
+def test_a_loader_makes_a_missing_export(tiny_bert_dir, tmp_path):
+    """A saved ranker or retriever with no export, named on an ONNX backend (a serve.yaml
+    of the int8 default), is exported at its first load rather than failing the replica."""
+    ranker = tmp_path / "ranker"
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(ranker)
+    from r2ps.models import loading
+
+    with pytest.raises(FileNotFoundError, match="no ONNX export"):
+        load_ranker(ranker, "onnx-int8", threads=1)  # the constructor alone: no export
+    loaded = loading.load_ranker(ranker, "onnx-int8", threads=1)
+    assert loaded.backend == "onnx-int8" and read_export(ranker, "onnx-int8")
+    retriever = tmp_path / "retriever"
+    DualEncoder.from_pretrained(tiny_bert_dir).save_pretrained(retriever)
+    assert loading.load_query_encoder(retriever, "onnx", threads=1).backend == "onnx"

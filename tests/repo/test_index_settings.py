@@ -59,11 +59,11 @@ def test_int8_short_codes_are_the_int8_encoders_and_reembedded_on_change(
     again = index_repo(_cfg(source_repo, out, model, backend="onnx-int8", max_code_len=16))
     assert again["run"]["codes"]["embedded"] == 0
     unique = first["run"]["codes"]["unique"]
-    torch_run = index_repo(_cfg(source_repo, out, model, max_code_len=16))
+    torch_run = index_repo(_cfg(source_repo, out, model, backend="torch", max_code_len=16))
     assert torch_run["run"]["codes"]["embedded"] == unique
     _, torch_vectors = _index_vectors(out)
     assert np.abs(torch_vectors - got).max() > 1e-3  # int8 vectors are not torch's
-    longer = index_repo(_cfg(source_repo, out, model, max_code_len=64))
+    longer = index_repo(_cfg(source_repo, out, model, backend="torch", max_code_len=64))
     assert longer["run"]["codes"]["embedded"] == unique
 
 
@@ -84,6 +84,8 @@ def test_the_search_core_loads_an_index_as_it_was_embedded(source_repo, model, t
     query = pq.read_table(out / CODES)["code"][0].as_py()
     assert opened.search(query, k=3)[0].code_id == served.search(query, k=3)[0].code_id
     np.testing.assert_allclose(opened.index._cpu.reconstruct_n(0, len(ids)), vectors)
+    # queries are encoded on the codes' own backend (serve.yaml names it)
+    assert served.loaded.backend == opened.loaded.backend == "onnx-int8"
 
 
 def test_bad_encoder_settings_are_refused_by_name():
@@ -107,3 +109,23 @@ def test_the_actor_pool_embeds_as_the_process_does(ray_local, source_repo, model
     ids_h, vec_h = _index_vectors(tmp_path / "here")
     assert ids_r == ids_h
     np.testing.assert_allclose(vec_r, vec_h, atol=1e-6)
+
+
+def test_a_trained_ranker_is_exported_for_the_backend_serve_yaml_names(
+    source_repo, model, tiny_bert_dir, tmp_path
+):
+    """With `--ranker` and the int8 default, the index job makes the ranker's export, so
+    the Serve app's ranker loads on the backend serve.yaml names rather than failing."""
+    import torch
+
+    from r2ps.models.backends import load_ranker
+    from r2ps.models.cross import CrossEncoder
+
+    ranker = tmp_path / "ranker"
+    torch.manual_seed(1)
+    CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(ranker)
+    out = tmp_path / "out"
+    index_repo(_cfg(source_repo, out, model, ranker=str(ranker), max_code_len=16))
+    served = yaml.safe_load((out / SERVE_YAML).read_text())
+    assert served["backend"] == "onnx-int8" and served["ranker"] == str(ranker.resolve())
+    assert load_ranker(served["ranker"], served["backend"], threads=1).backend == "onnx-int8"

@@ -60,10 +60,16 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     assert set(codes["language"].to_pylist()) == {
         "python", "go", "java", "javascript", "typescript", "php", "ruby"
     }  # fmt: skip
-    # every row's lines are the file's lines
+    # every row's lines are the file's lines (a module unit's: blank where other units are)
     for row in codes.to_pylist():
         lines = (source_repo / row["path"]).read_text().split("\n")
-        assert "\n".join(lines[row["start_line"] - 1 : row["end_line"]]) == row["code"]
+        span = lines[row["start_line"] - 1 : row["end_line"]]
+        if row["kind"] == "module":
+            code = row["code"].split("\n")
+            assert all(c in ("", s) for c, s in zip(code, span, strict=True))
+        else:
+            assert "\n".join(span) == row["code"]
+    assert "module" in codes["kind"].to_pylist()
     named = first["skipped_files"]
     assert "python/ignored/" in named[IGNORED] and "build/" in named[IGNORED]
     assert {"go/vendor/", "javascript/node_modules/"} <= set(named[VENDORED])
@@ -88,7 +94,12 @@ def test_index_then_incremental_add_change_delete(source_repo, tiny_bert_dir, tm
     assert run["deleted"] == ["ruby/lib/broken.rb"]
     new_codes = pq.read_table(out / CODES)
     new_contents = set(new_codes["content_id"].to_pylist())
-    assert run["codes"]["embedded"] == len(new_contents - old_contents) == 2  # Square, undocumented
+    # Square, undocumented (square.go's module unit, `package shapes`, is broken.go's too)
+    assert run["codes"]["embedded"] == len(new_contents - old_contents) == 2
+    square = [r for r in new_codes.to_pylist() if r["path"] == "go/shapes/square.go"]
+    assert [(r["kind"], r["code"]) for r in square if r["kind"] == "module"] == [
+        ("module", "package shapes")
+    ]
     assert "ruby/lib/broken.rb" not in set(new_codes["path"].to_pylist())
     assert "Square" in new_codes["symbol"].to_pylist()
     _check_equal_to_full_rebuild(source_repo, out, tiny_bert_dir, tmp_path)

@@ -20,8 +20,8 @@ import yaml
 from conftest import make_source_repo, serve_deployments
 
 from r2ps.mining.index import CodeIndex
+from r2ps.models.backends import load_retriever
 from r2ps.models.cross import CrossEncoder
-from r2ps.models.dual import DualEncoder
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.indexer import index_repo
 from r2ps.repo.units import CODES
@@ -108,7 +108,7 @@ def test_hybrid_is_bm25_and_dense_fused_by_rrf(live, indexed):
     # the same fusion computed here from the saved index and the same model
     index = CodeIndex.load(indexed["out"] / "index")
     units = {c["code_id"]: c for c in pq.read_table(indexed["out"] / CODES).to_pylist()}
-    model = DualEncoder.from_pretrained(indexed["model"])
+    model = load_retriever(indexed["model"], RepoIndexConfig().backend, threads=1).model
     n = len(index)
     _, dense = index.search(model.embed_queries([query]), min(100, n))
     # BM25's document of a unit: its path, symbol and code

@@ -121,3 +121,12 @@ def test_the_schema_pattern_states_exactly_the_glob_rule(glob):
     assert _schema_accepts(glob) == (glob_problem(glob) is None), (glob, glob_problem(glob))
     if glob_problem(glob) is None:
         assert isinstance(Filters(path=[glob]).mask(["a/b.py"], ["python"]), np.ndarray)
+
+
+def test_the_blank_escapes_hold_every_whitespace_character():
+    """SPACE_ESCAPES scans up to SPACE_LIMIT (an import-time saving of `r2ps search`): no
+    code point above it is whitespace in this Python's Unicode."""
+    from r2ps.search.filters import SPACE_ESCAPES, SPACE_LIMIT
+
+    assert not any(chr(c).isspace() for c in range(SPACE_LIMIT, 0x110000))
+    assert "\\u3000" in SPACE_ESCAPES and "\\u0020" in SPACE_ESCAPES

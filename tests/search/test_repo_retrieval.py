@@ -14,7 +14,7 @@ import pytest
 from conftest import make_source_repo
 
 from r2ps.mining.index import CodeIndex
-from r2ps.models.dual import DualEncoder
+from r2ps.models.backends import load_retriever
 from r2ps.ranking import tie_order, top_k_of_scores
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.indexer import index_repo
@@ -64,7 +64,9 @@ def expected(indexed: Path, model_dir: Path, query: str, k: int, signals: Rankin
     units = {c["code_id"]: c for c in pq.read_table(indexed / CODES).to_pylist()}
     rows = [units[i] for i in index.code_ids]
     n = len(rows)
-    query_vector = DualEncoder.from_pretrained(model_dir).embed_queries([query])
+    # the query encoder the index was made for (the index job's default backend)
+    encoder = load_retriever(model_dir, RepoIndexConfig().backend, threads=1).model
+    query_vector = encoder.embed_queries([query])
     scores, positions = index.search(query_vector, n)
     dense = np.empty(n)
     dense[positions[0]] = scores[0]  # every unit's cosine
@@ -110,8 +112,9 @@ def test_the_off_switch_gives_the_blends_order(indexed, tiny_bert_dir):
 def test_a_symbol_query_finds_its_definition_first_and_tests_come_later(searcher):
     (top, *rest) = searcher.search("Circle", k=10)
     assert symbol_name(top.symbol) == "Circle"
-    tests = [h for h in searcher.search("area of a circle", k=20) if "test" in h.path]
-    asked = [h for h in searcher.search("tests of the circle area", k=20) if "test" in h.path]
+    # k: every unit of the fixture tree (its files' module units included)
+    tests = [h for h in searcher.search("area of a circle", k=200) if "test" in h.path]
+    asked = [h for h in searcher.search("tests of the circle area", k=200) if "test" in h.path]
     assert tests and asked  # both test units are candidates of both queries
     assert max(h.score for h in tests) < max(h.score for h in asked)
 

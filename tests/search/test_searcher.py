@@ -15,6 +15,7 @@ import torch
 from conftest import make_source_repo
 
 from r2ps.mining.index import CodeIndex, StaleIndexError
+from r2ps.models.backends import load_retriever
 from r2ps.models.dual import DualEncoder
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.indexer import index_repo
@@ -79,7 +80,7 @@ def test_dense_and_hybrid_with_locations(searcher, indexed, codes, tiny_bert_dir
     # the same fusion computed here from the saved index and the same model
     index = CodeIndex.load(indexed / "index")
     n = len(index)
-    model = DualEncoder.from_pretrained(tiny_bert_dir)
+    model = load_retriever(tiny_bert_dir, RepoIndexConfig().backend, threads=1).model
     _, dense = index.search(model.embed_queries(["circle area"]), n)
     # BM25's document of a source tree's unit: its path, symbol and code
     documents = [
@@ -131,7 +132,8 @@ def test_a_filter_that_leaves_fewer_than_k_returns_fewer(searcher):
     only = Filters(path=["python/tests/**"])
     for mode in ("dense", "hybrid"):
         hits = searcher.search("circle", k=10, retrieval=mode, filters=only)
-        assert [h.symbol for h in hits] == ["test_circle_area"]
+        # the test function and its file's module unit (its import)
+        assert sorted(h.symbol for h in hits) == ["test_circle_area", "test_shapes"]
     for nothing in (Filters(path=["nowhere/**"]), Filters(exclude=["**"])):
         assert searcher.search("circle", k=10, retrieval="hybrid", filters=nothing) == []
 

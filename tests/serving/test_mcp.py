@@ -111,10 +111,16 @@ def stdio(indexed):
             with announce_run(out):  # what the index job states while it writes the folder
                 got["search_during_run"] = await call("search_code", {"query": QUERY, "top_k": 5})
                 got["status_during_run"] = await call("index_status", {})
-            # a whole run, after this server loaded the index: its answers say so
+            # a whole run, after this server loaded the index: it publishes version 2,
+            # which the server loads before a search (its pointer checked at most every
+            # half second), without a restart
             await asyncio.to_thread(index_repo, indexed["cfg"])
-            got["search_after_run"] = await call("search_code", {"query": QUERY, "top_k": 5})
-            got["status_after_run"] = await call("index_status", {})
+            for _ in range(100):
+                got["search_after_run"] = await call("search_code", {"query": QUERY, "top_k": 5})
+                got["status_after_run"] = await call("index_status", {})
+                if got["status_after_run"].structured_content["served_version"] == 2:
+                    break
+                await asyncio.sleep(0.1)
             return got
 
     return asyncio.run(asyncio.wait_for(session(), 300))
@@ -143,7 +149,8 @@ def _check_answer(result, want: list[SearchHit], units: dict) -> None:
             assert hit[key] == unit[key]
         assert hit["score"] == pytest.approx(want_hit.score, abs=2e-4)
         assert heading is not None
-        assert heading["where"] == f"{unit['path']}:{unit['start_line']}-{unit['end_line']}"
+        end = f"-{unit['end_line']}" if unit["end_line"] != unit["start_line"] else ""
+        assert heading["where"] == f"{unit['path']}:{unit['start_line']}{end}"  # one line: no end
         assert (heading["symbol"], heading["lang"]) == (unit["symbol"], unit["language"])
         lines = unit["code"].split("\n")
         shown = hit["snippet"].split("\n")
@@ -205,7 +212,8 @@ def test_index_status_says_what_is_indexed(stdio, indexed):
     assert status["by_language"] == summary["units"]["by_language"]
     assert status["model"] == summary["model"]
     assert status["ready"] and not status["indexing"] and status["indexing_since"] is None
-    assert 0 <= status["age_s"] < 600 and status["last_indexed"].endswith("+00:00")
+    assert 0 <= status["age_seconds"] < 600 and status["last_indexed"].endswith("+00:00")
+    assert status["version"] == status["served_version"] == 1
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -223,11 +231,13 @@ def test_a_search_during_an_index_run_answers_from_the_last_complete_index(stdio
     assert "index run is under way" in _text(during).split("\n")[-1]
     status = stdio["status_during_run"].structured_content
     assert status["indexing"] and status["indexing_since"].endswith("+00:00")
-    # the run ended: its marker is gone; the server still answers from what it loaded
+    # the run ended: its marker is gone, its version is served (the same tree: the same
+    # hits), no restart needed
     after = stdio["search_after_run"]
     assert after.structured_content["hits"] == stdio["search"].structured_content["hits"]
-    assert "restart the MCP server" in after.structured_content["note"]
-    assert not stdio["status_after_run"].structured_content["indexing"]
+    assert after.structured_content["note"] is None
+    status = stdio["status_after_run"].structured_content
+    assert not status["indexing"] and status["version"] == status["served_version"] == 2
 
 
 def test_the_run_marker_names_a_live_run_only(indexed, tmp_path):

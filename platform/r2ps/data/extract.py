@@ -1,11 +1,13 @@
-"""Code units of a source file through tree-sitter: every function, method and class.
+"""Code units of a source file through tree-sitter: every function, method and class
+(and, on request, the file's module-level code).
 
 `extract_units(data, path)` parses one file's bytes with the grammar its extension
 selects (`r2ps.data.grammars`) and returns one `Unit` per function, method and class,
 documented or not, nested ones included:
 
 - `path` as given (relative to the source root), `start_line` / `end_line` 1-based and
-  inclusive, so `source_lines[start_line - 1 : end_line]` is exactly `code`;
+  inclusive, so `source_lines[start_line - 1 : end_line]` is exactly `code` (a module
+  unit's: with the other units' lines blank);
 - `code` starts at the unit's doc comment when it has one above it (Go, Java, JS/TS,
   PHP, Ruby), or at its decorators (Python), and ends with the unit;
 - `symbol`: the qualified name, enclosing classes and functions joined by dots
@@ -13,6 +15,16 @@ documented or not, nested ones included:
   the unit (`App\\Models\\User.save`);
 - `kind`: function, method (a function directly inside a class) or class;
 - `doc`: the doc comment without its comment markers (None without one).
+
+More on request (the repository index asks for the first two, `r2ps.repo.units`; the
+corpus builder for none): `type_units` makes a language's other type declarations units
+of kind class (TS interfaces, type aliases, enums; Go's other named types; Java
+annotation types); `module_unit` adds one unit of kind `module` per file: the code
+outside every other unit (docstring, imports, top-level statements and declarations,
+without a leading license header), the whole file when it defines nothing, so a file
+can be the answer. Its lines run from the first to the last line of that code, and its
+`code` is those lines with the other units' lines blank. `detached_docs` attaches a
+`/** */` comment separated from its definition by blank lines only.
 
 Syntax errors do not stop a file: tree-sitter recovers (the units around an error are
 still found) and the result says on which lines it found `ERROR` / missing nodes. Bytes
@@ -34,6 +46,7 @@ import textwrap
 import tokenize
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 
 from r2ps.data.errors import replace_unencodable, unencodable
 from r2ps.data.grammars import LANGUAGE_LABEL, Grammar, grammar_for
@@ -43,6 +56,12 @@ ANONYMOUS = "<anonymous>"
 _INLINE_TAG_RE = re.compile(r"\{@(?:link|linkplain|code|literal|see)\s+([^}\s]*)[^}]*\}")
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][^>]*>")
 _CONSTRUCTORS = {"constructor", "__construct", "initialize"}
+# A comment that is a file's header (its license, its overview), not a definition's doc.
+FILE_HEADER = re.compile(
+    r"@(?:file|fileoverview|overview|module|license|copyright|preserve)\b"
+    r"|\bcopyright\b|\blicen[cs]ed?\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -164,7 +183,7 @@ def unit_name(node) -> str:
     return text or ANONYMOUS
 
 
-def _span_node(node):
+def _span_node(node, chains: bool = False):
     """The node whose lines the unit's code covers: the definition plus what belongs to
     it on its lines (decorators, `export`, `const x =`, `type ... struct`)."""
     parent = node.parent
@@ -177,6 +196,12 @@ def _span_node(node):
     if t == "type_spec" and p == "type_declaration" and only_child:
         return parent
     declaration = p in ("lexical_declaration", "variable_declaration") and only_child
+    if t == "assignment_expression" and chains:  # `a.get = a.header = function () {}`
+        while p == "assignment_expression" and parent.child_by_field_name("right") == node:
+            node, parent = parent, parent.parent
+            if parent is None:
+                return node
+            p = parent.type
     if (t == "variable_declarator" and declaration) or (
         t == "assignment_expression" and p == "expression_statement"
     ):
@@ -241,7 +266,11 @@ def _python_docstring(node) -> str | None:
     body = node.child_by_field_name("body")
     if body is None or not body.named_children:
         return None
-    first = body.named_children[0]
+    return _python_docstring_of(body.named_children[0])
+
+
+def _python_docstring_of(first) -> str | None:
+    """The docstring a body's first statement `first` is, or None."""
     if first.type != "expression_statement" or not first.named_children:
         return None
     string = first.named_children[0]
@@ -274,17 +303,35 @@ def _first_on_line(node, lines: list[str]) -> bool:
     return not lines[row][:col].strip() if row < len(lines) else False
 
 
-def _doc_comment(start_row: int, comments: dict[int, object], grammar: Grammar, lines: list[str]):
-    """(first row, cleaned text) of the doc comment ending right above `start_row`."""
+def _doc_comment(
+    start_row: int,
+    comments: dict[int, object],
+    grammar: Grammar,
+    lines: list[str],
+    detached: bool = False,
+):
+    """(first row, cleaned text) of the doc comment ending right above `start_row`.
+
+    With `detached`, a `/** ... */` comment (block style) may be separated from its
+    definition by blank lines (JSDoc written so, as in express), when nothing but
+    whitespace lies between and it is not a file's header (`FILE_HEADER`); `//` and `#`
+    lines must always touch it (Go's and RDoc's rule: a comment after a blank line is not
+    the definition's).
+    """
     found = []
     row = start_row - 1
+    if grammar.doc_style == "block" and detached:
+        while 0 <= row < len(lines) and not lines[row].strip():
+            row -= 1
+    gap = row < start_row - 1
     while row in comments:
         c = comments[row]
         text = _text(c)
         if not _first_on_line(c, lines):
             break
         if grammar.doc_style == "block":
-            if text.startswith("/**") and text != "/**/":
+            header = gap and FILE_HEADER.search(text)
+            if text.startswith("/**") and text != "/**/" and not header:
                 found = [c]
             break
         if not text.startswith(grammar.line_prefix) or text.startswith("#!"):
@@ -301,11 +348,26 @@ def _doc_comment(start_row: int, comments: dict[int, object], grammar: Grammar, 
 # ------------------------------------------------------------------ extraction
 
 
-def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> FileUnits:
+def extract_units(
+    data: bytes,
+    path: str,
+    grammar: Grammar | None = None,
+    *,
+    module_unit: bool = False,
+    type_units: bool = False,
+    detached_docs: bool = False,
+) -> FileUnits:
     """Every function, method and class of one file's bytes; never raises for bad input.
 
     `path` is what the units carry (relative to the source root); `grammar` defaults to
-    the one the path's extension selects (ValueError when there is none).
+    the one the path's extension selects (ValueError when there is none). With
+    `type_units`, the grammar's other type declarations (`Grammar.types`: TS interfaces,
+    type aliases and enums, Go's other types, Java annotation types) are units too, of
+    kind class; with `module_unit`, the file's code outside every unit is one more unit,
+    last (`_module_unit`); with `detached_docs`, a `/** */` comment above blank lines is
+    its definition's doc, and a chained assignment's unit (`a.get = a.header = function
+    ...`) spans the chain. The repository index asks for the first two
+    (`r2ps.repo.units`; measured in docs/REPO_SEARCH.md), not the third.
     """
     grammar = grammar or grammar_for(path)
     if grammar is None:
@@ -319,6 +381,9 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
         out.error_lines = _error_lines(root)
     lines = text.split("\n")
     captures = ts_captures(grammar.unit_query, root)
+    if type_units and grammar.type_query is not None:
+        types = ts_captures(grammar.type_query, root).get("class", [])
+        captures = {**captures, "class": [*captures.get("class", []), *types]}
     kinds = {
         (n.start_byte, n.end_byte, n.type): kind
         for kind in ("function", "class")
@@ -327,23 +392,25 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
     comments: dict[int, object] = {}
     for c in ts_captures(grammar.comment_query, root).get("comment", []):
         comments[c.end_point.row] = c  # the last comment ending on each row
-    nodes = sorted(
-        (n for kind in ("function", "class") for n in captures.get(kind, [])),
-        key=lambda n: (n.start_byte, -n.end_byte),
-    )
+    unique = {
+        (n.start_byte, n.end_byte, n.type): n
+        for k in ("function", "class")
+        for n in captures.get(k, [])
+    }
+    nodes = sorted(unique.values(), key=lambda n: (n.start_byte, -n.end_byte))
     namespaces = _namespaces(root, grammar)
     for node in nodes:
         kind = kinds[(node.start_byte, node.end_byte, node.type)]
         scope, in_class = _scope(node, kinds)
         if kind == "function" and in_class:
             kind = "method"
-        span = _span_node(node)
+        span = _span_node(node, chains=detached_docs)
         def_row = span.start_point.row
         end_row = span.end_point.row
         if grammar.doc_style == "docstring":
             doc_row, doc = def_row, _python_docstring(node)
         else:
-            doc_row, doc = _doc_comment(def_row, comments, grammar, lines)
+            doc_row, doc = _doc_comment(def_row, comments, grammar, lines, detached_docs)
             doc_row = def_row if doc_row is None else doc_row
         out.units.append(
             Unit(
@@ -358,7 +425,99 @@ def extract_units(data: bytes, path: str, grammar: Grammar | None = None) -> Fil
                 doc=doc,
             )
         )
+    if module_unit:
+        module = _module_unit(path, language, grammar, root, lines, out.units, comments)
+        if module is not None:
+            out.units.append(module)
     return out
+
+
+# ------------------------------------------------------------------ the module unit
+
+_COMMENT_TYPES = ("comment", "line_comment", "block_comment")
+_PACKAGE_FILES = {"__init__", "index"}  # named after their folder: the package itself
+
+
+def module_symbol(path: str) -> str:
+    """A module unit's symbol: the file's stem (`src/flask/app.py` -> `app`), or its
+    folder's name for a package's own file (`__init__.py`, `index.ts` -> the folder)."""
+    p = PurePosixPath(path)
+    stem = p.name.split(".", 1)[0] if p.name.startswith(".") else p.stem
+    stem = stem.split(".", 1)[0] or stem  # `types.d.ts`, `app.test.js` -> types, app
+    if stem in _PACKAGE_FILES and p.parent.name:
+        return p.parent.name
+    return stem
+
+
+def _header_rows(root) -> set[int]:
+    """Rows of the file's leading comments that are its header (a license, a copyright,
+    a file overview: `FILE_HEADER`), consecutive `#` / `//` lines taken as one comment."""
+    blocks: list[list] = []
+    for child in root.children:
+        if child.type in ("php_tag", "text"):  # `<?php`, HTML before it
+            continue
+        if child.type not in _COMMENT_TYPES:
+            break
+        if blocks and child.start_point.row <= blocks[-1][-1].end_point.row + 1:
+            blocks[-1].append(child)
+        else:
+            blocks.append([child])
+    rows: set[int] = set()
+    for block in blocks:
+        if FILE_HEADER.search("\n".join(_text(c) for c in block)):
+            rows.update(range(block[0].start_point.row, block[-1].end_point.row + 1))
+    return rows
+
+
+def _module_doc(root, grammar: Grammar, comments, lines) -> str | None:
+    """A Python module's docstring, or a Go package's doc comment (above `package`)."""
+    if grammar.name == "python":
+        first = root.named_children[0] if root.named_children else None
+        while first is not None and first.type == "comment":
+            first = first.next_named_sibling
+        if first is not None and first.type == "expression_statement":
+            return _python_docstring_of(first)
+        return None
+    if grammar.name == "go":
+        clause = next((c for c in root.children if c.type == "package_clause"), None)
+        if clause is not None:
+            return _doc_comment(clause.start_point.row, comments, grammar, lines)[1]
+    return None
+
+
+def _module_unit(path, language, grammar, root, lines, units, comments) -> Unit | None:
+    """The file's code outside every unit, as one unit of kind `module`: its docstring,
+    imports, top-level statements and declarations that are not units (a file without
+    any definition: all of it), without a leading license or copyright header
+    (`_header_rows`); None when nothing but blank lines is left.
+
+    Its lines run from the first to the last line of that code, and each line of `code`
+    is that line of the file, blank where it belongs to another unit: line numbers stay
+    true, and the units' own code is not repeated (the tokenizers and BM25 skip the blank
+    lines, so it is embedded and matched as the module-level code alone).
+    """
+    covered = bytearray(len(lines))
+    for u in units:
+        covered[u.start_line - 1 : u.end_line] = b"\x01" * (u.end_line - u.start_line + 1)
+    for row in _header_rows(root):
+        if row < len(lines):
+            covered[row] = 1
+    rows = [r for r in range(len(lines)) if not covered[r] and lines[r].strip()]
+    if not rows:
+        return None
+    first, last = rows[0], rows[-1]
+    code = "\n".join("" if covered[r] else lines[r] for r in range(first, last + 1))
+    return Unit(
+        path=path,
+        language=language,
+        symbol=module_symbol(path),
+        kind="module",
+        start_line=first + 1,
+        end_line=last + 1,
+        def_line=first + 1,
+        code=code,
+        doc=_module_doc(root, grammar, comments, lines),
+    )
 
 
 def ts_captures(query, node) -> dict[str, list]:
@@ -405,7 +564,7 @@ def pairs_from_units(
     cfg = cfg or ExtractConfig()
     pairs, dropped = [], Counter()
     for u in units:
-        if u.kind == "class":
+        if u.kind in ("class", "module"):
             continue
         name = u.symbol.rsplit(".", 1)[-1]
         if u.doc is None:

@@ -33,6 +33,10 @@ class Grammar:
     # tree-sitter query: @namespace captures, declarations whose name prefixes the symbols
     # they cover (PHP: `namespace App\Models;` up to the next one, `namespace App { ... }`)
     namespaces: str = ""
+    # tree-sitter query: @class captures of type declarations that are units only when asked
+    # (`extract_units(..., type_units=True)`): TS interfaces, type aliases and enums, Go
+    # types other than structs and interfaces, Java annotation types
+    types: str = ""
 
     @functools.cached_property
     def ts_language(self) -> ts.Language:
@@ -45,6 +49,10 @@ class Grammar:
     @functools.cached_property
     def comment_query(self) -> ts.Query:
         return ts.Query(self.ts_language, self.comments)
+
+    @functools.cached_property
+    def type_query(self) -> ts.Query | None:
+        return ts.Query(self.ts_language, self.types) if self.types else None
 
     @functools.cached_property
     def namespace_query(self) -> ts.Query | None:
@@ -114,6 +122,7 @@ _FUNCTION_VALUE = "[(arrow_function) (function_expression) (generator_function)]
 _JS_FIELDS = f"(field_definition value: {_FUNCTION_VALUE}) @function\n"
 _TS_FIELDS = f"(public_field_definition value: {_FUNCTION_VALUE}) @function\n"
 _TS_UNITS = _JS_UNITS + _TS_FIELDS + "(abstract_class_declaration) @class\n"
+_TS_TYPES = "[(interface_declaration) (type_alias_declaration) (enum_declaration)] @class"
 _JS_UNITS += _JS_FIELDS
 
 GRAMMARS: dict[str, Grammar] = {
@@ -136,6 +145,9 @@ GRAMMARS: dict[str, Grammar] = {
             "(comment) @comment",
             "line",
             "//",
+            types="(type_spec type: [(type_identifier) (qualified_type) (generic_type) "
+            "(function_type) (map_type) (slice_type) (array_type) (pointer_type) "
+            "(channel_type)]) @class (type_alias) @class",
         ),
         Grammar(
             "java",
@@ -146,6 +158,7 @@ GRAMMARS: dict[str, Grammar] = {
             "(record_declaration)] @class",
             "[(block_comment) (line_comment)] @comment",
             "block",
+            types="(annotation_type_declaration) @class",
         ),
         Grammar(
             "javascript",
@@ -162,8 +175,9 @@ GRAMMARS: dict[str, Grammar] = {
             _TS_UNITS,
             "(comment) @comment",
             "block",
+            types=_TS_TYPES,
         ),  # fmt: skip
-        Grammar("tsx", (".tsx",), _tsx, _TS_UNITS, "(comment) @comment", "block"),
+        Grammar("tsx", (".tsx",), _tsx, _TS_UNITS, "(comment) @comment", "block", types=_TS_TYPES),
         Grammar(
             "php",
             (".php",),

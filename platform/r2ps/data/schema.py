@@ -60,6 +60,7 @@ CORPUS_STATS = "stats.json"  # data/corpus.py
 MINE_SUMMARY = "mine_summary.json"  # mining/mine.py
 TRAIN_SUMMARY = "train_summary.json"  # train/launch.py, beside the exported model
 MODEL_CONFIG = "config.json"  # in every model folder (Hugging Face format)
+HEAD_FILE = "head.safetensors"  # a trained ranker's scoring head (r2ps.models.cross)
 
 
 def split_files(split: str = "") -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from r2ps.mining.index import (
     read_embeddings,
     read_manifest,
 )
-from r2ps.models.encoder import model_fingerprint, model_or_default
+from r2ps.models.light import model_fingerprint, model_or_default
 
 log = get_logger(__name__)
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from r2ps.config import Need, needs
 from r2ps.data.errors import check_utf8
@@ -45,17 +44,16 @@ from r2ps.data.schema import MODEL_CONFIG, codes_file
 from r2ps.finite import check_finite
 from r2ps.log import Progress, get_logger
 from r2ps.mining.index import MANIFEST, IndexConfig, corpus_fingerprint, embedding_layout
-from r2ps.models.backends import check_backend, load_retriever
-from r2ps.models.encoder import (
+
+# torch-free: `r2ps search` reads an index's identity (`corpus_identity`) without torch;
+# the embedding itself imports the models where it runs
+from r2ps.models.light import (
     batches_by_length,
-    load_tokenizer,
+    check_backend,
     model_fingerprint,
     model_or_default,
-    pad_batch,
-    pad_token_id,
     read_meta,
 )
-from r2ps.models.onnx_export import ensure_export
 from r2ps.storage import atomic_path, input_file, on_this_node
 
 log = get_logger(__name__)
@@ -127,7 +125,7 @@ def read_code_ids(path: Path) -> list[str]:
 
     Raises ValueError for nulls or duplicates, BadRecord (row, field) for an id whose
     bytes are not UTF-8."""
-    col = pq.read_table(path, columns=["code_id"]).column("code_id")
+    col = pq.ParquetFile(path).read(columns=["code_id"]).column("code_id")  # no dataset import
     check_utf8(col, path, "code_id")
     if col.null_count:
         raise ValueError(f"{path}: field 'code_id' has {col.null_count} nulls")
@@ -197,6 +195,11 @@ class CodeEmbedder:
     def __init__(
         self, model: str, batch_size: int, threads: int, backend: str = "torch", max_len: int = 0
     ) -> None:
+        import torch
+
+        from r2ps.models.backends import load_retriever
+        from r2ps.models.encoder import pad_token_id
+
         # the model folder on this actor's node, for the actor's life (r2ps.storage)
         self._inputs = contextlib.ExitStack()
         self._inputs.enter_context(on_this_node(model))
@@ -211,6 +214,10 @@ class CodeEmbedder:
             self.dtype = None  # full precision on CPU: results match the single-process path
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from r2ps.models.encoder import pad_batch
+
         if "input_ids" not in batch.column_names:  # codes come as text: tokenise here
             batch = tokenize_codes(batch, self.model.tokenizer, self.max_len)
         seqs = batch["input_ids"].to_pylist()
@@ -305,6 +312,8 @@ def embedding_dataset(cfg: EmbedConfig, codes: Path, model: str, plan: PoolPlan)
     """
     import ray
 
+    from r2ps.models.encoder import load_tokenizer
+
     groups, n_rows = _row_groups(codes)
     if n_rows == 0:
         raise ValueError(f"{codes}: no codes to embed")
@@ -381,6 +390,8 @@ def embed_corpus(cfg: EmbedConfig, corpus: CorpusIdentity | None = None) -> dict
     `corpus`: `corpus_identity(cfg)`, when the caller has read it already.
     """
     import ray
+
+    from r2ps.models.onnx_export import ensure_export
 
     model, codes, identity = corpus or corpus_identity(cfg)
     check_code_text(codes)  # before any work starts

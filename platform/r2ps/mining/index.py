@@ -103,14 +103,16 @@ class IndexConfig:
 
 
 def gpu_available() -> bool:
-    """CUDA visible to torch and a faiss build with GPU support, probed at run time."""
+    """CUDA visible to torch and a faiss build with GPU support, probed at run time
+    (faiss first: a CPU build, the usual one, answers without importing torch)."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return False
     try:
         import torch
 
-        cuda = torch.cuda.is_available()
+        return torch.cuda.is_available()
     except ImportError:
-        cuda = False
-    return cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        return False
 
 
 def _resolve_gpu(use_gpu: bool | None) -> bool:
@@ -362,7 +364,8 @@ class CodeIndex:
                 f"expected {cfg.kind!r}"
             )
         index = faiss.read_index(str(directory / INDEX_FILE))
-        code_ids = pq.read_table(directory / IDS_FILE).column("code_id").to_pylist()
+        # one file: ParquetFile, without pyarrow.dataset's import (r2ps.search.store)
+        code_ids = pq.ParquetFile(directory / IDS_FILE).read().column("code_id").to_pylist()
         if corpus_fingerprint(code_ids) != manifest.get("corpus_fingerprint"):
             raise StaleIndexError(f"{directory}: {IDS_FILE} does not match the manifest")
         return cls(index, code_ids, manifest, cfg)

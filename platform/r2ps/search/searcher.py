@@ -4,10 +4,11 @@
     for hit in searcher.search("read a json file", k=5, filters=Filters(language=("go",))):
         print(hit.heading())                            # path:start-end  symbol  (go)  0.6123
 
-A `Searcher` holds the retriever's query encoder (`r2ps.models.backends`: torch or ONNX
-Runtime, as the `backend` setting says), the faiss index (`r2ps.mining.index`), the code
-store (`r2ps.search.store`) and, for `retrieval="hybrid"` or `"repo"`, BM25
-(`r2ps.search.bm25`, built at its first use) over each unit's path, symbol and code. The
+A `Searcher` holds the retriever's query encoder (`r2ps.models.loading.load_query_encoder`:
+ONNX Runtime without torch for an ONNX backend on a CPU, else `r2ps.models.backends`), the
+faiss index (`r2ps.mining.index`), the code store (`r2ps.search.store`) and, for
+`retrieval="hybrid"` or `"repo"`, BM25 (`r2ps.search.bm25`, loaded from the index folder
+or built at its first use) over each unit's path, symbol and code. The
 `retrieval` setting picks the first stage (`r2ps.search.fusion.RETRIEVAL_MODES`): the dense
 list alone; BM25's fused with it by RRF (`hybrid`); or, for a source tree's index,
 `repo`: the dense list, BM25's and the definitions of the symbols a query names, blended
@@ -33,18 +34,22 @@ import yaml
 from r2ps.config import ConfigError, from_dict
 from r2ps.log import get_logger
 from r2ps.mining.index import CodeIndex, IndexConfig
-from r2ps.models.backends import BACKENDS, Loaded, load_retriever
+from r2ps.models.light import BACKENDS, Loaded
+from r2ps.models.loading import load_query_encoder
 from r2ps.ranking import tie_order
-from r2ps.search.bm25 import BM25
+from r2ps.search.bm25 import BM25, cached
 from r2ps.search.filters import Filters
 from r2ps.search.fusion import BLEND_ALPHA, RETRIEVAL_MODES, blend, rrf, union
 from r2ps.search.signals import RankingSignals, SymbolTable, apply_signals
 from r2ps.search.store import CodeStore, load_code_store
+from r2ps.search.versions import Version
+from r2ps.search.versions import resolve as resolve_version
 
 log = get_logger(__name__)
 
 SERVE_FILE = "serve.yaml"  # the settings an index folder carries (r2ps.repo.indexer writes it)
 _MASK_CACHE = 64  # filters whose allowed positions a searcher remembers
+LEXICAL_DIR = "bm25"  # <embed_out>/bm25: the BM25 index saved beside the index (bm25.cached)
 
 
 @dataclass
@@ -191,6 +196,10 @@ class Searcher:
         self._masks: dict[Filters, np.ndarray] = {}
         self._bm25: BM25 | None = None
         self._table: SymbolTable | None = None
+        # the index folder's version loaded (r2ps.search.versions; None: unversioned) and
+        # the settings as given, naming the folder (what `r2ps.search.live` reopens)
+        self.version: Version | None = None
+        self.source_cfg = cfg
         self.mode(cfg.retrieval)  # a `repo` default on a store without paths fails here
 
     @classmethod
@@ -202,22 +211,29 @@ class Searcher:
         threads: int | None = None,
         device=None,
         build_index: bool = True,
+        loaded: Loaded | None = None,
     ) -> Searcher:
         """Load what `cfg` names. `model_dir`: the retriever folder when the caller has
         resolved it (serving falls back to the bundled MiniLM); default `cfg.retriever`.
         `threads`: CPU threads (default `cfg.threads`; 0 leaves torch's). `build_index`:
         embed and index the codes when the saved index is missing or stale (Ray Data);
         otherwise that is an error (FileNotFoundError, or StaleIndexError naming what
-        differs)."""
+        differs). `loaded`: the query encoder, already loaded (a reload of a new index
+        version). An index folder with versions is read at its current version
+        (`r2ps.search.versions.resolve`)."""
         from r2ps.mining.corpus_index import ensure_index, saved_code_embedding
         from r2ps.mining.embed import EmbedConfig
-        from r2ps.models.encoder import model_or_default
+        from r2ps.models.light import model_or_default
 
         model_dir = model_dir or model_or_default(cfg.retriever)
         if not Path(model_dir, "config.json").exists():
             raise FileNotFoundError(f"retriever: {model_dir}: no model there (no config.json)")
         threads = cfg.threads if threads is None else threads
-        loaded = load_retriever(model_dir, cfg.backend, threads, device)
+        source_cfg = cfg
+        codes, embed_out, version = resolve_version(cfg.codes, cfg.embed_out)
+        if version is not None:
+            cfg = dataclasses.replace(cfg, codes=codes, embed_out=embed_out)
+        loaded = loaded or load_query_encoder(model_dir, cfg.backend, threads, device)
         store = load_code_store(cfg.codes)
         if build_index and not Path(cfg.embed_out, "index", "manifest.json").exists():
             log.warning(
@@ -234,7 +250,9 @@ class Searcher:
         )
         # the codes' truncation and backend are the index's own (the index job's choice)
         index = ensure_index(saved_code_embedding(embed_cfg), build=build_index)
-        return cls(loaded, index, store, cfg, model_dir)
+        searcher = cls(loaded, index, store, cfg, model_dir)
+        searcher.version, searcher.source_cfg = version, source_cfg
+        return searcher
 
     @classmethod
     def open(cls, folder: str | Path, **settings: Any) -> Searcher:
@@ -284,16 +302,12 @@ class Searcher:
         """BM25 over every indexed unit, in index order; built at the first call. A unit's
         document is its path, qualified symbol and code where it has them (a source tree's
         units; a corpus split's codes are code alone): a query that names the file or the
-        class matches it (semble dev, BM25 alone: NDCG@10 0.58 against 0.52 on code)."""
+        class matches it (semble dev, BM25 alone: NDCG@10 0.58 against 0.52 on code).
+        Loaded from `<embed_out>/bm25` when saved there for these documents (by the index
+        job or an earlier search), else built and saved there (`bm25.cached`)."""
         if self._bm25 is None:
-            self._bm25 = BM25(
-                [
-                    " ".join(filter(None, (path, symbol, self.store.rows[c][0])))
-                    for c, path, symbol in zip(
-                        self.index.code_ids, self._paths, self._symbols, strict=True
-                    )
-                ]
-            )
+            folder = Path(self.cfg.embed_out, LEXICAL_DIR)
+            self._bm25 = cached(lexical_documents(self.index.code_ids, self.store), folder)
         return self._bm25
 
     def symbols(self) -> SymbolTable:
@@ -456,6 +470,25 @@ class Searcher:
             **first_stage(self.cfg),
             **self.loaded.info(),
         }
+
+
+def lexical_documents(code_ids: Sequence[str], store: CodeStore) -> list[str]:
+    """Each unit's BM25 document, in `code_ids`' order: its path, qualified symbol and
+    code where it has them (`Searcher.lexical`)."""
+    out = []
+    for c in code_ids:
+        where = store.location(c)
+        parts = (where.get("path"), where.get("symbol"), store.rows[c][0])
+        out.append(" ".join(filter(None, parts)))
+    return out
+
+
+def save_lexical(code_ids: Sequence[str], codes: str | Path, folder: str | Path) -> BM25:
+    """BM25 of an index whose ids in order are `code_ids`, over the units of `codes`
+    (codes.parquet), saved in `folder`/bm25, where `Searcher.lexical` of that index
+    folder loads it (the index job: the first search then skips building it)."""
+    store = load_code_store(str(codes))
+    return cached(lexical_documents(code_ids, store), Path(folder, LEXICAL_DIR))
 
 
 def first_stage(cfg: SearchConfig) -> dict[str, Any]:

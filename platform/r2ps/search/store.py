@@ -44,7 +44,9 @@ def load_code_store(codes: str) -> CodeStore:
     path = codes_file(codes, columns=tuple(names))
     schema_names = pq.read_schema(path).names
     located = all(n in schema_names for n in LOCATION_FIELDS)
-    table = pq.read_table(path, columns=names + (list(LOCATION_FIELDS) if located else []))
+    # ParquetFile, not read_table: one file, and no pyarrow.dataset (whose import takes
+    # pandas with it: a tenth of a one-off search's cold start)
+    table = pq.ParquetFile(path).read(columns=names + (list(LOCATION_FIELDS) if located else []))
     table = table.to_pydict()
     rows = {
         cid: (code, lang, src)

@@ -1,9 +1,9 @@
 """`r2ps`: index a folder, search it, serve it. The user's command (jobs/ stay the
 training platform's entry points).
 
-    r2ps index [PATH] [--out DIR] [--model DIR] [--full] [--address ADDR]
+    r2ps index [PATH] [--out DIR] [--model DIR] [--full] [--address ADDR] [--watch]
     r2ps search QUERY [-k N] [--lang python,go] [--path GLOB]... [--exclude GLOB]...
-                [--retrieval dense|hybrid] [--json] [--index DIR | --url URL]
+                [--retrieval dense|hybrid|repo] [--json] [--index DIR | --url URL]
     r2ps serve [--index DIR] [--host HOST] [--port PORT] [--address ADDR]
     r2ps mcp [--index DIR] [--budget CHARS]
 
@@ -12,6 +12,11 @@ Where an index lives: `r2ps index PATH` writes `PATH/.r2ps/index` (`.r2ps/` hold
 `r2ps serve` use the nearest `.r2ps/index` from the current folder up, as git finds
 `.git`, unless `--index` names a folder (any index folder with a serve.yaml, e.g. one
 `jobs/index.py` wrote).
+
+`r2ps index PATH --watch` indexes, then re-indexes on every change to the tree's code
+(r2ps.repo.watch) until Ctrl-C or SIGTERM (exit 0); each run publishes a new version of the
+index folder, which `r2ps serve` and `r2ps mcp` load before their next search
+(r2ps.search.versions, r2ps.search.live).
 
 `r2ps mcp` serves an index to a coding agent over MCP on stdin/stdout (the tools
 `search_code` and `index_status`: r2ps.serving.mcp; docs/AGENTS.md configures each agent).
@@ -34,6 +39,7 @@ arguments)`, where `arguments(parser)` declares its flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -112,6 +118,10 @@ def _index_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="retriever folder (default: the bundled MiniLM)")
     p.add_argument("--full", action="store_true", help="ignore the last run: rebuild all")
     p.add_argument("--address", help="a Ray cluster to fan out on (default: a local Ray)")
+    p.add_argument(
+        "--watch", action="store_true",
+        help="then re-index on every change to the folder's code, until Ctrl-C",
+    )  # fmt: skip
 
 
 @command("index", _index_arguments)
@@ -134,14 +144,19 @@ def index(args: argparse.Namespace) -> int:
         source=args.path, out=str(out), model=args.model, full=args.full,
         ray_address=ray_address(args.address),
     )  # fmt: skip
-    try:
-        summary = index_repo(cfg)
-    except (ConfigError, NothingToIndex) as e:
-        raise UsageError(str(e)) from None
-    print(format_summary(summary))
-    print(
-        f'search it: r2ps search "..." --index {out}' if args.out else 'search: r2ps search "..."'
-    )
+    from r2ps.repo.watch import stop_on_signals, watch_index
+
+    # with --watch, Ctrl-C and SIGTERM end it with status 0, the last complete version current
+    with stop_on_signals() if args.watch else contextlib.nullcontext():
+        try:
+            summary = index_repo(cfg)
+        except (ConfigError, NothingToIndex) as e:
+            raise UsageError(str(e)) from None
+        print(format_summary(summary))
+        where = f"--index {out}" if args.out else ""
+        print(f'search it: r2ps search "..." {where}'.rstrip(), flush=True)
+        if args.watch:
+            watch_index(cfg)  # one line per run on stderr
     return 0
 
 

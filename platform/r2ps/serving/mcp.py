@@ -20,12 +20,13 @@ most `LINE_CHARS` characters, every cut marked; over the budget it shows fewer l
 each hit, then fewer hits, and says how many it left out. The JSON is made from the data
 that fits, never cut.
 
-Index runs: the index job writes its outputs in turn and states that a run is under way
-(`r2ps.repo.indexer.run_under_way`). A server searches the index it loaded into memory,
-which a run does not touch: an answer during a run is the last complete index's, and
-says so. A stdio server that starts during a run and finds the folder half-written waits for
-the run to end. An index written after the server loaded is searched after a restart;
-the answers say when that is so.
+Index runs: each complete run of the index job publishes a new version of the folder at
+once (`r2ps.search.versions`), and states while it runs that a run is under way
+(`r2ps.repo.indexer.run_under_way`). The server searches the version it loaded and, before a
+search, loads a newer one when one was published (`r2ps.search.live.LiveSearcher`): an
+answer during a run is the last complete version's, and says so; `index_status` names the
+version and its age. A folder written before versions is searched as it was loaded; a stdio
+server that starts while a run writes such a folder waits for the run to end.
 
 Bad arguments are tool errors (`isError`) that name the argument: `top_k: Input should be
 less than or equal to 50`, `path[0]: ...`, `lang: unknown argument ...`.
@@ -53,6 +54,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from r2ps import __version__
 from r2ps.log import get_logger
 from r2ps.repo.indexer import SUMMARY, run_under_way
+from r2ps.search import versions
 from r2ps.search.filters import glob_problem
 from r2ps.search.searcher import SearchHit
 from r2ps.serving.api import Language, Retrieval, SearchRequest, SearchResponse
@@ -130,7 +132,15 @@ class IndexStatus(BaseModel):
     by_language: dict[str, int] = Field(description="units per language")
     model: str | None = Field(description="the retriever that embedded them")
     last_indexed: str | None = Field(description="when the last complete run ended (UTC)")
-    age_s: float | None = Field(description="seconds since then")
+    age_seconds: float | None = Field(description="seconds since then")
+    version: int | None = Field(
+        description="the index's version: each complete index run publishes the next one "
+        "(null: an index written before versions)"
+    )
+    served_version: int | None = Field(
+        description="the version answers come from: the newest, once loaded (null: not "
+        "loaded yet, or an index without versions)"
+    )
     indexing: bool = Field(description="an index run is under way")
     indexing_since: str | None = Field(description="when that run started (UTC)")
     ready: bool = Field(description="the search core is loaded and answering")
@@ -161,14 +171,26 @@ def _utc(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-def read_status(folder: str | Path, *, ready: bool, note: str | None = None) -> IndexStatus:
-    """`IndexStatus` of the index in `folder`, from the index job's summary (absent for a
-    corpus index: those fields are None) and its run marker."""
-    path = Path(folder, SUMMARY)
+def read_status(
+    folder: str | Path,
+    *,
+    ready: bool,
+    note: str | None = None,
+    served_version: int | None = None,
+) -> IndexStatus:
+    """`IndexStatus` of the index in `folder`, from its current version's summary (absent
+    for a corpus index: those fields are None), its pointer and its run marker."""
+    try:
+        version = versions.current(folder)
+    except versions.VersionError:
+        version = None
+    path = Path(version.folder if version else folder, SUMMARY)
     try:
         summary, written = json.loads(path.read_text()), path.stat().st_mtime
     except (OSError, ValueError):
         summary, written = {}, None
+    if version is not None:
+        written = version.published
     run = run_under_way(folder)
     units = summary.get("units", {})
     return IndexStatus(
@@ -179,7 +201,9 @@ def read_status(folder: str | Path, *, ready: bool, note: str | None = None) -> 
         by_language=units.get("by_language", {}),
         model=summary.get("model"),
         last_indexed=_utc(written),
-        age_s=None if written is None else round(time.time() - written, 1),
+        age_seconds=None if written is None else round(time.time() - written, 1),
+        version=version.number if version else None,
+        served_version=served_version,
         indexing=run is not None,
         indexing_since=_utc(run.get("started")) if run else None,
         ready=ready,
@@ -199,13 +223,13 @@ def run_note(folder: str | Path) -> str | None:
 
 
 class LocalIndex:
-    """An index folder searched in this process (`Searcher`), loaded in a thread from
-    `start` so the server answers the handshake at once; the first search waits for it."""
+    """An index folder searched in this process (`LiveSearcher`: each new version loaded
+    before the next search), loaded in a thread from `start` so the server answers the
+    handshake at once; the first search waits for it."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._loading: concurrent.futures.Future | None = None
-        self._loaded_mtime: float | None = None  # of index_summary.json, when loaded
 
     def start(self) -> None:
         if self._loading is None:
@@ -214,21 +238,16 @@ class LocalIndex:
             pool.shutdown(wait=False)
 
     def _open(self):
-        from r2ps.search.searcher import Searcher
+        from r2ps.search.live import LiveSearcher
 
         while True:
-            summary = Path(self.folder, SUMMARY)
-            mtime = summary.stat().st_mtime if summary.exists() else None
             try:
-                searcher = Searcher.open(self.folder)
-            except Exception as e:  # what a half-written folder raises varies by file
+                return LiveSearcher.open(self.folder)
+            except Exception as e:  # a folder without versions, half-written by a run
                 if run_under_way(self.folder) is None:
                     raise
                 log.warning("%s: an index run is writing it (%s): waiting", self.folder, e)
                 time.sleep(1.0)
-                continue
-            self._loaded_mtime = mtime
-            return searcher
 
     async def searcher(self):
         """The loaded `Searcher`; ToolError when the index cannot be opened."""
@@ -238,17 +257,16 @@ class LocalIndex:
         except Exception as e:
             raise ToolError(f"cannot open the index {self.folder}: {e}") from e
 
-    def note(self) -> str | None:
-        """A run under way, or a newer index than the one loaded: what answers say."""
+    def note(self, searcher=None) -> str | None:
+        """A run under way, or a newer version than the one `searcher` (a LiveSearcher)
+        answers from: what answers say."""
         note = run_note(self.folder)
-        summary = Path(self.folder, SUMMARY)
-        if note is None and self._loaded_mtime is not None and summary.exists():
-            written = summary.stat().st_mtime
-            if written > self._loaded_mtime:
-                note = (
-                    f"the index was rewritten at {_utc(written)}, after this server loaded it: "
-                    "answers are from the one loaded; restart the MCP server to search the new one"
-                )
+        status = searcher.status() if searcher is not None else {}
+        if note is None and status.get("reload_error"):
+            note = (
+                f"version {status['latest_version']} of the index did not load "
+                f"({status['reload_error']}): answers are from version {status['version']}"
+            )
         return note
 
     async def search(self, request: SearchRequest) -> Found:
@@ -258,13 +276,20 @@ class LocalIndex:
         except ValueError as e:  # a first stage this index cannot serve (repo on a corpus)
             raise ToolError(str(e)) from e
         run = lambda: searcher.search(request.query, request.top_k, mode, request.filters())  # noqa: E731
-        return Found(await asyncio.to_thread(run), mode, self.note())
+        return Found(await asyncio.to_thread(run), mode, self.note(searcher))
 
     async def status(self) -> IndexStatus:
         ready = self._loading is not None and self._loading.done()
         failed = ready and self._loading.exception() is not None
-        note = f"cannot open the index: {self._loading.exception()}" if failed else self.note()
-        return read_status(self.folder, ready=ready and not failed, note=note)
+        if failed:
+            note, served = f"cannot open the index: {self._loading.exception()}", None
+        else:
+            searcher = self._loading.result() if ready else None
+            note = self.note(searcher)
+            served = searcher.version.number if searcher and searcher.version else None
+        return read_status(
+            self.folder, ready=ready and not failed, note=note, served_version=served
+        )
 
 
 class ServedIndex:
@@ -296,10 +321,11 @@ class ServedIndex:
 
     async def status(self) -> IndexStatus:
         try:
-            await self.ready()
+            state = await self.ready()
         except Exception as e:
             return read_status(self.folder, ready=False, note=f"the retriever is down ({e!r})")
-        return read_status(self.folder, ready=True)
+        served = (state.get("index") or {}).get("version") if isinstance(state, dict) else None
+        return read_status(self.folder, ready=True, served_version=served)
 
 
 def _cut(line: str) -> str:
