@@ -61,7 +61,8 @@ from r2ps.evaluation.metrics import paired_bootstrap  # noqa: E402
 from r2ps.log import get_logger, setup_logging  # noqa: E402
 from r2ps.models.encoder import model_or_default  # noqa: E402
 from r2ps.repo.config import RepoIndexConfig  # noqa: E402
-from r2ps.repo.indexer import SERVE_YAML, index_repo  # noqa: E402
+from r2ps.repo.indexer import index_repo  # noqa: E402
+from r2ps.search.searcher import SERVE_FILE  # noqa: E402
 from r2ps.storage import write_text_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def served_backend(out: Path) -> str:
     """The query encoder's backend the index's serve.yaml names (torch when it names none)."""
     import yaml
 
-    return (yaml.safe_load((out / SERVE_YAML).read_text()) or {}).get("backend", "torch")
+    return (yaml.safe_load((out / SERVE_FILE).read_text()) or {}).get("backend", "torch")
 
 
 def _stop_ray() -> None:

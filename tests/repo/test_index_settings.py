@@ -16,8 +16,9 @@ from r2ps.mining.index import CodeIndex
 from r2ps.models.backends import load_retriever
 from r2ps.models.dual import embed_texts
 from r2ps.repo.config import RepoIndexConfig
-from r2ps.repo.indexer import SERVE_YAML, index_repo
+from r2ps.repo.indexer import index_repo
 from r2ps.repo.units import CODES
+from r2ps.search.searcher import SERVE_FILE
 
 
 def _cfg(src, out, model, **kw) -> RepoIndexConfig:
@@ -76,7 +77,7 @@ def test_the_search_core_loads_an_index_as_it_was_embedded(source_repo, model, t
     out = tmp_path / "out"
     index_repo(_cfg(source_repo, out, model, backend="onnx-int8", max_code_len=16))
     ids, vectors = _index_vectors(out)
-    serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / SERVE_YAML).read_text()))
+    serve_cfg = ServeConfig.from_mapping(yaml.safe_load((out / SERVE_FILE).read_text()))
     served = Searcher.from_config(serve_cfg, build_index=True)
     assert not (out / "embeddings").exists()  # nothing re-embedded
     assert served.index.code_ids == ids
@@ -126,6 +127,6 @@ def test_a_trained_ranker_is_exported_for_the_backend_serve_yaml_names(
     CrossEncoder.from_pretrained(tiny_bert_dir).save_pretrained(ranker)
     out = tmp_path / "out"
     index_repo(_cfg(source_repo, out, model, ranker=str(ranker), max_code_len=16))
-    served = yaml.safe_load((out / SERVE_YAML).read_text())
+    served = yaml.safe_load((out / SERVE_FILE).read_text())
     assert served["backend"] == "onnx-int8" and served["ranker"] == str(ranker.resolve())
     assert load_ranker(served["ranker"], served["backend"], threads=1).backend == "onnx-int8"

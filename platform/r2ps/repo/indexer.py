@@ -62,14 +62,13 @@ from r2ps.repo.units import (
 )
 from r2ps.repo.vectors import build_index, update_vectors
 from r2ps.search import versions
-from r2ps.search.searcher import SearchConfig, first_stage, save_lexical
+from r2ps.search.searcher import SERVE_FILE, SearchConfig, first_stage, save_lexical
 from r2ps.storage import write_text_atomic
 
 log = get_logger(__name__)
 
 SUMMARY = "index_summary.json"
 SKIPPED = "skipped.jsonl"
-SERVE_YAML = "serve.yaml"
 RUNNING = "index_run.json"  # present while a run writes the folder (`announce_run`)
 # The first stage a repository index is served with: the best measured on semble's dev
 # split (docs/REPO_SEARCH.md): BM25 + dense blended, then the repository signals.
@@ -145,7 +144,7 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
         settings["served_reason"] = "retriever alone: jobs/index.py was given no --ranker"
     head = (
         f"# Written by jobs/index.py for {Path(cfg.source).resolve()}. Serve it with\n"
-        f"#   R2PS_SERVE_CONFIG={(out / SERVE_YAML).resolve()} serve run serve.app:cascade\n"
+        f"#   R2PS_SERVE_CONFIG={(out / SERVE_FILE).resolve()} serve run serve.app:cascade\n"
         "# then open http://127.0.0.1:8000/ (the search page) or POST /search.\n"
     )
     if not trained_ranker:
@@ -153,7 +152,7 @@ def write_serve_yaml(cfg: RepoIndexConfig, model: str, out: Path) -> Path:
             "# No --ranker given: answers are the retriever's (rerank_k 0); a request that\n"
             "# names a rerank_k is reranked by an untrained ranker, alpha 1.0 keeps its order.\n"
         )
-    path = out / SERVE_YAML
+    path = out / SERVE_FILE
     write_text_atomic(path, head + yaml.safe_dump(settings, sort_keys=False))
     return path
 
