@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	fi
 	@echo "==> installing r2ps[$(EXTRAS)] (editable)"
 	@$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@echo "==> exporting the bundled retriever to ONNX Runtime (what \`r2ps index\` embeds with)"
+	@R2PS_LOG_LEVEL=WARNING $(PY) jobs/export_onnx.py --models \
+		"$$($(PY) -c 'from r2ps.models.light import model_or_default; print(model_or_default(""))')"
 	@touch $(STAMP)
 	@echo "==> $(VENV) ready"
 

@@ -177,7 +177,7 @@ def read_export(model_dir: str | Path, backend: str) -> tuple[dict, Path]:
     model_dir = Path(model_dir)
     folder = onnx_dir(model_dir)
     path = folder / ONNX_MANIFEST
-    make = f"python jobs/export_onnx.py --model {model_dir}"
+    make = f"python jobs/export_onnx.py --models {model_dir}"
     if not path.exists():
         raise FileNotFoundError(f"{folder}: no ONNX export of {model_dir}; make one with `{make}`")
     manifest = json.loads(path.read_text())

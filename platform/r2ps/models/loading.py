@@ -36,7 +36,8 @@ def ensure_exported(model_dir: str | Path, backend: str) -> None:
         read_export(model_dir, backend)
         return
     except (FileNotFoundError, StaleExportError) as e:
-        log.info("%s: exporting it now", e)
+        log.info("%s has no current %s export (%s): making it now, once", model_dir, backend,
+                 type(e).__name__)  # fmt: skip
     from r2ps.models.onnx_export import ensure_export
 
     ensure_export(model_dir, backend)
