@@ -16,6 +16,9 @@ from r2ps.mining.index import IndexConfig
 from r2ps.models.light import check_backend
 from r2ps.repo.files import FileRules, is_utf8, shown
 
+# What only an index folder holds (r2ps.repo.indexer: the state, the version pointer, the
+# summary, the run record): `--out` must be new, empty, or have one of these.
+INDEX_MARKERS = ("files.parquet", "version.json", "index_summary.json", "index_run.json")
 CLUSTER_LOCAL_BELOW = 256  # files (codes) a run on a named cluster still keeps here
 
 
@@ -116,6 +119,15 @@ def check_paths(cfg: RepoIndexConfig) -> None:
         # every path is stored and shown as text: these folders' names must be too
         if not is_utf8(str(Path(path).resolve())):
             raise ConfigError(f"{name}: {shown(path)!r}: the path is not UTF-8")
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {cfg.out!r} exists and is not a folder")
+    # a run replaces what it writes there: never in a folder of someone's own files
+    if out.is_dir() and not any((out / name).exists() for name in INDEX_MARKERS):
+        other = next(out.iterdir(), None)
+        if other is not None:
+            raise ConfigError(
+                f"out: {cfg.out!r} holds files that are not an r2ps index (e.g. "
+                f"{other.name!r}): give a new or empty folder, or one an earlier run wrote"
+            )
     check_inputs(cfg)
